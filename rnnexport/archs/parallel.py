@@ -1,0 +1,143 @@
+"""Parallel recurrent branches reading the same input, then fused (reference article 000).
+
+Every branch is an independent single-layer RNN over the same ``x``; their per-step outputs are
+fused into one ``hidden_size`` vector per step. Fixes against the article's snippets: the RNNs are
+``batch_first=True`` (the article fed ``(batch, seq, input)`` to time-major RNNs, so the batch axis
+was read as time), and attribute names are kept (``lstms``/``fc``, ``lstms``/``attention``,
+``grus``/``linear``) so a ``state_dict`` trained with the article's classes loads unchanged: the
+weights do not depend on ``batch_first``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from rnnexport.archs._common import count_indexed
+from rnnexport.registry import register
+from rnnexport.spec import BATCH, SEQ, ArchConfig, ArchSpec, TensorSpec
+
+__all__ = ["ParallelGRU", "ParallelLSTM", "ParallelLSTMAttention"]
+
+
+def _branch_outputs(branches: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """Run every branch on ``x``; each output is ``[batch, seq, hidden]``."""
+    return [branch(x)[0] for branch in branches]
+
+
+class ParallelLSTM(nn.Module):
+    """LSTM branches, outputs concatenated on the feature axis, then a linear layer back to hidden."""
+
+    def __init__(self, config: ArchConfig) -> None:
+        super().__init__()
+        self.lstms = nn.ModuleList(
+            nn.LSTM(config.input_size, config.hidden_size, batch_first=True) for _ in range(config.branches)
+        )
+        self.fc = nn.Linear(config.hidden_size * config.branches, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x[batch, seq, input] -> y[batch, seq, hidden]``."""
+        return self.fc(torch.cat(_branch_outputs(self.lstms, x), dim=2))
+
+
+class ParallelLSTMAttention(nn.Module):
+    """LSTM branches mixed by a learned softmax over the branch axis.
+
+    The softmax is taken over branches *at every time step*: step t's output is a convex combination
+    of the branches' step-t outputs, with weights scored from those outputs. It is not attention over
+    time. This is the article's meaning, kept on purpose.
+    """
+
+    def __init__(self, config: ArchConfig) -> None:
+        super().__init__()
+        self.lstms = nn.ModuleList(
+            nn.LSTM(config.input_size, config.hidden_size, batch_first=True) for _ in range(config.branches)
+        )
+        self.attention = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x[batch, seq, input] -> y[batch, seq, hidden]``."""
+        outputs = torch.stack(_branch_outputs(self.lstms, x), dim=1)  # [batch, branch, seq, hidden]
+        weights = torch.softmax(self.attention(outputs), dim=1)  # [batch, branch, seq, 1]
+        return (outputs * weights).sum(dim=1)
+
+
+class ParallelGRU(nn.Module):
+    """GRU branches, concatenated, then a linear layer back to hidden."""
+
+    def __init__(self, config: ArchConfig) -> None:
+        super().__init__()
+        self.grus = nn.ModuleList(
+            nn.GRU(config.input_size, config.hidden_size, batch_first=True) for _ in range(config.branches)
+        )
+        self.linear = nn.Linear(config.hidden_size * config.branches, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x[batch, seq, input] -> y[batch, seq, hidden]``."""
+        return self.linear(torch.cat(_branch_outputs(self.grus, x), dim=2))
+
+
+class _SizesReader:
+    """Reads input, hidden and branch count off ``<branch_attr>.{i}.weight_ih_l0`` / ``weight_hh_l0``."""
+
+    def __init__(self, branch_attr: str) -> None:
+        self.branch_attr = branch_attr
+
+    def __call__(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        branches = count_indexed(shapes, f"{self.branch_attr}.{{i}}.weight_ih_l0")
+        if branches:
+            sizes["branches"] = branches
+        w_ih = shapes.get(f"{self.branch_attr}.0.weight_ih_l0")
+        w_hh = shapes.get(f"{self.branch_attr}.0.weight_hh_l0")
+        if w_ih is not None and len(w_ih) == 2:
+            sizes["input_size"] = w_ih[1]
+        if w_hh is not None and len(w_hh) == 2:
+            sizes["hidden_size"] = w_hh[1]
+        return sizes
+
+
+_X = TensorSpec("x", "float32", (BATCH, SEQ, "input_size"), "input sequence, batch-first")
+_Y = TensorSpec("y", "float32", (BATCH, SEQ, "hidden_size"), "fused per-step features")
+_SIZES = ("input_size", "hidden_size", "branches")
+_SOURCE = "000_2dc1f8ec3c0ad6e4.txt"
+
+register(
+    ArchSpec(
+        name="parallel-lstm",
+        summary="parallel LSTM branches, concatenated, then linear",
+        source=f"{_SOURCE}, example 1",
+        build_model=ParallelLSTM,
+        inputs=(_X,),
+        outputs=(_Y,),
+        sizes=_SIZES,
+        infer_sizes=_SizesReader("lstms"),
+    )
+)
+register(
+    ArchSpec(
+        name="parallel-lstm-attention",
+        summary="parallel LSTM branches mixed by a per-step softmax over the branches",
+        source=f"{_SOURCE}, example 2",
+        build_model=ParallelLSTMAttention,
+        inputs=(_X,),
+        outputs=(_Y,),
+        sizes=_SIZES,
+        infer_sizes=_SizesReader("lstms"),
+        notes=("the softmax runs over the branch axis at each step, not over time",),
+    )
+)
+register(
+    ArchSpec(
+        name="parallel-gru",
+        summary="parallel GRU branches, concatenated, then linear",
+        source=f"{_SOURCE}, example 3",
+        build_model=ParallelGRU,
+        inputs=(_X,),
+        outputs=(_Y,),
+        sizes=_SIZES,
+        infer_sizes=_SizesReader("grus"),
+    )
+)

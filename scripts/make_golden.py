@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""The one writer of ``golden/``: seeded weights, inputs and PyTorch-eager reference outputs.
+
+    python scripts/make_golden.py --arch attention            # write a missing folder
+    python scripts/make_golden.py --all --overwrite           # rewrite every folder
+    python scripts/make_golden.py --all --check               # regenerate in memory, compare, write nothing
+
+It refuses to replace an existing folder without ``--overwrite``. Everything is seeded and computed
+on one CPU thread, so running it again on the same machine reproduces the files byte for byte;
+``--check`` proves that. For masked architectures the expected outputs come from the packed
+reference (``forward_packed``), not from the masked model that gets exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import torch
+from safetensors.numpy import save_file
+
+from rnnexport.errors import RnnExportError
+from rnnexport.feeds import make_feeds
+from rnnexport.golden import GOLDEN_FORMAT, golden_root
+from rnnexport.reference import TorchRunner, build_model, state_dict_to_numpy
+from rnnexport.registry import get_arch, list_architectures
+from rnnexport.spec import ArchConfig, ArchSpec
+
+# (batch, seq) of the committed cases: batch 1 with seq 1, a short odd shape, a sequence above 100,
+# and a wider batch. Masked architectures get lengths covering 1 and the full length (see make_feeds).
+CASES: tuple[tuple[int, int], ...] = ((1, 1), (3, 7), (2, 130), (5, 20))
+MAX_FOLDER_BYTES = 200_000
+BASE_SEED = 20250130
+
+
+def arch_seed(name: str) -> int:
+    """A seed per architecture that does not depend on registration order."""
+    return BASE_SEED + zlib.crc32(name.encode()) % 10_000
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_golden(spec: ArchSpec, directory: Path) -> None:
+    """Write ``spec``'s golden files into the (empty, existing) ``directory``."""
+    config = ArchConfig()
+    seed = arch_seed(spec.name)
+    model = build_model(spec, config, seed=seed)
+    runner = TorchRunner(spec, model)
+    contract = spec.contract(config)
+    rng = np.random.default_rng(seed)
+
+    weights = state_dict_to_numpy(model)
+    save_file(weights, str(directory / "weights.safetensors"))
+    cases = []
+    for k, (batch, seq) in enumerate(CASES):
+        inputs = make_feeds(contract, batch=batch, seq=seq, rng=rng)
+        outputs = runner.infer(inputs)
+        tensors = {f"input.{n}": a for n, a in inputs.items()} | {f"output.{n}": a for n, a in outputs.items()}
+        file = f"case_{k}.safetensors"
+        save_file(tensors, str(directory / file))
+        entry: dict[str, Any] = {"file": file, "batch": batch, "seq": seq}
+        if "lengths" in inputs:
+            entry["lengths"] = inputs["lengths"].tolist()
+        cases.append(entry)
+
+    meta = {
+        "format": GOLDEN_FORMAT,
+        "arch": spec.name,
+        "seed": seed,
+        "config": config.to_dict(),
+        "contract": contract.to_json(),
+        "reference": "forward_packed (pack_padded_sequence)" if spec.masked else "forward",
+        "weights": {
+            "file": "weights.safetensors",
+            "sha256": hashlib.sha256((directory / "weights.safetensors").read_bytes()).hexdigest(),
+            "init": f"PyTorch default initialisation after torch.manual_seed({seed})",
+        },
+        "cases": cases,
+        "made_by": f"python scripts/make_golden.py --arch {spec.name}",
+        "how": "inputs: numpy default_rng(seed), standard normal floats; outputs: eager PyTorch on CPU, "
+        "float32, one thread",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "safetensors": safetensors.__version__,
+        },
+    }
+    (directory / "meta.json").write_text(_json(meta), encoding="utf-8")
+    size = sum(f.stat().st_size for f in directory.iterdir())
+    if size > MAX_FOLDER_BYTES:
+        raise SystemExit(f"golden data for {spec.name} is {size} bytes, over the {MAX_FOLDER_BYTES} cap")
+
+
+def differences(fresh: Path, committed: Path) -> list[str]:
+    """Files that differ between two golden folders (meta.json's library versions aside)."""
+    problems = []
+    names = sorted({p.name for p in fresh.iterdir()} | {p.name for p in committed.iterdir()})
+    for name in names:
+        a, b = fresh / name, committed / name
+        if not a.exists() or not b.exists():
+            problems.append(f"{name}: only in {'the fresh' if a.exists() else 'the committed'} folder")
+        elif name == "meta.json":
+            ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
+            ma.pop("versions"), mb.pop("versions")
+            if ma != mb:
+                problems.append("meta.json differs")
+        elif a.read_bytes() != b.read_bytes():
+            problems.append(f"{name} differs")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, then write or check each requested architecture's folder."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", action="append", help="architecture name (repeatable)")
+    which.add_argument("--all", action="store_true", help="every registered architecture")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace existing folders")
+    mode.add_argument("--check", action="store_true", help="regenerate in a temporary folder and compare")
+    parser.add_argument("--root", type=Path, default=None, help="golden root (default: the checkout's golden/)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)  # reductions then run in one fixed order: byte-identical reruns
+    root: Path = args.root or golden_root()
+    try:
+        specs = list_architectures() if args.all else [get_arch(name) for name in args.arch]
+    except RnnExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    status = 0
+    for spec in specs:
+        target = root / spec.name
+        if target.exists() and not (args.overwrite or args.check):
+            print(
+                f"error: {target} already exists; pass --overwrite to replace it, or --check to compare",
+                file=sys.stderr,
+            )
+            status = 1
+            continue
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=root))
+        try:
+            write_golden(spec, staging)
+            if args.check:
+                problems = differences(staging, target) if target.exists() else ["folder missing"]
+                print(f"{spec.name}: {'reproduced exactly' if not problems else '; '.join(problems)}")
+                status = status or (1 if problems else 0)
+                continue
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+            print(f"{spec.name}: wrote {target} ({sum(f.stat().st_size for f in target.iterdir())} bytes)")
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

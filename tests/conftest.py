@@ -1,0 +1,20 @@
+"""Shared fixtures: the registry drives parametrisation, so a new architecture is tested everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rnnexport.registry import list_architectures
+
+REPO = Path(__file__).resolve().parent.parent
+ARCH_NAMES = [spec.name for spec in list_architectures()]
+MASKED = [spec.name for spec in list_architectures() if spec.masked]
+PER_STEP = [spec.name for spec in list_architectures() if spec.per_step]
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    """The repository root."""
+    return REPO

@@ -1,0 +1,41 @@
+"""`rnnexport list` and the CLI's error reporting."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from rnnexport.cli import app
+
+from .conftest import ARCH_NAMES
+
+runner = CliRunner()
+
+
+def test_list_shows_every_architecture_with_contract() -> None:
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in ARCH_NAMES:
+        assert name in result.output
+    assert "x: float32[batch, seq, 10]" in result.output
+    assert "lengths: int64[batch]" in result.output
+    assert "y: float32[batch, 5]" in result.output
+
+
+def test_list_json() -> None:
+    result = runner.invoke(app, ["list", "--json"])
+    assert result.exit_code == 0
+    data = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    assert list(data) == ARCH_NAMES
+    assert data["attention"]["inputs"] == [
+        {"name": "x", "dtype": "float32", "shape": ["batch", "seq", 10]},
+        {"name": "lengths", "dtype": "int64", "shape": ["batch"]},
+    ]
+    assert data["parallel-gru"]["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["batch", "seq", 20]}]
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("rnnexport ")

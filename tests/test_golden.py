@@ -1,0 +1,96 @@
+"""Golden data: present for every architecture, small, fresh, and reproducible by its one writer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnexport.errors import GoldenError
+from rnnexport.golden import golden_root, load_golden, regenerate_command
+from rnnexport.reference import TorchRunner, build_model
+from rnnexport.registry import get_arch
+
+from .conftest import ARCH_NAMES, REPO
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_golden_folder_is_complete_and_small(arch: str) -> None:
+    golden = load_golden(get_arch(arch))  # raises with the regenerate command when missing/stale
+    size = sum(f.stat().st_size for f in golden.directory.iterdir())
+    assert size < 200_000, f"{arch} golden data is {size} bytes"
+    meta = golden.meta
+    assert {"seed", "config", "contract", "cases", "versions"} <= set(meta)
+    assert {"torch", "numpy"} <= set(meta["versions"])
+    batches = {c["batch"] for c in meta["cases"]}
+    seqs = {c["seq"] for c in meta["cases"]}
+    assert 1 in batches and 1 in seqs and max(seqs) > 100 and len(meta["cases"]) >= 3
+    if get_arch(arch).masked:
+        lengths = [(c["seq"], c["lengths"]) for c in meta["cases"]]
+        assert any(1 in ls and seq in ls and seq > 1 for seq, ls in lengths)
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_current_model_reproduces_golden_outputs(arch: str) -> None:
+    # Stale golden data (the module changed after the goldens were written) fails here.
+    spec = get_arch(arch)
+    golden = load_golden(spec)
+    try:
+        import torch
+
+        state = {k: torch.from_numpy(v) for k, v in golden.weights.items()}
+        model = build_model(spec, golden.config, state_dict=state)
+    except RuntimeError as exc:
+        pytest.fail(f"golden weights no longer fit {arch} ({exc}); run: {regenerate_command(arch)}")
+    runner = TorchRunner(spec, model)
+    for case in golden.cases:
+        got = runner.infer(case.inputs)
+        for name, want in case.outputs.items():
+            np.testing.assert_allclose(
+                got[name], want, atol=1e-6, rtol=0, err_msg=f"{case.name} is stale: run {regenerate_command(arch)}"
+            )
+
+
+def test_missing_golden_names_the_command(tmp_path: Path) -> None:
+    with pytest.raises(GoldenError) as info:
+        load_golden(get_arch("attention"), root=tmp_path)
+    assert "python scripts/make_golden.py --arch attention --overwrite" in str(info.value)
+
+
+def test_stale_contract_is_detected(tmp_path: Path) -> None:
+    shutil.copytree(golden_root() / "attention", tmp_path / "attention")
+    meta_path = tmp_path / "attention" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["contract"]["outputs"][0]["shape"] = ["batch", "seq", 5]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(GoldenError, match="stale") as info:
+        load_golden(get_arch("attention"), root=tmp_path)
+    assert regenerate_command("attention") in str(info.value)
+
+
+def _script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_golden.py"), *args],
+        capture_output=True, text=True, check=False, cwd=REPO,
+    )
+
+
+def test_writer_reproduces_committed_goldens_exactly() -> None:
+    result = _script("--all", "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("reproduced exactly") == len(ARCH_NAMES)
+
+
+def test_writer_refuses_to_overwrite(tmp_path: Path) -> None:
+    first = _script("--arch", "many-to-many", "--root", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (tmp_path / "many-to-many").iterdir()}
+    second = _script("--arch", "many-to-many", "--root", str(tmp_path))
+    assert second.returncode == 1
+    assert "--overwrite" in second.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "many-to-many").iterdir()} == before
