@@ -12,7 +12,9 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,7 +22,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from rnnexport._version import __version__
-from rnnexport.errors import RnnExportError
+from rnnexport.errors import RnnExportError, UsageError
+
+if TYPE_CHECKING:
+    from rnnexport.artifact import Manifest
 
 app = typer.Typer(
     name="rnnexport",
@@ -108,6 +113,147 @@ def list_command(
         _out.print(table)
 
 
+class DeviceChoice(str, Enum):
+    """Where to verify: one provider, or every provider that really works here."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+class ExporterChoice(str, Enum):
+    """torch.onnx exporter."""
+
+    torchscript = "torchscript"
+    dynamo = "dynamo"
+
+
+def _stage_line(stage: str, ok: bool, detail: str, seconds: float) -> None:
+    mark = "[green]\u2713[/]" if ok else "[red]\u2717[/]"
+    _err.print(f"{mark} {stage:<11} {seconds:6.2f}s  {escape(detail)}", soft_wrap=True)
+
+
+def _print_providers(title: str, providers: dict[str, Any]) -> None:
+    """Summary table (per provider: status, errors, shapes tried), then the reasons below it."""
+    table = Table(title=title, title_justify="left")
+    for column in ("provider", "status", "max abs err", "max rel err", "cases", "batches", "seqs"):
+        table.add_column(column)
+    colours = {"passed": "green", "failed": "red", "unavailable": "yellow", "skipped": "dim"}
+    notes = []
+    for provider, r in providers.items():
+        short = provider.removesuffix("ExecutionProvider")
+        shapes = [s["x"][:2] for s in r.get("shapes", [])]
+        table.add_row(
+            short,
+            f"[{colours[r['status']]}]{r['status']}[/]",
+            f"{r['max_abs_error']:.2e}" if "max_abs_error" in r else "-",
+            f"{r['max_rel_error']:.2e}" if "max_rel_error" in r else "-",
+            str(r.get("cases", "-")),
+            escape(str(sorted({b for b, _ in shapes}))) if shapes else "-",
+            escape(str(sorted({q for _, q in shapes}))) if shapes else "-",
+        )
+        if "tolerance" in r:
+            notes.append(f"{short}: tolerance atol {r['tolerance']['atol']:g}, rtol {r['tolerance']['rtol']:g}")
+        if r.get("reason"):
+            notes.append(f"{short} {r['status']}: {r['reason']}")
+        notes += [f"{short} failure: {line}" for line in r.get("failures", [])[:5]]
+    _err.print(table)
+    for note in notes:
+        _err.print(f"  {escape(note)}", soft_wrap=True)
+
+
+@app.command()
+def build(
+    arch: Annotated[str | None, typer.Option("--arch", "-a", help="Architecture to build (see 'rnnexport list').")] = None,
+    build_all: Annotated[bool, typer.Option("--all", help="Build every registered architecture.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder; the artifact goes to OUT/ARCH.")] = Path("dist"),
+    device: Annotated[DeviceChoice, typer.Option(help="Provider(s) to verify on; auto = every one that works here.")] = DeviceChoice.auto,
+    exporter: Annotated[ExporterChoice, typer.Option(help="torch.onnx exporter (dynamo freezes RNN sequence axes on torch 2.13).")] = ExporterChoice.torchscript,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    weights: Annotated[Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of sizes (input_size, hidden_size, output_size, branches).")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input features (overrides --config).")] = None,
+    hidden_size: Annotated[int | None, typer.Option(help="Hidden units (overrides --config).")] = None,
+    output_size: Annotated[int | None, typer.Option(help="Output features (overrides --config).")] = None,
+    branches: Annotated[int | None, typer.Option(help="Parallel branches (overrides --config).")] = None,
+    inputs: Annotated[Path | None, typer.Option(help="Extra verification inputs (.npz or .safetensors, keyed by input name).")] = None,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance (default 1e-5).")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance (default 1e-4).")] = None,
+    tf32: Annotated[bool, typer.Option("--tf32", help="Let the CUDA provider use TF32; verified at a looser tolerance.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact completely.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
+) -> None:
+    """Export, simplify, verify and package an architecture into a deployable folder.
+
+    Exit codes: 0 every requested provider passed; 1 export or verification failure; 2 usage error.
+    """
+    from rnnexport.registry import list_architectures
+
+    sizes = {"input_size": input_size, "hidden_size": hidden_size, "output_size": output_size, "branches": branches}
+    with _reported():
+        if (arch is None) == (not build_all):
+            raise UsageError("Give exactly one of --arch NAME or --all. Run 'rnnexport list' to see the names.")
+        if build_all and (weights is not None or config is not None or any(v is not None for v in sizes.values())):
+            raise UsageError("--all builds the default architectures; --weights, --config and sizes go with --arch NAME.")
+        names = [s.name for s in list_architectures()] if build_all else [arch or ""]
+        if config is not None:
+            from rnnexport.pipeline import _read_config_file
+
+            sizes = {**_read_config_file(config), **{k: v for k, v in sizes.items() if v is not None}}
+
+    from rnnexport.pipeline import build as run_build
+
+    summaries: list[dict[str, Any]] = []
+    exit_code = 0
+    for name in names:
+        if not as_json or _err.is_terminal:
+            _err.print(f"[bold]building {name}[/]")
+        try:
+            with _reported():
+                manifest: Manifest = run_build(
+                    name, out=out, weights=weights, config=sizes, device=device.value, exporter=exporter.value,
+                    opset=opset, atol=atol, rtol=rtol, tf32=tf32, inputs=inputs, force=force, on_stage=_stage_line,
+                )
+        except typer.Exit as stop:
+            exit_code = max(exit_code, stop.exit_code)
+            summaries.append({"arch": name, "passed": False, "exit_code": stop.exit_code})
+            continue
+        providers = manifest.verification["providers"]
+        _print_providers(f"{name}: verified artifact in {out / name}", providers)
+        summaries.append({"arch": name, "passed": True, "artifact": str(out / name), "providers": providers})
+    if as_json:
+        typer.echo(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
+    if exit_code:
+        raise typer.Exit(exit_code)
+
+
+@app.command()
+def verify(
+    directory: Annotated[Path, typer.Argument(help="Artifact folder written by 'rnnexport build'.")],
+    device: Annotated[DeviceChoice, typer.Option(help="Provider(s) to verify on; auto = every one that works here.")] = DeviceChoice.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable report on stdout.")] = False,
+) -> None:
+    """Re-check a shipped artifact on this machine (needs onnxruntime, not torch).
+
+    Checks every file's sha256 against the manifest, the model's I/O contract, and the outputs on the
+    artifact's test data within the recorded tolerance, on the provider that actually ran.
+    """
+    from rnnexport.artifact import verify_artifact
+
+    with _reported():
+        report = verify_artifact(directory, device=device.value)
+    providers = {r.provider: r.to_json() for r in report.results.values()}
+    _err.print("[green]\u2713[/] files      sha256 of every file matches the manifest; no extra files")
+    _err.print("[green]\u2713[/] contract   names, dtypes and dynamic axes match the manifest")
+    _print_providers(f"{report.manifest.arch}: {directory}", providers)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    if not report.passed:
+        failed = ", ".join(f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "") for r in report.results.values() if r.status != "passed")
+        _err.print(f"[bold red]error:[/] verification did not pass: {escape(failed)}.", soft_wrap=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -115,3 +261,7 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C outside a command body (e.g. during imports)
         print("interrupted.", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

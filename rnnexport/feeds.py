@@ -7,15 +7,30 @@ numpy-only so that the artifact checker can use it without torch.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from rnnexport.errors import InputError
 from rnnexport.spec import BATCH, SEQ, Contract
 
-__all__ = ["Feeds", "make_feeds", "validate_feeds"]
+__all__ = ["Case", "Feeds", "make_feeds", "validate_feeds"]
 
 Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One verification case: inputs and the outputs the PyTorch reference computed for them."""
+
+    name: str
+    inputs: Feeds
+    outputs: Feeds
+
+    @property
+    def shapes(self) -> dict[str, list[int]]:
+        """Input shapes, for reports."""
+        return {k: list(v.shape) for k, v in self.inputs.items()}
 
 
 def make_feeds(contract: Contract, *, batch: int, seq: int, rng: np.random.Generator) -> Feeds:

@@ -20,12 +20,11 @@ from typing import Any
 from safetensors.numpy import load_file
 
 from rnnexport.errors import GoldenError
-from rnnexport.feeds import Feeds
+from rnnexport.feeds import Case
 from rnnexport.spec import ArchConfig, ArchSpec
 
 __all__ = [
     "GOLDEN_FORMAT",
-    "Case",
     "GoldenSet",
     "golden_root",
     "load_golden",
@@ -34,20 +33,6 @@ __all__ = [
 
 # Bumped whenever the folder layout or meta.json schema changes; older folders count as stale.
 GOLDEN_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Case:
-    """One verification case: inputs and the outputs the reference computed for them."""
-
-    name: str
-    inputs: Feeds
-    outputs: Feeds
-
-    @property
-    def shapes(self) -> dict[str, list[int]]:
-        """Input shapes, for reports."""
-        return {k: list(v.shape) for k, v in self.inputs.items()}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,331 @@
+"""``build``: export -> contract check -> simplify -> contract check -> verify -> package.
+
+Read top to bottom; each stage is a plain function from its own module. Nothing reaches the
+destination unless every requested provider verified: the artifact is assembled in a temporary
+folder beside it and moved into place as the very last step.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from rnnexport._version import __version__
+from rnnexport.artifact import (
+    MODEL,
+    Manifest,
+    hash_files,
+    prepare_destination,
+    publish,
+    resolve_devices,
+    staging_folder,
+    write_test_data,
+)
+from rnnexport.contract import check_contract
+from rnnexport.errors import InputError, UsageError, VerificationError
+from rnnexport.export import DEFAULT_OPSET, EXPORTERS, TRACE_BATCH, TRACE_SEQ, Exporter, export_onnx
+from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
+from rnnexport.golden import load_golden
+from rnnexport.reference import TorchRunner, build_model
+from rnnexport.registry import get_arch
+from rnnexport.runtime import DEVICES, Device, probe_provider
+from rnnexport.simplify import simplify_onnx
+from rnnexport.spec import ArchConfig, ArchSpec, Contract
+from rnnexport.verify import ProviderResult, Tolerance, verify_on_device
+from rnnexport.weights import check_state_dict, load_state_dict, sha256_of
+
+__all__ = ["SWEEP_BATCHES", "SWEEP_SEQS", "TF32_TOLERANCE", "StageCallback", "build", "resolve_config"]
+
+# The shape sweep every build verifies, none equal to the trace shape (batch 2, seq 3).
+SWEEP_BATCHES = (1, 3, 16)
+SWEEP_SEQS = (1, 7, 64, 257)
+# Sweep shapes that also ship as test data: seq 1, a short batch, and a long sequence.
+TEST_DATA_SHAPES = ((1, 1), (3, 7), (3, 257))
+SWEEP_SEED = 0
+# TF32 keeps 10 mantissa bits: about 1e-3 relative error per product, which recurrences compound.
+TF32_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-2)
+
+StageCallback = Callable[[str, bool, str, float], None]
+
+
+class _Stage:
+    """What a running stage reports: details to show and whether it succeeded."""
+
+    def __init__(self) -> None:
+        self.details: list[str] = []
+        self.ok = True
+
+
+@contextmanager
+def _stage(callback: StageCallback | None, name: str) -> Iterator[_Stage]:
+    """Time a stage and report it to ``callback`` (stage, ok, detail, seconds) once it finished."""
+    start = time.perf_counter()
+    stage = _Stage()
+    yield stage
+    if callback is not None:
+        callback(name, stage.ok, "; ".join(stage.details), time.perf_counter() - start)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"Cannot read --config {path}: {exc}. Expected a JSON object such as "
+            '{"input_size": 10, "hidden_size": 20, "output_size": 5, "branches": 3}.'
+        ) from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path} holds a JSON {type(data).__name__}, expected an object of sizes.")
+    return data
+
+
+def resolve_config(
+    spec: ArchSpec,
+    config: ArchConfig | Mapping[str, Any] | str | Path | None,
+    state_shapes: Mapping[str, tuple[int, ...]] | None,
+) -> tuple[ArchConfig, list[str]]:
+    """Sizes from, in order of precedence: ``config`` (a config, a mapping or a JSON file), the
+    checkpoint's tensor shapes where the architecture can read them, then the defaults.
+
+    Returns the config and human-readable notes on what was inferred.
+    """
+    if isinstance(config, ArchConfig):
+        return config, []
+    if isinstance(config, (str, Path)):
+        config = _read_config_file(Path(config))
+    explicit = {k: v for k, v in (config or {}).items() if v is not None}
+    ArchConfig.from_mapping(explicit | {}, origin="the sizes given")  # unknown keys / bad values fail here
+    inferred = spec.infer_sizes(state_shapes) if state_shapes else {}
+    notes = [f"inferred {k}={v} from the checkpoint" for k, v in inferred.items() if k not in explicit]
+    return ArchConfig.from_mapping(inferred | explicit), notes
+
+
+def _read_inputs_file(path: Path, contract: Contract) -> Feeds:
+    """User-supplied verification inputs: ``.npz`` (no pickles) or ``.safetensors``, keyed by input name."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            feeds = dict(load_file(str(path)))
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                feeds = {k: archive[k] for k in archive.files}
+    except Exception as exc:  # OSError, ValueError (pickled arrays), SafetensorError, zip errors
+        raise InputError(
+            f"Cannot read --inputs {path}: {exc}. Expected an .npz (np.savez, no object arrays) or a "
+            f".safetensors file with one tensor per model input ({contract.input_names})."
+        ) from exc
+    validate_feeds(contract, feeds, origin=str(path))
+    return feeds
+
+
+def _sweep(contract: Contract, runner: TorchRunner) -> list[Case]:
+    """The build-time shape sweep with eager-PyTorch references (seeded)."""
+    rng = np.random.default_rng(SWEEP_SEED)
+    cases = []
+    for batch in SWEEP_BATCHES:
+        for seq in SWEEP_SEQS:
+            feeds = make_feeds(contract, batch=batch, seq=seq, rng=rng)
+            cases.append(Case(f"sweep:b{batch}s{seq}", feeds, runner.infer(feeds)))
+    assert all(c.shapes["x"][:2] != [TRACE_BATCH, TRACE_SEQ] for c in cases)
+    return cases
+
+
+def _finalise_model(model: onnx.ModelProto, spec: ArchSpec, config: ArchConfig, contract: Contract) -> onnx.ModelProto:
+    """Make the bytes reproducible and the model self-describing.
+
+    Exporters leave doc strings that may carry source locations; they are cleared so that the same
+    model built from another folder is byte-identical. Metadata carries the architecture, the
+    rnnexport version and the I/O contract, for anyone holding only the .onnx file.
+    """
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+    del model.metadata_props[:]
+    props = {
+        "rnnexport.arch": spec.name,
+        "rnnexport.version": __version__,
+        "rnnexport.config": json.dumps(config.subset(spec.sizes), sort_keys=True),
+        "rnnexport.contract": json.dumps(contract.to_json(), sort_keys=True),
+    }
+    onnx.helper.set_model_props(model, props)
+    return model
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxsim
+
+    return {
+        "rnnexport": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _summary(results: Mapping[Device, ProviderResult]) -> str:
+    lines = []
+    for r in results.values():
+        line = f"{r.provider}: {r.status}"
+        if r.reason:
+            line += f" ({r.reason})"
+        if r.status == "failed":
+            line += "; " + "; ".join(r.failures[:3])
+        lines.append(line)
+    return " | ".join(lines)
+
+
+def build(
+    arch: str,
+    *,
+    out: str | Path = "dist",
+    weights: str | Path | None = None,
+    config: ArchConfig | Mapping[str, Any] | str | Path | None = None,
+    device: str = "auto",
+    exporter: Exporter = "torchscript",
+    opset: int = DEFAULT_OPSET,
+    atol: float | None = None,
+    rtol: float | None = None,
+    tf32: bool = False,
+    inputs: str | Path | None = None,
+    force: bool = False,
+    on_stage: StageCallback | None = None,
+) -> Manifest:
+    """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
+
+    ``device`` is ``cpu``, ``cuda`` or ``auto`` (every provider that really works here). Raises an
+    :class:`~rnnexport.errors.RnnExportError` subclass on any failure, after leaving ``out`` exactly
+    as it was.
+    """
+    # -- resolve the request (cheap checks first, so usage errors come before any work) -------------
+    spec = get_arch(arch)
+    if exporter not in EXPORTERS:
+        raise UsageError(f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}.")
+    if not 7 <= opset <= 21:
+        raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
+    destination = prepare_destination(Path(out), spec.name, force=force)
+    devices = resolve_devices(device)
+    if device == "cuda" and not probe_provider("cuda").available:
+        # Fail before any work: the one provider asked for cannot run here.
+        raise VerificationError(
+            f"--device cuda was requested, but CUDA is unavailable here: {probe_provider('cuda').reason}. "
+            "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
+            "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
+        )
+    state = load_state_dict(Path(weights)) if weights is not None else None
+    config_, notes = resolve_config(spec, config, {k: tuple(v.shape) for k, v in state.items()} if state else None)
+    contract = spec.contract(config_)
+    user_inputs = _read_inputs_file(Path(inputs), contract) if inputs is not None else None
+    tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
+    tolerances = {"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance}
+
+    # -- the model and its references --------------------------------------------------------------
+    with _stage(on_stage, "model") as stage:
+        stage.details += notes
+        golden_cases: list[Case] = []
+        if state is not None:
+            check_state_dict(spec, config_, state, origin=str(weights))
+            model = build_model(spec, config_, state_dict=state)
+            weights_info = {"source": "user", "file": Path(weights).name, "sha256": sha256_of(Path(weights))}  # type: ignore[arg-type]
+        elif config_ == ArchConfig():
+            golden = load_golden(spec)
+            model = build_model(spec, config_, state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()})
+            golden_cases = golden.cases
+            weights_info = {"source": "golden", "sha256": golden.meta["weights"]["sha256"], "seed": golden.meta["seed"]}
+        else:
+            model = build_model(spec, config_, seed=0)
+            weights_info = {"source": "seeded", "seed": 0, "note": "PyTorch default init; sizes differ from the golden data"}
+        runner = TorchRunner(spec, model)
+        cases = golden_cases + _sweep(contract, runner)
+        if user_inputs is not None:
+            cases.append(Case(f"user:{Path(inputs).name}", user_inputs, runner.infer(user_inputs)))  # type: ignore[arg-type]
+        weights_info["references"] = (
+            ("committed golden cases + " if golden_cases else "")
+            + f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED})"
+            + (" using the packed formulation" if spec.masked else "")
+        )
+        stage.details.append(f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases")
+
+    # -- export, check, simplify, check ----------------------------------------------------------
+    trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
+    with _stage(on_stage, "export") as stage:
+        stage.details.append(f"{exporter}, opset {opset}")
+        exported = export_onnx(model, contract, exporter=exporter, opset=opset)
+        check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
+    with _stage(on_stage, "simplify") as stage:
+        simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
+        check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
+        stage.details.append(f"{stats.nodes_before} -> {stats.nodes_after} nodes")
+    final = _finalise_model(simplified, spec, config_, contract)
+
+    with staging_folder(destination) as staging:
+        model_path = staging / MODEL
+        model_bytes = final.SerializeToString()
+        model_path.write_bytes(model_bytes)
+
+        # -- verify what will ship: the bytes on disk ---------------------------------------------
+        results: dict[Device, ProviderResult] = {}
+        for d in devices:
+            with _stage(on_stage, f"verify {d}") as stage:
+                result = results[d] = verify_on_device(model_bytes, cases, device=d, tol=tolerances[d], tf32=tf32)
+                stage.ok = result.status == "passed"
+                stage.details.append(
+                    f"{result.status}: {result.reason}" if result.reason
+                    else f"{result.status}, max abs error {result.max_abs:.2e} over {len(cases)} cases"
+                )
+        providers = {r.provider: r.to_json() for r in results.values()}
+        for d in DEVICES:
+            if d not in results:
+                probe = probe_provider(d)
+                status, reason = ("skipped", f"not requested (--device {device})") if probe.available else ("unavailable", probe.reason)
+                providers[probe.provider] = {"status": status, "device": d, "reason": reason}
+        if not results or any(r.status != "passed" for r in results.values()):
+            raise VerificationError(
+                f"Verification of '{spec.name}' did not pass, so nothing was shipped: {_summary(results)}. "
+                + (
+                    "Use --device cpu, or install onnxruntime-gpu with CUDA and cuDNN 9 on a GPU machine."
+                    if any(r.status == "unavailable" for r in results.values())
+                    else "The exported graph computes something else than the PyTorch model at these shapes."
+                )
+            )
+
+        # -- package -------------------------------------------------------------------------------
+        with _stage(on_stage, "package") as stage:
+            shipped = [c for c in cases if tuple(c.shapes["x"][:2]) in TEST_DATA_SHAPES and c.name.startswith("sweep:")]
+            test_data = write_test_data(staging, shipped, contract)
+            manifest = Manifest(
+                arch=spec.name,
+                config=config_.subset(spec.sizes),
+                contract=contract,
+                versions=_versions(),
+                export={"exporter": exporter, "opset": opset, "trace_shape": {"batch": TRACE_BATCH, "seq": TRACE_SEQ}},
+                simplification=stats.to_json(),
+                weights=weights_info,
+                verification={
+                    "rule": "|ort - ref| <= atol + rtol*|ref|, all values finite",
+                    "tolerance": {d: t.to_json() for d, t in tolerances.items()},
+                    "tf32": tf32,
+                    "tf32_policy": "CUDA provider use_tf32=" + ("1 (looser tolerance)" if tf32 else "0"),
+                    "providers": providers,
+                },
+                test_data=test_data,
+                files=hash_files(staging),
+            )
+            manifest.write(staging)
+            publish(staging, destination, force=force)
+            stage.details.append(str(destination))
+    return manifest

@@ -1,0 +1,121 @@
+"""Reading user checkpoints safely and fitting them to an architecture, strictly.
+
+Two formats: safetensors (preferred: plain tensors, no code) and PyTorch ``state_dict`` files,
+which are pickles. Those are read with ``torch.load(weights_only=True)`` and nothing else: passing
+the argument explicitly means ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` cannot loosen it, and the
+restricted unpickler refuses any global it does not know (a class, ``os.system``, ...) before
+calling it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from rnnexport.errors import UsageError, WeightsError
+from rnnexport.reference import build_model
+from rnnexport.spec import ArchConfig, ArchSpec
+
+__all__ = ["check_state_dict", "load_state_dict", "sha256_of"]
+
+_SAVE_HINT = (
+    "Save only the weights: safetensors.torch.save_file(model.state_dict(), 'model.safetensors') "
+    "(preferred) or torch.save(model.state_dict(), 'model.pt')."
+)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as exc:  # SafetensorError, OSError, ValueError: all mean "not a usable file"
+        raise WeightsError(
+            f"Cannot read {path} as safetensors: {exc}. Expected a complete safetensors file; it looks "
+            f"truncated or corrupt. Save it again with safetensors.torch.save_file(model.state_dict(), ...)."
+        ) from exc
+
+
+def _load_pickle(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        name = found.group(1) if found else "an object that is not a tensor"
+        if found and ("torch.nn.modules" in name or name.startswith("__main__.")):
+            what = f"a whole pickled module ({name}), not a state_dict"
+        else:
+            what = f"a pickle that asks to import {name}, which could run code"
+        raise WeightsError(
+            f"Refused to load {path}: expected a state_dict of tensors, but the file holds {what}. "
+            f"Nothing in it was executed. {_SAVE_HINT}"
+        ) from None
+    except Exception as exc:  # zip/pickle corruption: RuntimeError, EOFError, ...
+        raise WeightsError(
+            f"Cannot read {path} as a PyTorch state_dict: {type(exc).__name__}: {exc}. Expected a file "
+            f"written by torch.save(model.state_dict(), ...); it looks truncated or corrupt. {_SAVE_HINT}"
+        ) from None
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint into a flat ``{name: tensor}`` dict, safely; raise :class:`WeightsError` otherwise.
+
+    ``.safetensors`` files are read as safetensors; anything else as a ``torch.save`` pickle with the
+    restricted unpickler. A ``{"state_dict": {...}}`` wrapper is unwrapped. Non-finite weights are
+    refused: a NaN in a checkpoint makes every comparison meaningless.
+    """
+    if not path.is_file():
+        raise UsageError(f"Weights file {path} does not exist (or is not a file). Pass the path of a checkpoint.")
+    loaded = _load_safetensors(path) if path.suffix == ".safetensors" else _load_pickle(path)
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping):
+        raise WeightsError(f"{path} holds a {type(loaded).__name__}, expected a state_dict (name -> tensor). {_SAVE_HINT}")
+    not_tensors = sorted(str(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise WeightsError(
+            f"{path} is not a plain state_dict: entries {not_tensors[:8]} are not tensors. {_SAVE_HINT}"
+        )
+    state = {str(k): v for k, v in loaded.items()}
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise WeightsError(
+            f"{path} holds NaN or infinite values in {bad}. Expected finite weights; the model cannot be "
+            "verified with them. Check the training run that produced this checkpoint."
+        )
+    return state
+
+
+def check_state_dict(spec: ArchSpec, config: ArchConfig, state: Mapping[str, torch.Tensor], *, origin: str) -> None:
+    """Raise :class:`WeightsError` listing every missing, unexpected and wrongly shaped key."""
+    expected = {k: tuple(v.shape) for k, v in build_model(spec, config).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = [f"{k} {list(s)}" for k, s in expected.items() if k not in got]
+    unexpected = [f"{k} {list(s)}" for k, s in got.items() if k not in expected]
+    wrong = [f"{k}: expected {list(expected[k])}, got {list(s)}" for k, s in got.items() if k in expected and s != expected[k]]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} ({len(items)}): " + "; ".join(items)
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if items
+        ]
+        sizes = ", ".join(f"{k}={v}" for k, v in config.subset(spec.sizes).items())
+        raise WeightsError(
+            f"The weights in {origin} do not fit '{spec.name}' with {sizes}. " + ". ".join(parts) + ". "
+            "Check that the checkpoint was trained with this architecture, and pass the sizes it was "
+            "trained with (--config or --input-size/--hidden-size/--output-size/--branches)."
+        )

@@ -1,0 +1,161 @@
+"""`rnnexport build` end to end: the artifacts run everywhere they claim to, and prove it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rnnexport.artifact import read_test_data
+from rnnexport.cli import app
+from rnnexport.golden import load_golden
+from rnnexport.pipeline import build
+from rnnexport.reference import TorchRunner, build_model
+from rnnexport.registry import get_arch
+from rnnexport.runtime import probe_provider
+from rnnexport.spec import ArchConfig, Contract
+
+from .conftest import ARCH_NAMES
+
+cli = CliRunner()
+CUDA_HERE = probe_provider("cuda").available
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    for name in ARCH_NAMES:
+        build(name, out=out, device="auto")
+    return out
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_artifact_runs_at_any_batch_and_length(artifacts: Path, arch: str) -> None:
+    spec = get_arch(arch)
+    golden = load_golden(spec)
+    model = build_model(spec, ArchConfig(), state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()})
+    reference = TorchRunner(spec, model)
+    session = _session(artifacts / arch / "model.onnx")
+    rng = np.random.default_rng(5)
+    for batch in (1, 2, 5, 16):
+        for seq in (1, 2, 3, 50, 500):
+            feeds = {"x": rng.standard_normal((batch, seq, 10), dtype=np.float32)}
+            if spec.masked:
+                feeds["lengths"] = rng.integers(1, seq + 1, size=batch).astype(np.int64)
+            [y] = session.run(["y"], feeds)
+            width = 20 if arch.startswith("parallel") else 5
+            assert y.shape == ((batch, seq, width) if spec.per_step else (batch, width))
+            np.testing.assert_allclose(y, reference.infer(feeds)["y"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_test_data_reproduced_within_recorded_tolerance(artifacts: Path, arch: str) -> None:
+    folder = artifacts / arch
+    manifest = json.loads((folder / "manifest.json").read_text())
+    tol = manifest["verification"]["tolerance"]["cpu"]
+    contract = Contract.from_json(manifest)
+    cases = read_test_data(folder, contract)
+    seqs = {c.inputs["x"].shape[1] for c in cases}
+    assert 1 in seqs and max(seqs) > 100
+    session = _session(folder / "model.onnx")
+    for case in cases:
+        [y] = session.run(["y"], case.inputs)
+        np.testing.assert_allclose(y, case.outputs["y"], atol=tol["atol"], rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_manifest_hashes_and_contents(artifacts: Path, arch: str) -> None:
+    folder = artifacts / arch
+    manifest = json.loads((folder / "manifest.json").read_text())
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+    assert manifest["arch"] == arch
+    assert {"rnnexport", "torch", "onnx", "onnxruntime", "onnxsim"} <= set(manifest["versions"])
+    assert manifest["export"]["exporter"] == "torchscript" and manifest["export"]["opset"] == 17
+    assert manifest["simplification"]["nodes_after"] <= manifest["simplification"]["nodes_before"]
+    assert manifest["inputs"][0] == {"name": "x", "dtype": "float32", "shape": ["batch", "seq", 10]}
+    cpu = manifest["verification"]["providers"]["CPUExecutionProvider"]
+    assert cpu["status"] == "passed"
+    assert cpu["tolerance"] == {"atol": 1e-5, "rtol": 1e-4}
+    assert cpu["max_abs_error"] <= 1e-5
+    shapes = {tuple(s["x"][:2]) for s in cpu["shapes"]}
+    assert {(b, s) for b in (1, 3, 16) for s in (1, 7, 64, 257)} <= shapes
+    assert (2, 3) not in shapes  # never the trace shape
+    cuda = manifest["verification"]["providers"]["CUDAExecutionProvider"]
+    if CUDA_HERE:
+        assert cuda["status"] == "passed"
+    else:
+        assert cuda["status"] == "unavailable" and cuda["reason"]
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_model_is_single_file_self_describing_and_dynamic(artifacts: Path, arch: str) -> None:
+    model = onnx.load(str(artifacts / arch / "model.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["rnnexport.arch"] == arch
+    assert json.loads(props["rnnexport.contract"])["inputs"][0]["shape"] == ["batch", "seq", 10]
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    x = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in x[:2]] == ["batch", "seq"]
+
+
+def test_cli_build_json_and_exit_codes(tmp_path: Path) -> None:
+    result = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["passed"] is True
+    [entry] = summary["artifacts"]
+    assert entry["providers"]["CPUExecutionProvider"]["status"] == "passed"
+    auto = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path / "b"), "--device", "auto"])
+    assert auto.exit_code == 0, auto.output
+    usage = cli.invoke(app, ["build", "--out", str(tmp_path)])
+    assert usage.exit_code == 2 and "exactly one of --arch NAME or --all" in usage.output
+
+
+@pytest.mark.skipif(CUDA_HERE, reason="this machine has a working CUDA provider")
+def test_device_cuda_without_cuda_exits_1(tmp_path: Path) -> None:
+    result = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path), "--device", "cuda"])
+    assert result.exit_code == 1
+    assert "CUDA is unavailable here" in result.output and "--device cpu" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_verification_ships_nothing(tmp_path: Path) -> None:
+    # A zero tolerance cannot be met by float32 arithmetic in a different order: a real failure.
+    result = cli.invoke(
+        app, ["build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu", "--atol", "0", "--rtol", "0"]
+    )
+    assert result.exit_code == 1
+    assert "did not pass, so nothing was shipped" in result.output
+    assert "values outside atol 0" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_same_build_from_two_folders_is_byte_identical(tmp_path: Path) -> None:
+    digests = []
+    for where in ("1", "2"):
+        cwd = tmp_path / where
+        cwd.mkdir()
+        subprocess.run(
+            [sys.executable, "-m", "rnnexport.cli", "build", "--arch", "parallel-gru", "--device", "cpu", "--out", "o"],
+            cwd=cwd, check=True, capture_output=True, env=os.environ | {"PYTHONHASHSEED": where},
+        )
+        manifest = json.loads((cwd / "o" / "parallel-gru" / "manifest.json").read_text())
+        digests.append(((cwd / "o/parallel-gru/model.onnx").read_bytes(), manifest["files"]))
+    assert digests[0] == digests[1]

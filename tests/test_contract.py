@@ -1,0 +1,87 @@
+"""The contract check: what it exists for is catching exporters that freeze dynamic axes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from rnnexport.contract import check_contract, read_contract
+from rnnexport.errors import ContractError
+from rnnexport.export import export_onnx
+from rnnexport.reference import build_model
+from rnnexport.registry import get_arch
+from rnnexport.spec import ArchConfig, Contract, TensorSpec
+
+CONTRACT = Contract(
+    inputs=(TensorSpec("x", "float32", ("batch", "seq", 4)),),
+    outputs=(TensorSpec("y", "float32", ("batch", "seq", 2)),),
+)
+
+
+def _model(x_shape: list[int | str], y_shape: list[int | str], y_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+    y = helper.make_tensor_value_info("y", y_type, y_shape)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.0] * 8)
+    cast = [] if y_type == TensorProto.FLOAT else [helper.make_node("Cast", ["m"], ["y"], to=y_type)]
+    out = "y" if not cast else "m"
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], [out]), *cast], "g", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_dynamic_symbols_pass() -> None:
+    model = _model(["batch", "seq", 4], ["batch", "seq", 2])
+    check_contract(model, CONTRACT, stage="in test")
+    assert read_contract(model) == CONTRACT
+
+
+def test_frozen_output_axis_fails_naming_axis_and_size() -> None:
+    with pytest.raises(ContractError) as info:
+        check_contract(_model(["batch", "seq", 4], ["batch", 3, 2]), CONTRACT, stage="after export", trace_sizes="seq 3")
+    message = str(info.value)
+    assert "output 'y' axis 1 should be the dynamic axis 'seq' but is the fixed size 3" in message
+    assert "after export" in message and "seq 3" in message
+
+
+def test_wrong_symbol_dtype_and_static_size_all_reported() -> None:
+    with pytest.raises(ContractError) as info:
+        check_contract(_model(["s0", "seq", 4], ["batch", "seq", 7], TensorProto.DOUBLE), CONTRACT, stage="x")
+    message = str(info.value)
+    assert "input 'x' axis 0 should be the dynamic axis 'batch' but is the symbol 's0'" in message
+    assert "output 'y' has dtype float64, expected float32" in message
+    assert "output 'y' axis 2 should be 2 but is 7" in message
+
+
+def test_renamed_output_fails() -> None:
+    model = _model(["batch", "seq", 4], ["batch", "seq", 2])
+    model.graph.output[0].name = "out"
+    model.graph.node[0].output[0] = "out"
+    with pytest.raises(ContractError, match=r"output names are \['out'\], expected \['y'\]"):
+        check_contract(model, CONTRACT, stage="x")
+
+
+def test_torchscript_export_keeps_axes_symbolic() -> None:
+    for name in ("many-to-many", "parallel-gru", "attention"):
+        spec = get_arch(name)
+        contract = spec.contract(ArchConfig())
+        model = export_onnx(build_model(spec, ArchConfig(), seed=0), contract)
+        check_contract(model, contract, stage="after export")
+
+
+def test_dynamo_export_of_an_lstm_is_caught(tmp_path: Path) -> None:
+    # On torch 2.13 the dynamo exporter freezes the LSTM's sequence axis at the trace length. Run in
+    # a fresh interpreter: a second dynamo export in one process behaves differently (it also fixes
+    # the input axis), and this test is about the first, silent, case.
+    result = subprocess.run(
+        [sys.executable, "-m", "rnnexport.cli", "build", "--arch", "many-to-many", "--exporter", "dynamo",
+         "--device", "cpu", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "output 'y' axis 1 should be the dynamic axis 'seq' but is the fixed size 3" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
