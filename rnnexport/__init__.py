@@ -7,21 +7,50 @@ The public API mirrors the command line::
     manifest = rnnexport.build("attention", out="dist")
     report = rnnexport.verify("dist/attention")
 
-Importing the package is cheap: torch and onnxruntime load only when a function needs them.
+Importing the package is cheap: torch and onnxruntime load only when a function needs them, and
+``verify`` never loads torch at all.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from rnnexport._version import __version__
 from rnnexport.errors import RnnExportError
 from rnnexport.registry import get_arch, list_architectures
 from rnnexport.spec import ArchConfig, ArchSpec
 
+if TYPE_CHECKING:
+    from rnnexport.artifact import ArtifactReport, Manifest
+    from rnnexport.artifact import verify_artifact as verify
+    from rnnexport.pipeline import build
+
 __all__ = [
     "ArchConfig",
     "ArchSpec",
+    "ArtifactReport",
+    "Manifest",
     "RnnExportError",
     "__version__",
+    "build",
     "get_arch",
     "list_architectures",
+    "verify",
 ]
+
+# Resolved on first access (PEP 562), so that `import rnnexport` does not import torch.
+_LAZY = {
+    "build": ("rnnexport.pipeline", "build"),
+    "verify": ("rnnexport.artifact", "verify_artifact"),
+    "Manifest": ("rnnexport.artifact", "Manifest"),
+    "ArtifactReport": ("rnnexport.artifact", "ArtifactReport"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'rnnexport' has no attribute {name!r}")

@@ -24,12 +24,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
 from rnnexport.errors import ArtifactError, RnnExportError, UsageError
 from rnnexport.feeds import Case, validate_feeds
 from rnnexport.runtime import DEVICES, Device, probe_provider
 from rnnexport.spec import Contract
-from rnnexport.verify import ProviderResult, Tolerance, verify_on_device
 
 __all__ = [
     "MANIFEST",
@@ -206,7 +206,11 @@ def _external_data_problems(model: onnx.ModelProto, folder: Path) -> list[str]:
         if tensor.data_location == TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
             target = (folder / location).resolve()
-            where = "outside the artifact folder" if not target.is_relative_to(folder.resolve()) else "a side file"
+            where = (
+                "outside the artifact folder"
+                if not target.is_relative_to(folder.resolve())
+                else "a side file"
+            )
             problems.append(
                 f"tensor '{tensor.name}' points at external data '{location}' ({where}); it was not read"
             )
@@ -224,7 +228,10 @@ def prepare_destination(out: Path, name: str, *, force: bool) -> Path:
         )
     destination = out / name
     if destination.is_symlink():
-        raise UsageError(f"{destination} is a symbolic link; refusing to write through it. Remove it or choose another --out.")
+        raise UsageError(
+            f"{destination} is a symbolic link; refusing to write through it. "
+            "Remove it or choose another --out."
+        )
     if destination.exists() and not force:
         raise UsageError(
             f"{destination} already exists. rnnexport never overwrites silently: pass --force to replace it "
@@ -298,7 +305,7 @@ def resolve_devices(device: str) -> list[Device]:
         return [d for d in DEVICES if probe_provider(d).available]
     if device not in DEVICES:
         raise UsageError(f"Unknown --device {device!r}: expected one of cpu, cuda, auto.")
-    return [device]  # type: ignore[list-item]
+    return [device]
 
 
 # -- re-verification -------------------------------------------------------------------------------
@@ -310,7 +317,7 @@ class ArtifactReport:
 
     directory: Path
     manifest: Manifest
-    results: dict[str, ProviderResult]
+    results: dict[Device, ProviderResult]
 
     @property
     def passed(self) -> bool:
@@ -338,9 +345,13 @@ def _read_manifest(folder: Path) -> Manifest:
     try:
         manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is not a valid rnnexport manifest ({type(exc).__name__}: {exc}). Rebuild the artifact.") from exc
+        raise ArtifactError(
+            f"{path} is not a valid rnnexport manifest ({type(exc).__name__}: {exc}). Rebuild the artifact."
+        ) from exc
     if manifest.format != MANIFEST_FORMAT:
-        raise ArtifactError(f"{path} has manifest format {manifest.format}; this rnnexport reads {MANIFEST_FORMAT}.")
+        raise ArtifactError(
+            f"{path} has manifest format {manifest.format}; this rnnexport reads {MANIFEST_FORMAT}."
+        )
     return manifest
 
 
@@ -357,22 +368,35 @@ def verify_artifact(folder: Path | str, *, device: str = "auto") -> ArtifactRepo
     manifest = _read_manifest(folder)
     problems = check_files(folder, manifest.files)
     if problems:
-        raise ArtifactError(f"The artifact in {folder} does not match its manifest: " + "; ".join(problems) + ". Rebuild it, or copy it again from the build machine.")
+        raise ArtifactError(
+            f"The artifact in {folder} does not match its manifest: "
+            + "; ".join(problems)
+            + ". Rebuild it, or copy it again from the build machine."
+        )
     data = (folder / MODEL).read_bytes()
     model = onnx.load_from_string(data)
     external = _external_data_problems(model, folder)
     if external:
-        raise ArtifactError(f"{folder / MODEL} is not self-contained: " + "; ".join(external) + ". rnnexport artifacts are a single file; rebuild it.")
+        raise ArtifactError(
+            f"{folder / MODEL} is not self-contained: "
+            + "; ".join(external)
+            + ". rnnexport artifacts are a single file; rebuild it."
+        )
     try:
         check_contract(model, manifest.contract, stage=f"in {folder / MODEL}")
     except RnnExportError as exc:
         raise ArtifactError(str(exc)) from exc
     declared_arch = {p.key: p.value for p in model.metadata_props}.get("rnnexport.arch")
     if declared_arch != manifest.arch:
-        raise ArtifactError(f"{folder / MODEL} says it is {declared_arch!r}, the manifest says {manifest.arch!r}. Rebuild the artifact.")
+        raise ArtifactError(
+            f"{folder / MODEL} says it is {declared_arch!r}, the manifest says {manifest.arch!r}. "
+            "Rebuild the artifact."
+        )
     cases = read_test_data(folder, manifest.contract)
     if not cases:
-        raise ArtifactError(f"{folder} has no test_data_set_N folders to verify against. Rebuild the artifact.")
+        raise ArtifactError(
+            f"{folder} has no test_data_set_N folders to verify against. Rebuild the artifact."
+        )
     tf32 = bool(manifest.verification.get("tf32", False))
     results = {
         d: verify_on_device(data, cases, device=d, tol=manifest.tolerance(d), tf32=tf32 and d == "cuda")

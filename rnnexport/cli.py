@@ -72,7 +72,9 @@ def _root(
 
 @app.command("list")
 def list_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the architectures as JSON on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the architectures as JSON on stdout.")
+    ] = False,
 ) -> None:
     """List the supported architectures with their I/O contracts (default sizes)."""
     from rnnexport.registry import list_architectures
@@ -153,7 +155,9 @@ def _print_providers(title: str, providers: dict[str, Any]) -> None:
             escape(str(sorted({q for _, q in shapes}))) if shapes else "-",
         )
         if "tolerance" in r:
-            notes.append(f"{short}: tolerance atol {r['tolerance']['atol']:g}, rtol {r['tolerance']['rtol']:g}")
+            notes.append(
+                f"{short}: tolerance atol {r['tolerance']['atol']:g}, rtol {r['tolerance']['rtol']:g}"
+            )
         if r.get("reason"):
             notes.append(f"{short} {r['status']}: {r['reason']}")
         notes += [f"{short} failure: {line}" for line in r.get("failures", [])[:5]]
@@ -164,24 +168,44 @@ def _print_providers(title: str, providers: dict[str, Any]) -> None:
 
 @app.command()
 def build(
-    arch: Annotated[str | None, typer.Option("--arch", "-a", help="Architecture to build (see 'rnnexport list').")] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", "-a", help="Architecture to build (see 'rnnexport list').")
+    ] = None,
     build_all: Annotated[bool, typer.Option("--all", help="Build every registered architecture.")] = False,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Parent folder; the artifact goes to OUT/ARCH.")] = Path("dist"),
-    device: Annotated[DeviceChoice, typer.Option(help="Provider(s) to verify on; auto = every one that works here.")] = DeviceChoice.auto,
-    exporter: Annotated[ExporterChoice, typer.Option(help="torch.onnx exporter (dynamo freezes RNN sequence axes on torch 2.13).")] = ExporterChoice.torchscript,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Parent folder; the artifact goes to OUT/ARCH.")
+    ] = Path("dist"),
+    device: Annotated[
+        DeviceChoice, typer.Option(help="Provider(s) to verify on; auto = every one that works here.")
+    ] = DeviceChoice.auto,
+    exporter: Annotated[
+        ExporterChoice,
+        typer.Option(help="torch.onnx exporter (dynamo freezes RNN sequence axes on torch 2.13)."),
+    ] = ExporterChoice.torchscript,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    weights: Annotated[Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")] = None,
-    config: Annotated[Path | None, typer.Option(help="JSON file of sizes (input_size, hidden_size, output_size, branches).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file of sizes (input_size, hidden_size, output_size, branches).")
+    ] = None,
     input_size: Annotated[int | None, typer.Option(help="Input features (overrides --config).")] = None,
     hidden_size: Annotated[int | None, typer.Option(help="Hidden units (overrides --config).")] = None,
     output_size: Annotated[int | None, typer.Option(help="Output features (overrides --config).")] = None,
     branches: Annotated[int | None, typer.Option(help="Parallel branches (overrides --config).")] = None,
-    inputs: Annotated[Path | None, typer.Option(help="Extra verification inputs (.npz or .safetensors, keyed by input name).")] = None,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(help="Extra verification inputs (.npz or .safetensors, keyed by input name)."),
+    ] = None,
     atol: Annotated[float | None, typer.Option(help="Absolute tolerance (default 1e-5).")] = None,
     rtol: Annotated[float | None, typer.Option(help="Relative tolerance (default 1e-4).")] = None,
-    tf32: Annotated[bool, typer.Option("--tf32", help="Let the CUDA provider use TF32; verified at a looser tolerance.")] = False,
+    tf32: Annotated[
+        bool, typer.Option("--tf32", help="Let the CUDA provider use TF32; verified at a looser tolerance.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact completely.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
+    ] = False,
 ) -> None:
     """Export, simplify, verify and package an architecture into a deployable folder.
 
@@ -189,12 +213,23 @@ def build(
     """
     from rnnexport.registry import list_architectures
 
-    sizes = {"input_size": input_size, "hidden_size": hidden_size, "output_size": output_size, "branches": branches}
+    sizes = {
+        "input_size": input_size,
+        "hidden_size": hidden_size,
+        "output_size": output_size,
+        "branches": branches,
+    }
     with _reported():
         if (arch is None) == (not build_all):
-            raise UsageError("Give exactly one of --arch NAME or --all. Run 'rnnexport list' to see the names.")
-        if build_all and (weights is not None or config is not None or any(v is not None for v in sizes.values())):
-            raise UsageError("--all builds the default architectures; --weights, --config and sizes go with --arch NAME.")
+            raise UsageError(
+                "Give exactly one of --arch NAME or --all. Run 'rnnexport list' to see the names."
+            )
+        if build_all and (
+            weights is not None or config is not None or any(v is not None for v in sizes.values())
+        ):
+            raise UsageError(
+                "--all builds the default architectures; --weights, --config and sizes go with --arch NAME."
+            )
         names = [s.name for s in list_architectures()] if build_all else [arch or ""]
         if config is not None:
             from rnnexport.pipeline import _read_config_file
@@ -211,8 +246,19 @@ def build(
         try:
             with _reported():
                 manifest: Manifest = run_build(
-                    name, out=out, weights=weights, config=sizes, device=device.value, exporter=exporter.value,
-                    opset=opset, atol=atol, rtol=rtol, tf32=tf32, inputs=inputs, force=force, on_stage=_stage_line,
+                    name,
+                    out=out,
+                    weights=weights,
+                    config=sizes,
+                    device=device.value,
+                    exporter=exporter.value,
+                    opset=opset,
+                    atol=atol,
+                    rtol=rtol,
+                    tf32=tf32,
+                    inputs=inputs,
+                    force=force,
+                    on_stage=_stage_line,
                 )
         except typer.Exit as stop:
             exit_code = max(exit_code, stop.exit_code)
@@ -230,8 +276,12 @@ def build(
 @app.command()
 def verify(
     directory: Annotated[Path, typer.Argument(help="Artifact folder written by 'rnnexport build'.")],
-    device: Annotated[DeviceChoice, typer.Option(help="Provider(s) to verify on; auto = every one that works here.")] = DeviceChoice.auto,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable report on stdout.")] = False,
+    device: Annotated[
+        DeviceChoice, typer.Option(help="Provider(s) to verify on; auto = every one that works here.")
+    ] = DeviceChoice.auto,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a machine-readable report on stdout.")
+    ] = False,
 ) -> None:
     """Re-check a shipped artifact on this machine (needs onnxruntime, not torch).
 
@@ -249,7 +299,11 @@ def verify(
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     if not report.passed:
-        failed = ", ".join(f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "") for r in report.results.values() if r.status != "passed")
+        failed = ", ".join(
+            f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "")
+            for r in report.results.values()
+            if r.status != "passed"
+        )
         _err.print(f"[bold red]error:[/] verification did not pass: {escape(failed)}.", soft_wrap=True)
         raise typer.Exit(1)
 

@@ -72,20 +72,34 @@ def export_onnx(
     example = make_feeds(contract, batch=TRACE_BATCH, seq=TRACE_SEQ, rng=np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[name]) for name in contract.input_names)
     dynamic_axes = {t.name: t.dynamic_axes for t in contract.inputs + contract.outputs if t.dynamic_axes}
-    options = {
-        "input_names": contract.input_names,
-        "output_names": contract.output_names,
-        "dynamic_axes": dynamic_axes,
-        "opset_version": opset,
-    }
+    inputs, outputs = contract.input_names, contract.output_names
     try:
         with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
             if exporter == "torchscript":
                 buffer = io.BytesIO()
-                torch.onnx.export(model, args, buffer, dynamo=False, do_constant_folding=True, **options)
+                torch.onnx.export(
+                    model,
+                    args,
+                    buffer,  # type: ignore[arg-type]  # file objects work; the stub admits paths only
+                    dynamo=False,
+                    dynamic_axes=dynamic_axes,
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    input_names=inputs,
+                    output_names=outputs,
+                )
                 proto = onnx.load_from_string(buffer.getvalue())
             else:
-                program = torch.onnx.export(model, args, None, dynamo=True, **options)
+                program = torch.onnx.export(
+                    model,
+                    args,
+                    None,
+                    dynamo=True,
+                    dynamic_axes=dynamic_axes,
+                    opset_version=opset,
+                    input_names=inputs,
+                    output_names=outputs,
+                )
                 if program is None:  # pragma: no cover - dynamo=True always returns a program
                     raise RuntimeError("torch.onnx.export returned no program")
                 proto = program.model_proto

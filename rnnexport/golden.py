@@ -52,7 +52,7 @@ class GoldenSet:
 
 
 def golden_root() -> Path:
-    """Where golden folders live: ``$RNNEXPORT_GOLDEN_DIR``, the checkout's ``golden/``, or the wheel's copy."""
+    """Where golden folders live: ``$RNNEXPORT_GOLDEN_DIR``, the checkout's ``golden/``, or the wheel's."""
     override = os.environ.get("RNNEXPORT_GOLDEN_DIR")
     if override:
         return Path(override)
@@ -98,14 +98,19 @@ def load_golden(spec: ArchSpec, *, root: Path | None = None) -> GoldenSet:
             cases.append(
                 Case(
                     name=f"golden:{entry['file']}",
-                    inputs={k.removeprefix("input."): v for k, v in tensors.items() if k.startswith("input.")},
-                    outputs={k.removeprefix("output."): v for k, v in tensors.items() if k.startswith("output.")},
+                    inputs={
+                        k.removeprefix("input."): v for k, v in tensors.items() if k.startswith("input.")
+                    },
+                    outputs={
+                        k.removeprefix("output."): v for k, v in tensors.items() if k.startswith("output.")
+                    },
                 )
             )
     except GoldenError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise GoldenError(
-            f"Golden data for '{spec.name}' in {directory} cannot be read ({type(exc).__name__}: {exc}). {fix}"
+            f"Golden data for '{spec.name}' in {directory} cannot be read "
+            f"({type(exc).__name__}: {exc}). {fix}"
         ) from exc
     return GoldenSet(arch=spec.name, directory=directory, meta=meta, weights=weights, cases=cases)

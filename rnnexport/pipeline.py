@@ -30,6 +30,7 @@ from rnnexport.artifact import (
     staging_folder,
     write_test_data,
 )
+from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
 from rnnexport.errors import InputError, UsageError, VerificationError
 from rnnexport.export import DEFAULT_OPSET, EXPORTERS, TRACE_BATCH, TRACE_SEQ, Exporter, export_onnx
@@ -40,7 +41,6 @@ from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
-from rnnexport.verify import ProviderResult, Tolerance, verify_on_device
 from rnnexport.weights import check_state_dict, load_state_dict, sha256_of
 
 __all__ = ["SWEEP_BATCHES", "SWEEP_SEQS", "TF32_TOLERANCE", "StageCallback", "build", "resolve_config"]
@@ -140,7 +140,9 @@ def _sweep(contract: Contract, runner: TorchRunner) -> list[Case]:
     return cases
 
 
-def _finalise_model(model: onnx.ModelProto, spec: ArchSpec, config: ArchConfig, contract: Contract) -> onnx.ModelProto:
+def _finalise_model(
+    model: onnx.ModelProto, spec: ArchSpec, config: ArchConfig, contract: Contract
+) -> onnx.ModelProto:
     """Make the bytes reproducible and the model self-describing.
 
     Exporters leave doc strings that may carry source locations; they are cleared so that the same
@@ -227,7 +229,9 @@ def build(
             "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
         )
     state = load_state_dict(Path(weights)) if weights is not None else None
-    config_, notes = resolve_config(spec, config, {k: tuple(v.shape) for k, v in state.items()} if state else None)
+    config_, notes = resolve_config(
+        spec, config, {k: tuple(v.shape) for k, v in state.items()} if state else None
+    )
     contract = spec.contract(config_)
     user_inputs = _read_inputs_file(Path(inputs), contract) if inputs is not None else None
     tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
@@ -237,18 +241,29 @@ def build(
     with _stage(on_stage, "model") as stage:
         stage.details += notes
         golden_cases: list[Case] = []
+        weights_info: dict[str, Any]
         if state is not None:
             check_state_dict(spec, config_, state, origin=str(weights))
             model = build_model(spec, config_, state_dict=state)
             weights_info = {"source": "user", "file": Path(weights).name, "sha256": sha256_of(Path(weights))}  # type: ignore[arg-type]
         elif config_ == ArchConfig():
             golden = load_golden(spec)
-            model = build_model(spec, config_, state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()})
+            model = build_model(
+                spec, config_, state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()}
+            )
             golden_cases = golden.cases
-            weights_info = {"source": "golden", "sha256": golden.meta["weights"]["sha256"], "seed": golden.meta["seed"]}
+            weights_info = {
+                "source": "golden",
+                "sha256": golden.meta["weights"]["sha256"],
+                "seed": golden.meta["seed"],
+            }
         else:
             model = build_model(spec, config_, seed=0)
-            weights_info = {"source": "seeded", "seed": 0, "note": "PyTorch default init; sizes differ from the golden data"}
+            weights_info = {
+                "source": "seeded",
+                "seed": 0,
+                "note": "PyTorch default init; sizes differ from the golden data",
+            }
         runner = TorchRunner(spec, model)
         cases = golden_cases + _sweep(contract, runner)
         if user_inputs is not None:
@@ -258,7 +273,9 @@ def build(
             + f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED})"
             + (" using the packed formulation" if spec.masked else "")
         )
-        stage.details.append(f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases")
+        stage.details.append(
+            f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases"
+        )
 
     # -- export, check, simplify, check ----------------------------------------------------------
     trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
@@ -281,17 +298,24 @@ def build(
         results: dict[Device, ProviderResult] = {}
         for d in devices:
             with _stage(on_stage, f"verify {d}") as stage:
-                result = results[d] = verify_on_device(model_bytes, cases, device=d, tol=tolerances[d], tf32=tf32)
+                result = results[d] = verify_on_device(
+                    model_bytes, cases, device=d, tol=tolerances[d], tf32=tf32
+                )
                 stage.ok = result.status == "passed"
                 stage.details.append(
-                    f"{result.status}: {result.reason}" if result.reason
+                    f"{result.status}: {result.reason}"
+                    if result.reason
                     else f"{result.status}, max abs error {result.max_abs:.2e} over {len(cases)} cases"
                 )
         providers = {r.provider: r.to_json() for r in results.values()}
         for d in DEVICES:
             if d not in results:
                 probe = probe_provider(d)
-                status, reason = ("skipped", f"not requested (--device {device})") if probe.available else ("unavailable", probe.reason)
+                status, reason = (
+                    ("skipped", f"not requested (--device {device})")
+                    if probe.available
+                    else ("unavailable", probe.reason)
+                )
                 providers[probe.provider] = {"status": status, "device": d, "reason": reason}
         if not results or any(r.status != "passed" for r in results.values()):
             raise VerificationError(
@@ -305,14 +329,22 @@ def build(
 
         # -- package -------------------------------------------------------------------------------
         with _stage(on_stage, "package") as stage:
-            shipped = [c for c in cases if tuple(c.shapes["x"][:2]) in TEST_DATA_SHAPES and c.name.startswith("sweep:")]
+            shipped = [
+                c
+                for c in cases
+                if tuple(c.shapes["x"][:2]) in TEST_DATA_SHAPES and c.name.startswith("sweep:")
+            ]
             test_data = write_test_data(staging, shipped, contract)
             manifest = Manifest(
                 arch=spec.name,
                 config=config_.subset(spec.sizes),
                 contract=contract,
                 versions=_versions(),
-                export={"exporter": exporter, "opset": opset, "trace_shape": {"batch": TRACE_BATCH, "seq": TRACE_SEQ}},
+                export={
+                    "exporter": exporter,
+                    "opset": opset,
+                    "trace_shape": {"batch": TRACE_BATCH, "seq": TRACE_SEQ},
+                },
                 simplification=stats.to_json(),
                 weights=weights_info,
                 verification={

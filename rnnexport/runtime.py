@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 
 from rnnexport.errors import VerificationError
@@ -64,7 +63,8 @@ def _identity_model() -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
     # IR version 8 pairs with opset 17 and loads in every supported onnxruntime.
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return bytes(model.SerializeToString())
 
 
 def _cuda_library_problem(ort: Any) -> str:
@@ -87,7 +87,9 @@ def probe_provider(device: Device) -> ProviderProbe:
     provider = PROVIDERS[device]
     if provider not in ort.get_available_providers():
         return ProviderProbe(
-            device, provider, False,
+            device,
+            provider,
+            False,
             f"this onnxruntime build ({ort.__version__}) has no {provider}; "
             + ("install onnxruntime-gpu on a machine with an NVIDIA GPU" if device == "cuda" else ""),
         )
@@ -100,14 +102,22 @@ def probe_provider(device: Device) -> ProviderProbe:
         session = ort.InferenceSession(_identity_model(), providers=[provider])
         ran_on = session.get_providers()
     except Exception as exc:  # ORT raises its own Fail/RuntimeException types
-        return ProviderProbe(device, provider, False, f"onnxruntime could not create a {provider} session: {exc}")
+        return ProviderProbe(
+            device, provider, False, f"onnxruntime could not create a {provider} session: {exc}"
+        )
     if ran_on[0] != provider:
         detail = _cuda_library_problem(ort) if device == "cuda" else ""
         return ProviderProbe(
-            device, provider, False,
+            device,
+            provider,
+            False,
             f"onnxruntime fell back to {ran_on} when asked for {provider}"
             + (f" ({detail})" if detail else "")
-            + ("; CUDA needs onnxruntime-gpu with matching CUDA and cuDNN 9 libraries and a GPU" if device == "cuda" else ""),
+            + (
+                "; CUDA needs onnxruntime-gpu with matching CUDA and cuDNN 9 libraries and a GPU"
+                if device == "cuda"
+                else ""
+            ),
         )
     return ProviderProbe(device, provider, True)
 
@@ -133,7 +143,9 @@ def create_session(model: bytes | Path, device: Device, *, tf32: bool = False) -
     session = ort.InferenceSession(source, sess_options=options, providers=[provider])
     ran_on = session.get_providers()
     if ran_on[0] != PROVIDERS[device]:
-        raise ProviderUnavailableError(f"onnxruntime created the session on {ran_on}, not {PROVIDERS[device]}")
+        raise ProviderUnavailableError(
+            f"onnxruntime created the session on {ran_on}, not {PROVIDERS[device]}"
+        )
     return session
 
 
@@ -153,4 +165,3 @@ class OrtRunner:
         """Outputs keyed by ONNX output name."""
         results = self.session.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, results, strict=True))
-

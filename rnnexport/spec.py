@@ -209,7 +209,9 @@ class ArchSpec:
         """The I/O contract for concrete sizes."""
 
         def resolve(t: TensorSpec) -> TensorSpec:
-            shape = tuple(d if isinstance(d, int) or d in DYNAMIC_AXES else getattr(config, d) for d in t.shape)
+            shape = tuple(
+                d if isinstance(d, int) or d in DYNAMIC_AXES else getattr(config, d) for d in t.shape
+            )
             return dataclasses.replace(t, shape=shape)
 
         return Contract(tuple(resolve(t) for t in self.inputs), tuple(resolve(t) for t in self.outputs))

@@ -79,12 +79,16 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     refused: a NaN in a checkpoint makes every comparison meaningless.
     """
     if not path.is_file():
-        raise UsageError(f"Weights file {path} does not exist (or is not a file). Pass the path of a checkpoint.")
+        raise UsageError(
+            f"Weights file {path} does not exist (or is not a file). Pass the path of a checkpoint."
+        )
     loaded = _load_safetensors(path) if path.suffix == ".safetensors" else _load_pickle(path)
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping):
-        raise WeightsError(f"{path} holds a {type(loaded).__name__}, expected a state_dict (name -> tensor). {_SAVE_HINT}")
+        raise WeightsError(
+            f"{path} holds a {type(loaded).__name__}, expected a state_dict (name -> tensor). {_SAVE_HINT}"
+        )
     not_tensors = sorted(str(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise WeightsError(
@@ -100,13 +104,19 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_state_dict(spec: ArchSpec, config: ArchConfig, state: Mapping[str, torch.Tensor], *, origin: str) -> None:
+def check_state_dict(
+    spec: ArchSpec, config: ArchConfig, state: Mapping[str, torch.Tensor], *, origin: str
+) -> None:
     """Raise :class:`WeightsError` listing every missing, unexpected and wrongly shaped key."""
     expected = {k: tuple(v.shape) for k, v in build_model(spec, config).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     missing = [f"{k} {list(s)}" for k, s in expected.items() if k not in got]
     unexpected = [f"{k} {list(s)}" for k, s in got.items() if k not in expected]
-    wrong = [f"{k}: expected {list(expected[k])}, got {list(s)}" for k, s in got.items() if k in expected and s != expected[k]]
+    wrong = [
+        f"{k}: expected {list(expected[k])}, got {list(s)}"
+        for k, s in got.items()
+        if k in expected and s != expected[k]
+    ]
     if missing or unexpected or wrong:
         parts = [
             f"{label} ({len(items)}): " + "; ".join(items)

@@ -67,7 +67,9 @@ def write_golden(spec: ArchSpec, directory: Path) -> None:
     for k, (batch, seq) in enumerate(CASES):
         inputs = make_feeds(contract, batch=batch, seq=seq, rng=rng)
         outputs = runner.infer(inputs)
-        tensors = {f"input.{n}": a for n, a in inputs.items()} | {f"output.{n}": a for n, a in outputs.items()}
+        tensors = {f"input.{n}": a for n, a in inputs.items()} | {
+            f"output.{n}": a for n, a in outputs.items()
+        }
         file = f"case_{k}.safetensors"
         save_file(tensors, str(directory / file))
         entry: dict[str, Any] = {"file": file, "batch": batch, "seq": seq}
@@ -124,14 +126,18 @@ def differences(fresh: Path, committed: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, then write or check each requested architecture's folder."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--arch", action="append", help="architecture name (repeatable)")
     which.add_argument("--all", action="store_true", help="every registered architecture")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace existing folders")
     mode.add_argument("--check", action="store_true", help="regenerate in a temporary folder and compare")
-    parser.add_argument("--root", type=Path, default=None, help="golden root (default: the checkout's golden/)")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="golden root (default: the checkout's golden/)"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # reductions then run in one fixed order: byte-identical reruns

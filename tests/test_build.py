@@ -47,7 +47,9 @@ def _session(path: Path) -> ort.InferenceSession:
 def test_artifact_runs_at_any_batch_and_length(artifacts: Path, arch: str) -> None:
     spec = get_arch(arch)
     golden = load_golden(spec)
-    model = build_model(spec, ArchConfig(), state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()})
+    model = build_model(
+        spec, ArchConfig(), state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()}
+    )
     reference = TorchRunner(spec, model)
     session = _session(artifacts / arch / "model.onnx")
     rng = np.random.default_rng(5)
@@ -70,7 +72,8 @@ def test_test_data_reproduced_within_recorded_tolerance(artifacts: Path, arch: s
     contract = Contract.from_json(manifest)
     cases = read_test_data(folder, contract)
     seqs = {c.inputs["x"].shape[1] for c in cases}
-    assert 1 in seqs and max(seqs) > 100
+    assert 1 in seqs
+    assert max(seqs) > 100
     session = _session(folder / "model.onnx")
     for case in cases:
         [y] = session.run(["y"], case.inputs)
@@ -87,7 +90,8 @@ def test_manifest_hashes_and_contents(artifacts: Path, arch: str) -> None:
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
     assert manifest["arch"] == arch
     assert {"rnnexport", "torch", "onnx", "onnxruntime", "onnxsim"} <= set(manifest["versions"])
-    assert manifest["export"]["exporter"] == "torchscript" and manifest["export"]["opset"] == 17
+    assert manifest["export"]["exporter"] == "torchscript"
+    assert manifest["export"]["opset"] == 17
     assert manifest["simplification"]["nodes_after"] <= manifest["simplification"]["nodes_before"]
     assert manifest["inputs"][0] == {"name": "x", "dtype": "float32", "shape": ["batch", "seq", 10]}
     cpu = manifest["verification"]["providers"]["CPUExecutionProvider"]
@@ -101,7 +105,8 @@ def test_manifest_hashes_and_contents(artifacts: Path, arch: str) -> None:
     if CUDA_HERE:
         assert cuda["status"] == "passed"
     else:
-        assert cuda["status"] == "unavailable" and cuda["reason"]
+        assert cuda["status"] == "unavailable"
+        assert cuda["reason"]
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
@@ -116,7 +121,9 @@ def test_model_is_single_file_self_describing_and_dynamic(artifacts: Path, arch:
 
 
 def test_cli_build_json_and_exit_codes(tmp_path: Path) -> None:
-    result = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path), "--device", "cpu", "--json"])
+    result = cli.invoke(
+        app, ["build", "--arch", "attention", "--out", str(tmp_path), "--device", "cpu", "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["passed"] is True
@@ -125,21 +132,36 @@ def test_cli_build_json_and_exit_codes(tmp_path: Path) -> None:
     auto = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path / "b"), "--device", "auto"])
     assert auto.exit_code == 0, auto.output
     usage = cli.invoke(app, ["build", "--out", str(tmp_path)])
-    assert usage.exit_code == 2 and "exactly one of --arch NAME or --all" in usage.output
+    assert usage.exit_code == 2
+    assert "exactly one of --arch NAME or --all" in usage.output
 
 
 @pytest.mark.skipif(CUDA_HERE, reason="this machine has a working CUDA provider")
 def test_device_cuda_without_cuda_exits_1(tmp_path: Path) -> None:
     result = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path), "--device", "cuda"])
     assert result.exit_code == 1
-    assert "CUDA is unavailable here" in result.output and "--device cpu" in result.output
+    assert "CUDA is unavailable here" in result.output
+    assert "--device cpu" in result.output
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_verification_ships_nothing(tmp_path: Path) -> None:
     # A zero tolerance cannot be met by float32 arithmetic in a different order: a real failure.
     result = cli.invoke(
-        app, ["build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu", "--atol", "0", "--rtol", "0"]
+        app,
+        [
+            "build",
+            "--arch",
+            "many-to-many",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--atol",
+            "0",
+            "--rtol",
+            "0",
+        ],
     )
     assert result.exit_code == 1
     assert "did not pass, so nothing was shipped" in result.output
@@ -153,8 +175,22 @@ def test_same_build_from_two_folders_is_byte_identical(tmp_path: Path) -> None:
         cwd = tmp_path / where
         cwd.mkdir()
         subprocess.run(
-            [sys.executable, "-m", "rnnexport.cli", "build", "--arch", "parallel-gru", "--device", "cpu", "--out", "o"],
-            cwd=cwd, check=True, capture_output=True, env=os.environ | {"PYTHONHASHSEED": where},
+            [
+                sys.executable,
+                "-m",
+                "rnnexport.cli",
+                "build",
+                "--arch",
+                "parallel-gru",
+                "--device",
+                "cpu",
+                "--out",
+                "o",
+            ],
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+            env=os.environ | {"PYTHONHASHSEED": where},
         )
         manifest = json.loads((cwd / "o" / "parallel-gru" / "manifest.json").read_text())
         digests.append(((cwd / "o/parallel-gru/model.onnx").read_bytes(), manifest["files"]))

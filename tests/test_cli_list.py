@@ -32,7 +32,9 @@ def test_list_json() -> None:
         {"name": "x", "dtype": "float32", "shape": ["batch", "seq", 10]},
         {"name": "lengths", "dtype": "int64", "shape": ["batch"]},
     ]
-    assert data["parallel-gru"]["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["batch", "seq", 20]}]
+    assert data["parallel-gru"]["outputs"] == [
+        {"name": "y", "dtype": "float32", "shape": ["batch", "seq", 20]}
+    ]
 
 
 def test_version() -> None:

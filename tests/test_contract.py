@@ -23,7 +23,9 @@ CONTRACT = Contract(
 )
 
 
-def _model(x_shape: list[int | str], y_shape: list[int | str], y_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+def _model(
+    x_shape: list[int | str], y_shape: list[int | str], y_type: int = TensorProto.FLOAT
+) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
     y = helper.make_tensor_value_info("y", y_type, y_shape)
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.0] * 8)
@@ -41,10 +43,13 @@ def test_dynamic_symbols_pass() -> None:
 
 def test_frozen_output_axis_fails_naming_axis_and_size() -> None:
     with pytest.raises(ContractError) as info:
-        check_contract(_model(["batch", "seq", 4], ["batch", 3, 2]), CONTRACT, stage="after export", trace_sizes="seq 3")
+        check_contract(
+            _model(["batch", "seq", 4], ["batch", 3, 2]), CONTRACT, stage="after export", trace_sizes="seq 3"
+        )
     message = str(info.value)
     assert "output 'y' axis 1 should be the dynamic axis 'seq' but is the fixed size 3" in message
-    assert "after export" in message and "seq 3" in message
+    assert "after export" in message
+    assert "seq 3" in message
 
 
 def test_wrong_symbol_dtype_and_static_size_all_reported() -> None:
@@ -77,9 +82,23 @@ def test_dynamo_export_of_an_lstm_is_caught(tmp_path: Path) -> None:
     # a fresh interpreter: a second dynamo export in one process behaves differently (it also fixes
     # the input axis), and this test is about the first, silent, case.
     result = subprocess.run(
-        [sys.executable, "-m", "rnnexport.cli", "build", "--arch", "many-to-many", "--exporter", "dynamo",
-         "--device", "cpu", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "rnnexport.cli",
+            "build",
+            "--arch",
+            "many-to-many",
+            "--exporter",
+            "dynamo",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 1, result.stderr
     assert "output 'y' axis 1 should be the dynamic axis 'seq' but is the fixed size 3" in result.stderr

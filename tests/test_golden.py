@@ -29,7 +29,10 @@ def test_golden_folder_is_complete_and_small(arch: str) -> None:
     assert {"torch", "numpy"} <= set(meta["versions"])
     batches = {c["batch"] for c in meta["cases"]}
     seqs = {c["seq"] for c in meta["cases"]}
-    assert 1 in batches and 1 in seqs and max(seqs) > 100 and len(meta["cases"]) >= 3
+    assert 1 in batches
+    assert 1 in seqs
+    assert max(seqs) > 100
+    assert len(meta["cases"]) >= 3
     if get_arch(arch).masked:
         lengths = [(c["seq"], c["lengths"]) for c in meta["cases"]]
         assert any(1 in ls and seq in ls and seq > 1 for seq, ls in lengths)
@@ -52,7 +55,11 @@ def test_current_model_reproduces_golden_outputs(arch: str) -> None:
         got = runner.infer(case.inputs)
         for name, want in case.outputs.items():
             np.testing.assert_allclose(
-                got[name], want, atol=1e-6, rtol=0, err_msg=f"{case.name} is stale: run {regenerate_command(arch)}"
+                got[name],
+                want,
+                atol=1e-6,
+                rtol=0,
+                err_msg=f"{case.name} is stale: run {regenerate_command(arch)}",
             )
 
 
@@ -76,7 +83,10 @@ def test_stale_contract_is_detected(tmp_path: Path) -> None:
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_golden.py"), *args],
-        capture_output=True, text=True, check=False, cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
     )
 
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from rnnexport import runtime
 from rnnexport.cli import app
+from rnnexport.compare import Tolerance, verify_on_device
 from rnnexport.feeds import Case
 from rnnexport.runtime import create_session, probe_provider
-from rnnexport.verify import Tolerance, verify_on_device
 
 from .test_contract import _model
 
@@ -41,13 +41,16 @@ _REAL_SESSION = ort.InferenceSession
 
 @pytest.fixture
 def cuda_falls_back(monkeypatch: pytest.MonkeyPatch, fresh_probes: None) -> None:
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     monkeypatch.setattr(ort, "InferenceSession", _FallingBackSession)
 
 
 def test_cpu_probe_works() -> None:
     probe = probe_provider("cpu")
-    assert probe.available and probe.reason == ""
+    assert probe.available
+    assert probe.reason == ""
 
 
 def test_silent_cuda_fallback_is_unavailable_not_passed(cuda_falls_back: None) -> None:
@@ -60,15 +63,20 @@ def test_silent_cuda_fallback_is_unavailable_not_passed(cuda_falls_back: None) -
     case = Case("c", {"x": np.zeros((1, 2, 4), np.float32)}, {"y": np.zeros((1, 2, 2), np.float32)})
     result = verify_on_device(model, [case], device="cuda", tol=Tolerance())
     assert result.status == "unavailable"
-    assert result.reason and result.cases == []
+    assert result.reason
+    assert result.cases == []
     with pytest.raises(runtime.ProviderUnavailableError):
         create_session(model, "cuda")
 
 
-def test_fallback_after_a_successful_probe_is_still_caught(monkeypatch: pytest.MonkeyPatch, fresh_probes: None) -> None:
+def test_fallback_after_a_successful_probe_is_still_caught(
+    monkeypatch: pytest.MonkeyPatch, fresh_probes: None
+) -> None:
     # The probe said yes, but the real model's session lands on CPU anyway: still refused.
     monkeypatch.setattr(
-        runtime, "probe_provider", lambda device: runtime.ProviderProbe(device, runtime.PROVIDERS[device], True)
+        runtime,
+        "probe_provider",
+        lambda device: runtime.ProviderProbe(device, runtime.PROVIDERS[device], True),
     )
     monkeypatch.setattr(ort, "InferenceSession", _FallingBackSession)
     model = _model(["batch", "seq", 4], ["batch", "seq", 2]).SerializeToString()
@@ -77,7 +85,9 @@ def test_fallback_after_a_successful_probe_is_still_caught(monkeypatch: pytest.M
 
 
 def test_device_cuda_exits_1_when_cuda_falls_back(cuda_falls_back: None, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["build", "--arch", "many-to-many", "--device", "cuda", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["build", "--arch", "many-to-many", "--device", "cuda", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert "CUDA is unavailable here" in result.output
     assert "Traceback" not in result.output

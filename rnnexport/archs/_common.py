@@ -10,7 +10,7 @@ import torch
 __all__ = ["count_indexed", "valid_steps"]
 
 
-def valid_steps(lengths: torch.Tensor, seq_len: int | torch.Tensor) -> torch.Tensor:
+def valid_steps(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     """Boolean mask ``[batch, seq]``: True where step ``t < lengths[b]``.
 
     Built from ``arange`` over the runtime sequence length, so it traces to ONNX ``Range`` on a
@@ -21,6 +21,6 @@ def valid_steps(lengths: torch.Tensor, seq_len: int | torch.Tensor) -> torch.Ten
 
 
 def count_indexed(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
-    """How many distinct ``i`` make ``pattern.format(i=i)``-style keys present (``lstms.{i}.weight_ih_l0``)."""
+    """How many distinct indices ``i`` fill ``pattern`` (like ``lstms.{i}.weight_ih_l0``) among the keys."""
     regex = re.compile(re.escape(pattern).replace(re.escape("{i}"), r"(\d+)") + "$")
     return len({m.group(1) for key in shapes if (m := regex.match(key))})

@@ -39,7 +39,8 @@ class ParallelLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x[batch, seq, input] -> y[batch, seq, hidden]``."""
-        return self.fc(torch.cat(_branch_outputs(self.lstms, x), dim=2))
+        y: torch.Tensor = self.fc(torch.cat(_branch_outputs(self.lstms, x), dim=2))
+        return y
 
 
 class ParallelLSTMAttention(nn.Module):
@@ -76,7 +77,8 @@ class ParallelGRU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x[batch, seq, input] -> y[batch, seq, hidden]``."""
-        return self.linear(torch.cat(_branch_outputs(self.grus, x), dim=2))
+        y: torch.Tensor = self.linear(torch.cat(_branch_outputs(self.grus, x), dim=2))
+        return y
 
 
 class _SizesReader:

@@ -39,7 +39,8 @@ class ManyToManyLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x[batch, seq, input] -> y[batch, seq, output]``."""
-        return self.fc(self.lstm(x)[0])
+        y: torch.Tensor = self.fc(self.lstm(x)[0])
+        return y
 
 
 def _packed_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -57,12 +58,14 @@ class MaskedManyToManyLSTM(ManyToManyLSTM):
         padded = ~valid_steps(lengths, x.shape[1]).unsqueeze(2)
         # The LSTM is causal, so a valid step never sees the padding after it; masked_fill (a Where
         # in ONNX, not a multiply) then sets padded steps to exactly 0, even if the padding held NaN.
-        return self.fc(self.lstm(x)[0]).masked_fill(padded, 0.0)
+        y: torch.Tensor = self.fc(self.lstm(x)[0])
+        return y.masked_fill(padded, 0.0)
 
     def forward_packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Packed reference: same weights, ``pack_padded_sequence``; padded steps set to zero."""
         padded = ~valid_steps(lengths, x.shape[1]).unsqueeze(2)
-        return self.fc(_packed_lstm(self.lstm, x, lengths)).masked_fill(padded, 0.0)
+        y: torch.Tensor = self.fc(_packed_lstm(self.lstm, x, lengths))
+        return y.masked_fill(padded, 0.0)
 
 
 class AttentionLSTM(nn.Module):
@@ -87,7 +90,8 @@ class AttentionLSTM(nn.Module):
         scores = self._scores(out).masked_fill(~valid, torch.finfo(out.dtype).min)
         weights = torch.softmax(scores, dim=1)
         context = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
-        return self.fc(context)
+        y: torch.Tensor = self.fc(context)
+        return y
 
     def forward_packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Packed reference: pack, then attend over each sequence's own valid steps, one row at a time."""
@@ -97,7 +101,8 @@ class AttentionLSTM(nn.Module):
             steps = out[b, :length]
             weights = torch.softmax(self._scores(steps), dim=0)
             rows.append(weights @ steps)
-        return self.fc(torch.stack(rows))
+        y: torch.Tensor = self.fc(torch.stack(rows))
+        return y
 
 
 def _read_sizes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
@@ -140,7 +145,9 @@ register(
         build_model=MaskedManyToManyLSTM,
         inputs=(_X, _LENGTHS),
         outputs=(
-            TensorSpec("y", "float32", (BATCH, SEQ, "output_size"), "per-step output, exactly 0 on padded steps"),
+            TensorSpec(
+                "y", "float32", (BATCH, SEQ, "output_size"), "per-step output, exactly 0 on padded steps"
+            ),
         ),
         sizes=_SIZES,
         infer_sizes=_read_sizes,

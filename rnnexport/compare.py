@@ -63,8 +63,13 @@ class OutputComparison:
     def to_json(self) -> dict[str, Any]:
         """For reports."""
         return {
-            "name": self.name, "shape": self.shape, "max_abs": self.max_abs, "max_rel": self.max_rel,
-            "worst_index": self.worst_index, "mismatched": self.mismatched, "nonfinite": self.nonfinite,
+            "name": self.name,
+            "shape": self.shape,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "worst_index": self.worst_index,
+            "mismatched": self.mismatched,
+            "nonfinite": self.nonfinite,
             "problem": self.problem,
         }
 
@@ -75,7 +80,9 @@ def _compare_one(name: str, actual: np.ndarray, expected: np.ndarray, tol: Toler
             name, list(actual.shape), problem=f"shape {list(actual.shape)}, expected {list(expected.shape)}"
         )
     if actual.dtype != expected.dtype:
-        return OutputComparison(name, list(actual.shape), problem=f"dtype {actual.dtype}, expected {expected.dtype}")
+        return OutputComparison(
+            name, list(actual.shape), problem=f"dtype {actual.dtype}, expected {expected.dtype}"
+        )
     if actual.size == 0:
         return OutputComparison(name, list(actual.shape))
     a, e = actual.astype(np.float64), expected.astype(np.float64)
@@ -94,12 +101,19 @@ def _compare_one(name: str, actual: np.ndarray, expected: np.ndarray, tol: Toler
         problem = f"{nonfinite} non-finite value(s) in the ONNX Runtime output"
     elif mismatched:
         problem = (
-            f"{mismatched} of {a.size} values outside atol {tol.atol:g} + rtol {tol.rtol:g}*|expected|, worst at "
+            f"{mismatched} of {a.size} values outside atol {tol.atol:g} + rtol {tol.rtol:g}*|expected|, "
+            "worst at "
             f"{worst}: got {a[tuple(worst)]:.8g}, expected {e[tuple(worst)]:.8g}"
         )
     return OutputComparison(
-        name, list(actual.shape), max_abs=float(finite_diff.max()), max_rel=float(np.nanmax(rel)),
-        worst_index=worst, mismatched=mismatched, nonfinite=nonfinite, problem=problem,
+        name,
+        list(actual.shape),
+        max_abs=float(finite_diff.max()),
+        max_rel=float(np.nanmax(rel)),
+        worst_index=worst,
+        mismatched=mismatched,
+        nonfinite=nonfinite,
+        problem=problem,
     )
 
 

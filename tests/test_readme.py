@@ -1,0 +1,32 @@
+"""The README's promises: its train-then-ship example runs, and its commands exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+
+def _block(marker: str) -> str:
+    text = (REPO / "README.md").read_text()
+    found = re.search(rf"<!-- example: {marker} -->\s*```python\n(.*?)```", text, re.S)
+    assert found, f"README has no example marked {marker}"
+    return found.group(1)
+
+
+def test_train_then_ship_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    exec(compile(_block("train-then-ship"), "README.md", "exec"), {"__name__": "readme_example"})
+
+
+def test_quickstart_commands_exist() -> None:
+    text = (REPO / "README.md").read_text()
+    assert "bash scripts/setup.sh && .venv/bin/rnnexport build --arch attention" in text
+    assert "bash scripts/test.sh" in text
+    assert "bash scripts/test.sh" in (REPO / ".ci" / "run").read_text()
+    for script in ("setup.sh", "test.sh", "make_golden.py"):
+        assert (REPO / "scripts" / script).is_file()
