@@ -12,6 +12,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,146 @@ def _summary(results: Mapping[Device, ProviderResult]) -> str:
     return " | ".join(lines)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A build request, resolved and validated before any work is done."""
+
+    spec: ArchSpec
+    config: ArchConfig
+    contract: Contract
+    destination: Path
+    devices: list[Device]
+    device: str
+    exporter: Exporter
+    opset: int
+    tolerances: dict[Device, Tolerance]
+    tf32: bool
+    force: bool
+    weights: Path | None
+    state: dict[str, torch.Tensor] | None
+    user_inputs: tuple[str, Feeds] | None
+    notes: list[str]
+
+
+def _resolve(
+    arch: str,
+    *,
+    out: Path,
+    weights: Path | None,
+    config: ArchConfig | Mapping[str, Any] | str | Path | None,
+    device: str,
+    exporter: Exporter,
+    opset: int,
+    atol: float | None,
+    rtol: float | None,
+    tf32: bool,
+    inputs: Path | None,
+    force: bool,
+) -> _Request:
+    """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
+    spec = get_arch(arch)
+    if exporter not in EXPORTERS:
+        raise UsageError(f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}.")
+    if not 7 <= opset <= 21:
+        raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and not (0 <= value < 1):
+            raise UsageError(
+                f"--{name} must be a number in [0, 1), got {value}. The defaults are atol 1e-5, rtol 1e-4."
+            )
+    destination = prepare_destination(out, spec.name, force=force)
+    devices = resolve_devices(device)
+    if device == "cuda" and not probe_provider("cuda").available:
+        # Fail before any work: the one provider asked for cannot run here.
+        raise VerificationError(
+            f"--device cuda was requested, but CUDA is unavailable here: {probe_provider('cuda').reason}. "
+            "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
+            "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
+        )
+    state = load_state_dict(weights) if weights is not None else None
+    shapes = {k: tuple(v.shape) for k, v in state.items()} if state else None
+    config_, notes = resolve_config(spec, config, shapes)
+    contract = spec.contract(config_)
+    if state is not None:
+        check_state_dict(spec, config_, state, origin=str(weights))
+    user_inputs = (inputs.name, _read_inputs_file(inputs, contract)) if inputs is not None else None
+    tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
+    return _Request(
+        spec=spec,
+        config=config_,
+        contract=contract,
+        destination=destination,
+        devices=devices,
+        device=device,
+        exporter=exporter,
+        opset=opset,
+        tolerances={"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance},
+        tf32=tf32,
+        force=force,
+        weights=weights,
+        state=state,
+        user_inputs=user_inputs,
+        notes=notes,
+    )
+
+
+def _model_and_references(request: _Request) -> tuple[torch.nn.Module, list[Case], dict[str, Any]]:
+    """The PyTorch model, every verification case with its reference outputs, and the weights' origin.
+
+    Default sizes without a checkpoint use the committed golden weights and cases; other sizes use
+    a seeded initialisation; a checkpoint is used as given. Either way the shape sweep's references
+    are computed here from eager PyTorch.
+    """
+    spec, config = request.spec, request.config
+    golden_cases: list[Case] = []
+    origin: dict[str, Any]
+    if request.state is not None and request.weights is not None:
+        model = build_model(spec, config, state_dict=request.state)
+        origin = {"source": "user", "file": request.weights.name, "sha256": sha256_of(request.weights)}
+    elif config == ArchConfig():
+        golden = load_golden(spec)
+        model = build_model(
+            spec, config, state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()}
+        )
+        golden_cases = golden.cases
+        origin = {"source": "golden", "sha256": golden.meta["weights"]["sha256"], "seed": golden.meta["seed"]}
+    else:
+        model = build_model(spec, config, seed=0)
+        origin = {
+            "source": "seeded",
+            "seed": 0,
+            "note": "PyTorch default init; sizes differ from the golden data",
+        }
+    runner = TorchRunner(spec, model)
+    cases = golden_cases + _sweep(request.contract, runner)
+    if request.user_inputs is not None:
+        name, feeds = request.user_inputs
+        cases.append(Case(f"user:{name}", feeds, runner.infer(feeds)))
+    origin["references"] = (
+        ("committed golden cases + " if golden_cases else "")
+        + f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED})"
+        + (" using the packed formulation" if spec.masked else "")
+    )
+    return model, cases, origin
+
+
+def _provider_entries(request: _Request, results: Mapping[Device, ProviderResult]) -> dict[str, Any]:
+    """The manifest's ``verification.providers``: results for what was requested, the rest probed."""
+    providers = {r.provider: r.to_json() for r in results.values()}
+    for d in DEVICES:
+        if d not in results:
+            probe = probe_provider(d)
+            if probe.available:
+                providers[probe.provider] = {
+                    "status": "skipped",
+                    "device": d,
+                    "reason": f"not requested (--device {request.device})",
+                }
+            else:
+                providers[probe.provider] = {"status": "unavailable", "device": d, "reason": probe.reason}
+    return providers
+
+
 def build(
     arch: str,
     *,
@@ -209,97 +350,53 @@ def build(
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
-    ``device`` is ``cpu``, ``cuda`` or ``auto`` (every provider that really works here). Raises an
-    :class:`~rnnexport.errors.RnnExportError` subclass on any failure, after leaving ``out`` exactly
-    as it was.
+    ``config`` gives sizes (an :class:`ArchConfig`, a mapping, or a JSON file); sizes it leaves out
+    are read off ``weights`` where possible, else defaulted. ``device`` is ``cpu``, ``cuda`` or
+    ``auto`` (every provider that really works here). ``on_stage(stage, ok, detail, seconds)`` is
+    called after each stage. Raises an :class:`~rnnexport.errors.RnnExportError` subclass on any
+    failure, and on failure or interruption leaves ``out`` exactly as it was.
     """
-    # -- resolve the request (cheap checks first, so usage errors come before any work) -------------
-    spec = get_arch(arch)
-    if exporter not in EXPORTERS:
-        raise UsageError(f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}.")
-    if not 7 <= opset <= 21:
-        raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
-    destination = prepare_destination(Path(out), spec.name, force=force)
-    devices = resolve_devices(device)
-    if device == "cuda" and not probe_provider("cuda").available:
-        # Fail before any work: the one provider asked for cannot run here.
-        raise VerificationError(
-            f"--device cuda was requested, but CUDA is unavailable here: {probe_provider('cuda').reason}. "
-            "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
-            "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
-        )
-    state = load_state_dict(Path(weights)) if weights is not None else None
-    config_, notes = resolve_config(
-        spec, config, {k: tuple(v.shape) for k, v in state.items()} if state else None
+    request = _resolve(
+        arch,
+        out=Path(out),
+        weights=None if weights is None else Path(weights),
+        config=config,
+        device=device,
+        exporter=exporter,
+        opset=opset,
+        atol=atol,
+        rtol=rtol,
+        tf32=tf32,
+        inputs=None if inputs is None else Path(inputs),
+        force=force,
     )
-    contract = spec.contract(config_)
-    user_inputs = _read_inputs_file(Path(inputs), contract) if inputs is not None else None
-    tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
-    tolerances = {"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance}
+    spec, contract = request.spec, request.contract
+    with staging_folder(request.destination) as staging:
+        with _stage(on_stage, "model") as stage:
+            model, cases, weights_origin = _model_and_references(request)
+            stage.details += [
+                *request.notes,
+                f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
+            ]
 
-    # -- the model and its references --------------------------------------------------------------
-    with _stage(on_stage, "model") as stage:
-        stage.details += notes
-        golden_cases: list[Case] = []
-        weights_info: dict[str, Any]
-        if state is not None:
-            check_state_dict(spec, config_, state, origin=str(weights))
-            model = build_model(spec, config_, state_dict=state)
-            weights_info = {"source": "user", "file": Path(weights).name, "sha256": sha256_of(Path(weights))}  # type: ignore[arg-type]
-        elif config_ == ArchConfig():
-            golden = load_golden(spec)
-            model = build_model(
-                spec, config_, state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()}
-            )
-            golden_cases = golden.cases
-            weights_info = {
-                "source": "golden",
-                "sha256": golden.meta["weights"]["sha256"],
-                "seed": golden.meta["seed"],
-            }
-        else:
-            model = build_model(spec, config_, seed=0)
-            weights_info = {
-                "source": "seeded",
-                "seed": 0,
-                "note": "PyTorch default init; sizes differ from the golden data",
-            }
-        runner = TorchRunner(spec, model)
-        cases = golden_cases + _sweep(contract, runner)
-        if user_inputs is not None:
-            cases.append(Case(f"user:{Path(inputs).name}", user_inputs, runner.infer(user_inputs)))  # type: ignore[arg-type]
-        weights_info["references"] = (
-            ("committed golden cases + " if golden_cases else "")
-            + f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED})"
-            + (" using the packed formulation" if spec.masked else "")
-        )
-        stage.details.append(
-            f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases"
-        )
+        trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
+        with _stage(on_stage, "export") as stage:
+            exported = export_onnx(model, contract, exporter=exporter, opset=opset)
+            check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
+            stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
+        with _stage(on_stage, "simplify") as stage:
+            simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
+            check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
+            stage.details.append(f"{stats.nodes_before} -> {stats.nodes_after} nodes")
+        model_bytes = _finalise_model(simplified, spec, request.config, contract).SerializeToString()
+        (staging / MODEL).write_bytes(model_bytes)
 
-    # -- export, check, simplify, check ----------------------------------------------------------
-    trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
-    with _stage(on_stage, "export") as stage:
-        stage.details.append(f"{exporter}, opset {opset}")
-        exported = export_onnx(model, contract, exporter=exporter, opset=opset)
-        check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
-    with _stage(on_stage, "simplify") as stage:
-        simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
-        check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
-        stage.details.append(f"{stats.nodes_before} -> {stats.nodes_after} nodes")
-    final = _finalise_model(simplified, spec, config_, contract)
-
-    with staging_folder(destination) as staging:
-        model_path = staging / MODEL
-        model_bytes = final.SerializeToString()
-        model_path.write_bytes(model_bytes)
-
-        # -- verify what will ship: the bytes on disk ---------------------------------------------
+        # Verify the bytes that will ship, on every requested provider; all must pass.
         results: dict[Device, ProviderResult] = {}
-        for d in devices:
+        for d in request.devices:
             with _stage(on_stage, f"verify {d}") as stage:
                 result = results[d] = verify_on_device(
-                    model_bytes, cases, device=d, tol=tolerances[d], tf32=tf32
+                    model_bytes, cases, device=d, tol=request.tolerances[d], tf32=tf32
                 )
                 stage.ok = result.status == "passed"
                 stage.details.append(
@@ -307,37 +404,27 @@ def build(
                     if result.reason
                     else f"{result.status}, max abs error {result.max_abs:.2e} over {len(cases)} cases"
                 )
-        providers = {r.provider: r.to_json() for r in results.values()}
-        for d in DEVICES:
-            if d not in results:
-                probe = probe_provider(d)
-                status, reason = (
-                    ("skipped", f"not requested (--device {device})")
-                    if probe.available
-                    else ("unavailable", probe.reason)
-                )
-                providers[probe.provider] = {"status": status, "device": d, "reason": reason}
         if not results or any(r.status != "passed" for r in results.values()):
+            unavailable = any(r.status == "unavailable" for r in results.values())
             raise VerificationError(
                 f"Verification of '{spec.name}' did not pass, so nothing was shipped: {_summary(results)}. "
                 + (
                     "Use --device cpu, or install onnxruntime-gpu with CUDA and cuDNN 9 on a GPU machine."
-                    if any(r.status == "unavailable" for r in results.values())
+                    if unavailable
                     else "The exported graph computes something else than the PyTorch model at these shapes."
                 )
             )
 
-        # -- package -------------------------------------------------------------------------------
         with _stage(on_stage, "package") as stage:
             shipped = [
                 c
                 for c in cases
-                if tuple(c.shapes["x"][:2]) in TEST_DATA_SHAPES and c.name.startswith("sweep:")
+                if c.name.startswith("sweep:") and tuple(c.shapes["x"][:2]) in TEST_DATA_SHAPES
             ]
             test_data = write_test_data(staging, shipped, contract)
             manifest = Manifest(
                 arch=spec.name,
-                config=config_.subset(spec.sizes),
+                config=request.config.subset(spec.sizes),
                 contract=contract,
                 versions=_versions(),
                 export={
@@ -346,18 +433,18 @@ def build(
                     "trace_shape": {"batch": TRACE_BATCH, "seq": TRACE_SEQ},
                 },
                 simplification=stats.to_json(),
-                weights=weights_info,
+                weights=weights_origin,
                 verification={
                     "rule": "|ort - ref| <= atol + rtol*|ref|, all values finite",
-                    "tolerance": {d: t.to_json() for d, t in tolerances.items()},
+                    "tolerance": {d: t.to_json() for d, t in request.tolerances.items()},
                     "tf32": tf32,
                     "tf32_policy": "CUDA provider use_tf32=" + ("1 (looser tolerance)" if tf32 else "0"),
-                    "providers": providers,
+                    "providers": _provider_entries(request, results),
                 },
                 test_data=test_data,
                 files=hash_files(staging),
             )
             manifest.write(staging)
-            publish(staging, destination, force=force)
-            stage.details.append(str(destination))
+            publish(staging, request.destination, force=force)
+            stage.details.append(str(request.destination))
     return manifest

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Speed targets, measured (never asserted by timed unit tests).
+
+    python scripts/bench.py                  # build-time targets + CPU latency, exit 1 if a target is missed
+    python scripts/bench.py --device cuda    # also CUDA provider vs PyTorch CUDA latency (GPU machine)
+    python scripts/bench.py --json out.json  # write every figure as JSON too
+
+Targets:
+- ``rnnexport build --arch attention`` end to end within 3x ``python -c "import torch, onnxruntime"``;
+- ``rnnexport build --all`` within 30 s;
+- the shipped artifact on ONNX Runtime's CPU provider no slower than PyTorch eager (ratio <= 1.0) at
+  batch 1 and 64, seq 1 and 100, for every architecture.
+
+Latency is the median of ``--repeats`` timed runs after warm-up, both sides at the same thread
+count. CUDA figures are reported, not held to a target: they depend on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPES = ((1, 1), (1, 100), (64, 1), (64, 100))
+
+
+def _wall(command: list[str], repeats: int) -> float:
+    """Median wall time of a command (its output discarded); fails loudly if it fails."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _median_call(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> float:
+    for _ in range(5):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def build_targets(repeats: int) -> dict[str, Any]:
+    """Time the imports baseline, one build, and --all."""
+    rnnexport = str(Path(sys.executable).with_name("rnnexport"))
+    baseline = _wall([sys.executable, "-c", "import torch, onnxruntime"], repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        one = _wall(
+            [rnnexport, "build", "--arch", "attention", "--device", "cpu", "--force", "--out", tmp], repeats
+        )
+        every = _wall([rnnexport, "build", "--all", "--device", "cpu", "--force", "--out", tmp], 1)
+    return {
+        "import_torch_onnxruntime_s": baseline,
+        "build_attention_s": one,
+        "build_attention_ratio": one / baseline,
+        "build_all_s": every,
+        "targets": {"build_attention_ratio <= 3": one / baseline <= 3.0, "build_all_s <= 30": every <= 30.0},
+    }
+
+
+def latency(device: str, repeats: int) -> list[dict[str, Any]]:
+    """ONNX Runtime (artifact) vs PyTorch eager, per architecture and shape."""
+    import torch
+
+    from rnnexport.feeds import make_feeds
+    from rnnexport.golden import load_golden
+    from rnnexport.pipeline import build
+    from rnnexport.reference import build_model
+    from rnnexport.registry import list_architectures
+    from rnnexport.runtime import OrtRunner, create_session
+    from rnnexport.spec import ArchConfig
+
+    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+    if device == "cuda":
+        # Same policy as verification: no TF32 on either side.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in list_architectures():
+            build(spec.name, out=tmp, device=device)
+            runner = OrtRunner(create_session(Path(tmp) / spec.name / "model.onnx", device))  # type: ignore[arg-type]
+            golden = load_golden(spec)
+            weights = {k: torch.from_numpy(v) for k, v in golden.weights.items()}
+            model = build_model(spec, ArchConfig(), state_dict=weights).to(torch_device)
+            contract = spec.contract(ArchConfig())
+            for batch, seq in SHAPES:
+                feeds = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+                args = [torch.from_numpy(feeds[n]).to(torch_device) for n in contract.input_names]
+
+                def eager(args: list[torch.Tensor] = args, model: torch.nn.Module = model) -> object:
+                    with torch.inference_mode():
+                        return model(*args)
+
+                def ort(feeds: dict[str, np.ndarray] = feeds, runner: OrtRunner = runner) -> object:
+                    return runner.infer(feeds)
+
+                t_torch = _median_call(eager, repeats, sync)
+                t_ort = _median_call(ort, repeats)
+                rows.append(
+                    {
+                        "arch": spec.name,
+                        "device": device,
+                        "batch": batch,
+                        "seq": seq,
+                        "torch_ms": t_torch * 1e3,
+                        "ort_ms": t_ort * 1e3,
+                        "ratio": t_ort / t_torch,
+                    }
+                )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks, print a table, return 1 if a CPU target was missed."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="also time this device's provider"
+    )
+    parser.add_argument("--repeats", type=int, default=50, help="timed runs per latency figure")
+    parser.add_argument("--build-repeats", type=int, default=3, help="timed runs per build figure")
+    parser.add_argument("--skip-build", action="store_true", help="only the latency comparison")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    report: dict[str, Any] = {"threads": threads}
+    if not args.skip_build:
+        report["build"] = build_targets(args.build_repeats)
+        b = report["build"]
+        print(f"import torch, onnxruntime : {b['import_torch_onnxruntime_s']:.2f} s")
+        ratio = b["build_attention_ratio"]
+        print(f"build --arch attention    : {b['build_attention_s']:.2f} s  ({ratio:.2f}x, target <= 3x)")
+        print(f"build --all               : {b['build_all_s']:.2f} s  (target <= 30 s)")
+    devices = ["cpu"] + (["cuda"] if args.device == "cuda" else [])
+    report["latency"] = [row for d in devices for row in latency(d, args.repeats)]
+    print(
+        f"\n{'arch':<24} {'device':<6} {'batch':>5} {'seq':>4} {'torch ms':>9} {'ort ms':>9} {'ort/torch':>9}"
+    )
+    for r in report["latency"]:
+        print(
+            f"{r['arch']:<24} {r['device']:<6} {r['batch']:>5} {r['seq']:>4} "
+            f"{r['torch_ms']:>9.3f} {r['ort_ms']:>9.3f} {r['ratio']:>9.2f}"
+        )
+    missed = [k for k, ok in report.get("build", {}).get("targets", {}).items() if not ok]
+    missed += [
+        f"{r['arch']} b{r['batch']} s{r['seq']}: ort/torch {r['ratio']:.2f} > 1"
+        for r in report["latency"]
+        if r["device"] == "cpu" and r["ratio"] > 1.0
+    ]
+    report["missed"] = missed
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print("\nall targets met" if not missed else "\nmissed targets:\n  " + "\n  ".join(missed))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
