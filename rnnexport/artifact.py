@@ -10,6 +10,7 @@ ONNX Runtime, onnx and numpy installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -259,9 +260,15 @@ def staging_folder(destination: Path) -> Iterator[Path]:
         parent = parent.parent
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
     except OSError as exc:
-        raise UsageError(f"Cannot create {destination.parent}: {exc}. Choose another --out.") from exc
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise UsageError(
+            f"Cannot write under {destination.parent}: {exc.strerror or exc}. "
+            "Choose an --out folder you can write to."
+        ) from exc
     staging.chmod(0o755)  # mkdtemp makes it private; the published artifact should read like any folder
     try:
         yield staging

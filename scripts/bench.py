@@ -76,58 +76,73 @@ def build_targets(repeats: int) -> dict[str, Any]:
     }
 
 
-def latency(device: str, repeats: int) -> list[dict[str, Any]]:
-    """ONNX Runtime (artifact) vs PyTorch eager, per architecture and shape."""
+def _worker(side: str, device: str, artifacts: Path, repeats: int) -> list[dict[str, Any]]:
+    """Time one side (``ort`` or ``torch``) for every architecture and shape, in this process alone."""
     import torch
 
     from rnnexport.feeds import make_feeds
     from rnnexport.golden import load_golden
-    from rnnexport.pipeline import build
     from rnnexport.reference import build_model
     from rnnexport.registry import list_architectures
     from rnnexport.runtime import OrtRunner, create_session
     from rnnexport.spec import ArchConfig
 
-    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+    torch_device = torch.device(device)
     if device == "cuda":
         # Same policy as verification: no TF32 on either side.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in list_architectures():
-            build(spec.name, out=tmp, device=device)
-            runner = OrtRunner(create_session(Path(tmp) / spec.name / "model.onnx", device))  # type: ignore[arg-type]
-            golden = load_golden(spec)
-            weights = {k: torch.from_numpy(v) for k, v in golden.weights.items()}
+    for spec in list_architectures():
+        contract = spec.contract(ArchConfig())
+        if side == "ort":
+            runner = OrtRunner(create_session(artifacts / spec.name / "model.onnx", device))  # type: ignore[arg-type]
+        else:
+            weights = {k: torch.from_numpy(v) for k, v in load_golden(spec).weights.items()}
             model = build_model(spec, ArchConfig(), state_dict=weights).to(torch_device)
-            contract = spec.contract(ArchConfig())
-            for batch, seq in SHAPES:
-                feeds = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+        for batch, seq in SHAPES:
+            feeds = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+            if side == "ort":
+
+                def call(feeds: dict[str, np.ndarray] = feeds, runner: OrtRunner = runner) -> object:
+                    return runner.infer(feeds)
+
+                seconds = _median_call(call, repeats)
+            else:
                 args = [torch.from_numpy(feeds[n]).to(torch_device) for n in contract.input_names]
 
                 def eager(args: list[torch.Tensor] = args, model: torch.nn.Module = model) -> object:
                     with torch.inference_mode():
                         return model(*args)
 
-                def ort(feeds: dict[str, np.ndarray] = feeds, runner: OrtRunner = runner) -> object:
-                    return runner.infer(feeds)
-
-                t_torch = _median_call(eager, repeats, sync)
-                t_ort = _median_call(ort, repeats)
-                rows.append(
-                    {
-                        "arch": spec.name,
-                        "device": device,
-                        "batch": batch,
-                        "seq": seq,
-                        "torch_ms": t_torch * 1e3,
-                        "ort_ms": t_ort * 1e3,
-                        "ratio": t_ort / t_torch,
-                    }
-                )
+                seconds = _median_call(eager, repeats, sync)
+            rows.append({"arch": spec.name, "batch": batch, "seq": seq, "ms": seconds * 1e3})
     return rows
+
+
+def latency(device: str, repeats: int) -> list[dict[str, Any]]:
+    """ONNX Runtime (the built artifact) vs PyTorch eager, per architecture and shape.
+
+    Each side runs in its own process: PyTorch's OpenMP threads keep spinning after an eager call
+    and would steal the cores from ONNX Runtime's threads if both ran in one process.
+    """
+    from rnnexport.pipeline import build
+    from rnnexport.registry import list_architectures
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in list_architectures():
+            build(spec.name, out=tmp, device=device)
+        sides = {}
+        for side in ("torch", "ort"):
+            command = [sys.executable, __file__, "--worker", side, "--device", device, "--artifacts", tmp,
+                       "--repeats", str(repeats)]  # fmt: skip
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            sides[side] = json.loads(done.stdout)
+    return [
+        {**t, "device": device, "torch_ms": t["ms"], "ort_ms": o["ms"], "ratio": o["ms"] / t["ms"]}
+        for t, o in zip(sides["torch"], sides["ort"], strict=True)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-repeats", type=int, default=3, help="timed runs per build figure")
     parser.add_argument("--skip-build", action="store_true", help="only the latency comparison")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--worker", choices=["ort", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--artifacts", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(args.worker, args.device, args.artifacts, args.repeats)))
+        return 0
 
     import torch
 

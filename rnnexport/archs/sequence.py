@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rnnexport.archs._common import valid_steps
+from rnnexport.archs._common import masked_lstm, valid_steps
 from rnnexport.registry import register
 from rnnexport.spec import BATCH, SEQ, ArchConfig, ArchSpec, TensorSpec
 
@@ -56,9 +56,8 @@ class MaskedManyToManyLSTM(ManyToManyLSTM):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``x[batch, seq, input], lengths[batch] -> y[batch, seq, output]``."""
         padded = ~valid_steps(lengths, x.shape[1]).unsqueeze(2)
-        # The LSTM is causal, so a valid step never sees the padding after it; masked_fill (a Where
-        # in ONNX, not a multiply) then sets padded steps to exactly 0, even if the padding held NaN.
-        y: torch.Tensor = self.fc(self.lstm(x)[0])
+        # masked_lstm's padded outputs are zero, but the head adds its bias: mask again after it.
+        y: torch.Tensor = self.fc(masked_lstm(self.lstm, x, lengths))
         return y.masked_fill(padded, 0.0)
 
     def forward_packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -78,18 +77,19 @@ class AttentionLSTM(nn.Module):
         self.v = nn.Parameter(torch.rand(config.hidden_size))
         self.fc = nn.Linear(config.hidden_size, config.output_size)
 
-    def _scores(self, out: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.attention(out)) @ self.v  # [batch, seq]
-
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``x[batch, seq, input], lengths[batch] -> y[batch, output]``."""
         valid = valid_steps(lengths, x.shape[1])
-        out = self.lstm(x.masked_fill(~valid.unsqueeze(2), 0.0))[0]
+        out = masked_lstm(self.lstm, x, lengths)
+        # Mul + ReduceSum rather than a matrix-vector product, which ONNX Runtime runs several times
+        # slower; forward_packed keeps the article's product, an independent check of this one.
+        scores = (torch.tanh(self.attention(out)) * self.v).sum(dim=2)
         # The lowest finite float, not -inf: exp() of it underflows to exactly 0 (so padded steps get
         # exactly zero weight), and a row with no valid step gives finite weights instead of NaN.
-        scores = self._scores(out).masked_fill(~valid, torch.finfo(out.dtype).min)
+        scores = scores.masked_fill(~valid, torch.finfo(out.dtype).min)
         weights = torch.softmax(scores, dim=1)
-        context = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
+        # Likewise a weighted sum rather than the article's bmm.
+        context = (weights.unsqueeze(2) * out).sum(dim=1)
         y: torch.Tensor = self.fc(context)
         return y
 
@@ -99,7 +99,7 @@ class AttentionLSTM(nn.Module):
         rows = []
         for b, length in enumerate(lengths.tolist()):
             steps = out[b, :length]
-            weights = torch.softmax(self._scores(steps), dim=0)
+            weights = torch.softmax(torch.tanh(self.attention(steps)) @ self.v, dim=0)
             rows.append(weights @ steps)
         y: torch.Tensor = self.fc(torch.stack(rows))
         return y
