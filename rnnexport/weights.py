@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -52,16 +53,16 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_pickle(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about pickle protocols it may not fully support; failures surface as exceptions.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         name = found.group(1) if found else "an object that is not a tensor"
-        if found and ("torch.nn.modules" in name or name.startswith("__main__.")):
-            what = f"a whole pickled module ({name}), not a state_dict"
-        else:
-            what = f"a pickle that asks to import {name}, which could run code"
         raise WeightsError(
-            f"Refused to load {path}: expected a state_dict of tensors, but the file holds {what}. "
+            f"Refused to load {path}: expected a state_dict of tensors, but the file asks to import "
+            f"{name}: a whole pickled module, or some other object whose unpickling could run code. "
             f"Nothing in it was executed. {_SAVE_HINT}"
         ) from None
     except Exception as exc:  # zip/pickle corruption: RuntimeError, EOFError, ...
@@ -124,8 +125,33 @@ def check_state_dict(
             if items
         ]
         sizes = ", ".join(f"{k}={v}" for k, v in config.subset(spec.sizes).items())
-        raise WeightsError(
-            f"The weights in {origin} do not fit '{spec.name}' with {sizes}. " + ". ".join(parts) + ". "
-            "Check that the checkpoint was trained with this architecture, and pass the sizes it was "
-            "trained with (--config or --input-size/--hidden-size/--output-size/--branches)."
+        others = [name for name in _architectures_with_keys(got) if name != spec.name]
+        hint = (
+            f" The keys look like weights of {', '.join(map(repr, others))}: try --arch {others[0]}."
+            if others
+            else ""
         )
+        raise WeightsError(
+            f"The weights in {origin} do not fit '{spec.name}' with {sizes}. "
+            + ". ".join(parts)
+            + "."
+            + hint
+            + " Check that the checkpoint was trained with this architecture, and pass the sizes "
+            "it was trained with (--config or --input-size/--hidden-size/--output-size/--branches)."
+        )
+
+
+def _key_pattern(keys: Iterable[str]) -> frozenset[str]:
+    return frozenset(re.sub(r"\.\d+\.", ".{i}.", k) for k in keys)
+
+
+def _architectures_with_keys(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Registered architectures whose state-dict key names (branch indices aside) match these."""
+    from rnnexport.registry import list_architectures
+
+    pattern = _key_pattern(shapes)
+    return [
+        s.name
+        for s in list_architectures()
+        if _key_pattern(build_model(s, ArchConfig()).state_dict()) == pattern
+    ]
