@@ -48,7 +48,7 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except RnnExportError as exc:
-        _err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _err.print("interrupted: stopped before finishing; the destination was left as it was.")

@@ -137,15 +137,9 @@ def test_pickle_carrying_code_is_refused_without_running(
     result = _invoke("--arch", "many-to-many", "--weights", str(checkpoint), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
     output = " ".join(result.output.split())
-    assert (
-        "Refused to load" in output
-    )
-    assert (
-        "could run code" in output
-    )
-    assert (
-        "Nothing in it was executed" in output
-    )
+    assert "Refused to load" in output
+    assert "could run code" in output
+    assert "Nothing in it was executed" in output
     assert not marker.exists()
     assert not (tmp_path / "o").exists()
     # Same file through torch.save's zip format.
