@@ -11,6 +11,7 @@ ONNX Runtime, onnx and numpy installed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +45,7 @@ __all__ = [
     "publish",
     "read_test_data",
     "resolve_devices",
+    "sha256_file",
     "staging_folder",
     "verify_artifact",
     "write_test_data",
@@ -154,16 +156,19 @@ def read_test_data(folder: Path, contract: Contract) -> list[Case]:
 # -- files and hashes ------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def hash_files(folder: Path) -> dict[str, str]:
     """``{relative posix path: sha256}`` of every file under ``folder`` except the manifest."""
     return {
-        path.relative_to(folder).as_posix(): _sha256(path)
+        path.relative_to(folder).as_posix(): sha256_file(path)
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.relative_to(folder).as_posix() != MANIFEST
     }
@@ -193,7 +198,7 @@ def check_files(folder: Path, listed: Mapping[str, str]) -> list[str]:
         if not (folder / name).is_symlink():
             problems.append(f"'{name}' is listed in the manifest but missing")
     for name in sorted(present & set(listed)):
-        if _sha256(folder / name) != listed[name]:
+        if sha256_file(folder / name) != listed[name]:
             problems.append(f"'{name}' was modified: its sha256 does not match the manifest")
     return problems
 

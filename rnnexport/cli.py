@@ -224,17 +224,17 @@ def build(
             raise UsageError(
                 "Give exactly one of --arch NAME or --all. Run 'rnnexport list' to see the names."
             )
-        if build_all and (
-            weights is not None or config is not None or any(v is not None for v in sizes.values())
-        ):
+        per_arch = [weights, config, inputs, *sizes.values()]
+        if build_all and any(v is not None for v in per_arch):
             raise UsageError(
-                "--all builds the default architectures; --weights, --config and sizes go with --arch NAME."
+                "--all builds every architecture at its defaults; --weights, --config, --inputs and sizes "
+                "go with --arch NAME."
             )
         names = [s.name for s in list_architectures()] if build_all else [arch or ""]
         if config is not None:
-            from rnnexport.pipeline import _read_config_file
+            from rnnexport.pipeline import read_config_file
 
-            sizes = {**_read_config_file(config), **{k: v for k, v in sizes.items() if v is not None}}
+            sizes = {**read_config_file(config), **{k: v for k, v in sizes.items() if v is not None}}
 
     from rnnexport.pipeline import build as run_build
 

@@ -28,6 +28,7 @@ from rnnexport.artifact import (
     prepare_destination,
     publish,
     resolve_devices,
+    sha256_file,
     staging_folder,
     write_test_data,
 )
@@ -42,9 +43,17 @@ from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
-from rnnexport.weights import check_state_dict, load_state_dict, sha256_of
+from rnnexport.weights import check_state_dict, load_state_dict
 
-__all__ = ["SWEEP_BATCHES", "SWEEP_SEQS", "TF32_TOLERANCE", "StageCallback", "build", "resolve_config"]
+__all__ = [
+    "SWEEP_BATCHES",
+    "SWEEP_SEQS",
+    "TF32_TOLERANCE",
+    "StageCallback",
+    "build",
+    "read_config_file",
+    "resolve_config",
+]
 
 # The shape sweep every build verifies, none equal to the trace shape (batch 2, seq 3).
 SWEEP_BATCHES = (1, 3, 16)
@@ -76,7 +85,7 @@ def _stage(callback: StageCallback | None, name: str) -> Iterator[_Stage]:
         callback(name, stage.ok, "; ".join(stage.details), time.perf_counter() - start)
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -102,7 +111,7 @@ def resolve_config(
     if isinstance(config, ArchConfig):
         return config, []
     if isinstance(config, (str, Path)):
-        config = _read_config_file(Path(config))
+        config = read_config_file(Path(config))
     explicit = {k: v for k, v in (config or {}).items() if v is not None}
     ArchConfig.from_mapping(explicit | {}, origin="the sizes given")  # unknown keys / bad values fail here
     inferred = spec.infer_sizes(state_shapes) if state_shapes else {}
@@ -287,7 +296,7 @@ def _model_and_references(request: _Request) -> tuple[torch.nn.Module, list[Case
     origin: dict[str, Any]
     if request.state is not None and request.weights is not None:
         model = build_model(spec, config, state_dict=request.state)
-        origin = {"source": "user", "file": request.weights.name, "sha256": sha256_of(request.weights)}
+        origin = {"source": "user", "file": request.weights.name, "sha256": sha256_file(request.weights)}
     elif config == ArchConfig():
         golden = load_golden(spec)
         model = build_model(

@@ -9,7 +9,6 @@ calling it.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import warnings
@@ -22,21 +21,12 @@ from rnnexport.errors import UsageError, WeightsError
 from rnnexport.reference import build_model
 from rnnexport.spec import ArchConfig, ArchSpec
 
-__all__ = ["check_state_dict", "load_state_dict", "sha256_of"]
+__all__ = ["check_state_dict", "load_state_dict"]
 
 _SAVE_HINT = (
     "Save only the weights: safetensors.torch.save_file(model.state_dict(), 'model.safetensors') "
     "(preferred) or torch.save(model.state_dict(), 'model.pt')."
 )
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
