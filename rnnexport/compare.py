@@ -173,6 +173,15 @@ class ProviderResult:
         return max((o.max_rel for c in self.cases for o in c.outputs), default=0.0)
 
     @property
+    def worst(self) -> dict[str, Any] | None:
+        """Where the largest absolute error happened: case, input shapes, output and element index."""
+        located = [(o.max_abs, c, o) for c in self.cases for o in c.outputs if o.worst_index is not None]
+        if not located:
+            return None
+        _, case, output = max(located, key=lambda item: item[0])
+        return {"case": case.case, "shapes": case.shapes, "output": output.name, "index": output.worst_index}
+
+    @property
     def failures(self) -> list[str]:
         """One line per failing case/output."""
         lines = []
@@ -192,6 +201,7 @@ class ProviderResult:
                 "max_abs_error": self.max_abs,
                 "max_rel_error": self.max_rel,
                 "tolerance": self.tolerance.to_json(),
+                "worst": self.worst,
                 "cases": len(self.cases),
                 "shapes": [c.shapes for c in self.cases],
             }
