@@ -138,21 +138,21 @@ def _stage_line(stage: str, ok: bool, detail: str, seconds: float) -> None:
 def _print_providers(title: str, providers: dict[str, Any]) -> None:
     """Summary table (per provider: status, errors, shapes tried), then the reasons below it."""
     table = Table(title=title, title_justify="left")
-    for column in ("provider", "status", "max abs err", "max rel err", "cases", "batches", "seqs"):
-        table.add_column(column)
+    for column in ("provider", "status", "max abs err", "max rel err", "cases", "shapes"):
+        table.add_column(column, no_wrap=column != "shapes")
     colours = {"passed": "green", "failed": "red", "unavailable": "yellow", "skipped": "dim"}
     notes = []
     for provider, r in providers.items():
         short = provider.removesuffix("ExecutionProvider")
         shapes = [s["x"][:2] for s in r.get("shapes", [])]
+        batches, seqs = [b for b, _ in shapes], [q for _, q in shapes]
         table.add_row(
             short,
             f"[{colours[r['status']]}]{r['status']}[/]",
             f"{r['max_abs_error']:.2e}" if "max_abs_error" in r else "-",
             f"{r['max_rel_error']:.2e}" if "max_rel_error" in r else "-",
             str(r.get("cases", "-")),
-            escape(str(sorted({b for b, _ in shapes}))) if shapes else "-",
-            escape(str(sorted({q for _, q in shapes}))) if shapes else "-",
+            f"batch {min(batches)}-{max(batches)}, seq {min(seqs)}-{max(seqs)}" if shapes else "-",
         )
         if "tolerance" in r:
             notes.append(

@@ -90,7 +90,9 @@ def _compare_one(name: str, actual: np.ndarray, expected: np.ndarray, tol: Toler
     diff = np.abs(a - e)
     allowed = tol.atol + tol.rtol * np.abs(e)
     bad = ~(diff <= allowed)  # NaN anywhere compares False, so it counts as bad
-    rel = np.divide(diff, np.abs(e), out=np.zeros_like(diff), where=np.abs(e) > 0)
+    # Relative error where it means something: where |expected| exceeds atol. Below that the absolute
+    # term governs, and dividing by a near-zero reference would report noise as a huge ratio.
+    rel = np.divide(diff, np.abs(e), out=np.zeros_like(diff), where=np.abs(e) > tol.atol)
     finite_diff = np.where(np.isfinite(diff), diff, 0.0)
     # Point at the worst offender: the first non-finite element, else the largest excess over tolerance.
     excess = np.where(np.isfinite(diff), diff - allowed, np.inf)
