@@ -42,13 +42,17 @@ _out = Console(highlight=False)
 EXIT_INTERRUPTED = 130
 
 
+def _print_error(exc: RnnExportError) -> None:
+    _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+
+
 @contextmanager
 def _reported() -> Iterator[None]:
     """Turn library errors and Ctrl-C into a message on stderr and an exit code."""
     try:
         yield
     except RnnExportError as exc:
-        _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        _print_error(exc)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _err.print("interrupted: stopped before finishing; the destination was left as it was.")
@@ -240,11 +244,11 @@ def build(
 
     summaries: list[dict[str, Any]] = []
     exit_code = 0
-    for name in names:
-        if not as_json or _err.is_terminal:
-            _err.print(f"[bold]building {name}[/]")
-        try:
-            with _reported():
+    with _reported():  # Ctrl-C stops the whole run, not just the current architecture
+        for name in names:
+            if not as_json or _err.is_terminal:
+                _err.print(f"[bold]building {name}[/]")
+            try:
                 manifest: Manifest = run_build(
                     name,
                     out=out,
@@ -260,13 +264,18 @@ def build(
                     force=force,
                     on_stage=_stage_line,
                 )
-        except typer.Exit as stop:
-            exit_code = max(exit_code, stop.exit_code)
-            summaries.append({"arch": name, "passed": False, "exit_code": stop.exit_code})
-            continue
-        providers = manifest.verification["providers"]
-        _print_providers(f"{name}: verified artifact in {out / name}", providers)
-        summaries.append({"arch": name, "passed": True, "artifact": str(out / name), "providers": providers})
+            except RnnExportError as exc:  # report it, then go on with the other architectures
+                _print_error(exc)
+                exit_code = max(exit_code, exc.exit_code)
+                summaries.append(
+                    {"arch": name, "passed": False, "exit_code": exc.exit_code, "error": str(exc)}
+                )
+                continue
+            providers = manifest.verification["providers"]
+            _print_providers(f"{name}: verified artifact in {out / name}", providers)
+            summaries.append(
+                {"arch": name, "passed": True, "artifact": str(out / name), "providers": providers}
+            )
     if as_json:
         typer.echo(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
     if exit_code:

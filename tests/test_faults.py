@@ -322,3 +322,35 @@ def test_eight_threads_on_one_session_match_serial_runs(shipped: Path) -> None:
     assert len(results) == len(feeds)
     for k, expected in enumerate(serial):
         np.testing.assert_array_equal(results[k], expected)
+
+
+def test_all_reports_each_failure_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    from rnnexport.export import export_onnx as real_export
+
+    def export_fails_for_gru(model: object, contract: object, **kwargs: object) -> object:
+        if type(model).__name__ == "ParallelGRU":
+            from rnnexport.errors import ExportError
+
+            raise ExportError("simulated exporter failure for the GRU")
+        return real_export(model, contract, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "export_onnx", export_fails_for_gru)
+    result = _run("build", "--all", "--out", str(out), "--device", "cpu", "--json")
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert summary["passed"] is False
+    failed = [a for a in summary["artifacts"] if not a["passed"]]
+    assert [a["arch"] for a in failed] == ["parallel-gru"]
+    assert failed[0]["error"] == "simulated exporter failure for the GRU"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        a["arch"] for a in summary["artifacts"] if a["passed"]
+    )
+
+
+def test_ctrl_c_during_all_stops_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "simplify_onnx", _interrupt)
+    result = _run("build", "--all", "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert result.exit_code == 130
+    assert result.output.count("building ") == 1
+    assert not (tmp_path / "out").exists()
