@@ -6,7 +6,7 @@
 #       on a fresh GPU machine with access to the package index (sets up .venv like the quickstart;
 #       torch==2.13.0 from the index is a CUDA build, and onnxruntime-gpu finds its CUDA/cuDNN
 #       libraries through onnxruntime.preload_dlls()).
-#   RNNEXPORT_PYTHON=python3 RNNEXPORT_WHEELS=.whl bash scripts/gpu_check.sh
+#   RNNEXPORT_PYTHON=python3 RNNEXPORT_WHEELS=wheels bash scripts/gpu_check.sh
 #       on a machine without index access whose python3 already has a CUDA torch: missing packages
 #       (onnxruntime-gpu, onnxsim, ...) are installed from the wheel folder, rnnexport runs from this tree.
 #
@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 if [ -n "${RNNEXPORT_PYTHON:-}" ]; then
     PY=$RNNEXPORT_PYTHON
     SITE=${TMPDIR:-/tmp}/rnnexport-site
-    if [ -d "${RNNEXPORT_WHEELS:-.whl}" ]; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "${RNNEXPORT_WHEELS:-.whl}"/*.whl
+    if [ -d "${RNNEXPORT_WHEELS:-wheels}" ]; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "${RNNEXPORT_WHEELS:-wheels}"/*.whl
     fi
     export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
@@ -35,10 +35,10 @@ print(f"torch {torch.__version__} (cuda {torch.version.cuda}), onnxruntime {onnx
 raise SystemExit(0 if probe.available else f"CUDA provider unavailable on this GPU machine: {probe.reason}")
 PY
 
-OUT=${TMPDIR:-/tmp}/rnnexport-gpu
+RESULTS=${TMPDIR:-/tmp}/rnnexport-gpu
 "$PY" -m pytest -p no:cacheprovider -v -rs -s tests/test_cuda.py tests/test_runtime.py
-"$PY" -m rnnexport.cli build --all --device auto --force --out "$OUT" --json > "$OUT.json"
-"$PY" - "$OUT.json" <<'PY'
+"$PY" -m rnnexport.cli build --all --device auto --force --out "$RESULTS" --json > "$RESULTS.json"
+"$PY" - "$RESULTS.json" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
 print(f"{'arch':<24} {'provider':<9} {'status':<8} {'max abs':>10} {'max rel':>10}  tolerance")
@@ -49,5 +49,5 @@ for artifact in summary["artifacts"]:
               f"{r.get('max_abs_error', float('nan')):>10.2e} {r.get('max_rel_error', float('nan')):>10.2e}  {tol}")
 raise SystemExit(0 if summary["passed"] else 1)
 PY
-"$PY" scripts/bench.py --device cuda --skip-build --repeats 100 --json "$OUT-bench.json" || true
-echo "GPU checks done: $OUT.json, $OUT-bench.json"
+"$PY" scripts/bench.py --device cuda --skip-build --repeats 100 --json "$RESULTS-bench.json" || true
+echo "GPU checks done: $RESULTS.json, $RESULTS-bench.json"
