@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
 from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
-from rnnexport.errors import ArtifactError, RnnExportError, UsageError
+from rnnexport.errors import ArtifactError, InputError, RnnExportError, UsageError
 from rnnexport.feeds import Case, validate_feeds
 from rnnexport.runtime import DEVICES, Device, probe_provider
 from rnnexport.spec import Contract
@@ -385,8 +386,15 @@ def verify_artifact(folder: Path | str, *, device: str = "auto") -> ArtifactRepo
             + "; ".join(problems)
             + ". Rebuild it, or copy it again from the build machine."
         )
+    if MODEL not in manifest.files:
+        raise ArtifactError(f"The manifest in {folder} does not list {MODEL}. Rebuild the artifact.")
     data = (folder / MODEL).read_bytes()
-    model = onnx.load_from_string(data)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not a model
+        raise ArtifactError(
+            f"{folder / MODEL} is not a readable ONNX model ({exc}). Rebuild the artifact."
+        ) from exc
     external = _external_data_problems(model, folder)
     if external:
         raise ArtifactError(
@@ -404,7 +412,12 @@ def verify_artifact(folder: Path | str, *, device: str = "auto") -> ArtifactRepo
             f"{folder / MODEL} says it is {declared_arch!r}, the manifest says {manifest.arch!r}. "
             "Rebuild the artifact."
         )
-    cases = read_test_data(folder, manifest.contract)
+    try:
+        cases = read_test_data(folder, manifest.contract)
+    except (OSError, DecodeError, InputError) as exc:
+        raise ArtifactError(
+            f"The test data in {folder} cannot be read ({exc}). Rebuild the artifact."
+        ) from exc
     if not cases:
         raise ArtifactError(
             f"{folder} has no test_data_set_N folders to verify against. Rebuild the artifact."

@@ -354,3 +354,16 @@ def test_ctrl_c_during_all_stops_everything(tmp_path: Path, monkeypatch: pytest.
     assert result.exit_code == 130
     assert result.output.count("building ") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["model.onnx", "test_data_set_2/input_0.pb"])
+def test_rehashed_garbage_is_an_artifact_error_not_a_crash(
+    shipped: Path, tmp_path: Path, target: str
+) -> None:
+    folder = tmp_path / "a"
+    shutil.copytree(shipped, folder)
+    (folder / target).write_bytes(b"\xff\xfe not protobuf \x00" * 8)
+    _rehash(folder)  # an edit that also fixed the manifest: the content checks must still hold
+    result = _run("verify", str(folder))
+    assert result.exit_code == 1
+    assert "Rebuild the artifact" in result.output
