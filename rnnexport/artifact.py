@@ -357,6 +357,12 @@ def _read_manifest(folder: Path) -> Manifest:
         )
     try:
         manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
+        # The manifest is not hashed itself, so the parts that verification reads are type-checked.
+        tolerances = [manifest.tolerance(device) for device in DEVICES]
+        if not all(isinstance(v, float) for t in tolerances for v in (t.atol, t.rtol)):
+            raise TypeError("tolerances must be numbers")
+        if not all(isinstance(v, str) for v in manifest.files.values()):
+            raise TypeError("file hashes must be strings")
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(
             f"{path} is not a valid rnnexport manifest ({type(exc).__name__}: {exc}). Rebuild the artifact."

@@ -367,3 +367,23 @@ def test_rehashed_garbage_is_an_artifact_error_not_a_crash(
     result = _run("verify", str(folder))
     assert result.exit_code == 1
     assert "Rebuild the artifact" in result.output
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.pop("files"),
+        lambda m: m["verification"].pop("tolerance"),
+        lambda m: m["verification"]["tolerance"]["cpu"].update(atol="tiny"),
+        lambda m: m.update(files=["model.onnx"]),
+    ],
+)
+def test_malformed_manifest_is_an_artifact_error(shipped: Path, tmp_path: Path, edit: object) -> None:
+    folder = tmp_path / "a"
+    shutil.copytree(shipped, folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    edit(manifest)  # type: ignore[operator]
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    result = _run("verify", str(folder))
+    assert result.exit_code == 1
+    assert "is not a valid rnnexport manifest" in result.output
