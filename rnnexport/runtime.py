@@ -42,6 +42,7 @@ PROVIDERS: dict[Device, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExec
 # ORT's C++ logger prints provider-loading failures as errors on stderr. rnnexport reports them
 # itself (as "unavailable", with the reason), so only fatal messages get through.
 _ORT_FATAL_ONLY = 4
+_ORT_DEFAULT_SEVERITY = 2
 
 
 class ProviderUnavailableError(VerificationError):
@@ -105,6 +106,8 @@ def probe_provider(device: Device) -> ProviderProbe:
         return ProviderProbe(
             device, provider, False, f"onnxruntime could not create a {provider} session: {exc}"
         )
+    finally:
+        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
     if ran_on[0] != provider:
         detail = _cuda_library_problem(ort) if device == "cuda" else ""
         return ProviderProbe(
