@@ -12,7 +12,8 @@ Targets:
   batch 1 and 64, seq 1 and 100, for every architecture.
 
 Latency is the median of ``--repeats`` timed runs after warm-up, best of ``--rounds`` alternating
-rounds, each side in its own process at the same (default) thread count. CUDA figures are reported, not held to a target: they depend on the GPU.
+rounds, each side in its own process at the same (default) thread count. CUDA figures are
+reported, not held to a target: they depend on the GPU.
 """
 
 from __future__ import annotations

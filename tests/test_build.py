@@ -92,7 +92,9 @@ def test_manifest_hashes_and_contents(artifacts: Path, arch: str) -> None:
     assert {"rnnexport", "torch", "onnx", "onnxruntime", "onnxsim"} <= set(manifest["versions"])
     assert manifest["export"]["exporter"] == "torchscript"
     assert manifest["export"]["opset"] == 17
-    assert manifest["simplification"]["nodes_after"] <= manifest["simplification"]["nodes_before"]
+    shipped_nodes = len(onnx.load(str(folder / "model.onnx")).graph.node)
+    assert manifest["simplification"]["nodes_after"] == shipped_nodes
+    assert manifest["simplification"]["nodes_before"] > 0
     assert manifest["inputs"][0] == {"name": "x", "dtype": "float32", "shape": ["batch", "seq", 10]}
     cpu = manifest["verification"]["providers"]["CPUExecutionProvider"]
     assert cpu["status"] == "passed"

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rnnexport.archs._common import masked_lstm, valid_steps
+from rnnexport.archs._common import masked_lstm, tracing, valid_steps
 from rnnexport.registry import register
 from rnnexport.spec import BATCH, SEQ, ArchConfig, ArchSpec, TensorSpec
 
@@ -81,15 +81,17 @@ class AttentionLSTM(nn.Module):
         """``x[batch, seq, input], lengths[batch] -> y[batch, output]``."""
         valid = valid_steps(lengths, x.shape[1])
         out = masked_lstm(self.lstm, x, lengths)
-        # Mul + ReduceSum rather than a matrix-vector product, which ONNX Runtime runs several times
-        # slower; forward_packed keeps the article's product, an independent check of this one.
-        scores = (torch.tanh(self.attention(out)) * self.v).sum(dim=2)
+        keys = torch.tanh(self.attention(out))
+        # For ONNX Runtime, Mul + ReduceSum: it runs a matrix-vector product over a batch of
+        # sequences, and a batch of one-row matrix products, several times slower.
+        scores = (keys * self.v).sum(dim=2) if tracing() else keys @ self.v  # [batch, seq]
         # The lowest finite float, not -inf: exp() of it underflows to exactly 0 (so padded steps get
         # exactly zero weight), and a row with no valid step gives finite weights instead of NaN.
-        scores = scores.masked_fill(~valid, torch.finfo(out.dtype).min)
-        weights = torch.softmax(scores, dim=1)
-        # Likewise a weighted sum rather than the article's bmm.
-        context = (weights.unsqueeze(2) * out).sum(dim=1)
+        weights = torch.softmax(scores.masked_fill(~valid, torch.finfo(out.dtype).min), dim=1)
+        if tracing():
+            context = (weights.unsqueeze(2) * out).sum(dim=1)
+        else:
+            context = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
         y: torch.Tensor = self.fc(context)
         return y
 
