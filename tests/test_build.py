@@ -202,3 +202,22 @@ def test_same_build_from_two_folders_is_byte_identical(tmp_path: Path) -> None:
             assert leak not in model
         digests.append((model, manifest["files"]))
     assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("arch", ["many-to-many-masked", "attention"])
+def test_nan_padding_cannot_reach_valid_outputs(artifacts: Path, arch: str) -> None:
+    # Straight into ONNX Runtime, bypassing rnnexport's own input checks, as a deployed model is used.
+    session = _session(artifacts / arch / "model.onnx")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 30, 10), dtype=np.float32)
+    lengths = np.array([30, 12, 1, 29], np.int64)
+    poisoned = x.copy()
+    for row, length in enumerate(lengths):
+        poisoned[row, length:] = np.nan
+    [clean] = session.run(["y"], {"x": x, "lengths": lengths})
+    [dirty] = session.run(["y"], {"x": poisoned, "lengths": lengths})
+    assert np.isfinite(dirty).all()
+    np.testing.assert_array_equal(dirty, clean)
+    if get_arch(arch).per_step:
+        for row, length in enumerate(lengths):
+            assert (dirty[row, length:] == 0).all()
