@@ -10,7 +10,9 @@ Two exporters, chosen explicitly:
   stays available, behind the same contract check, which catches exactly that.
 
 The example used for tracing has batch 2 and sequence 3: never size 1, which exporters are free to
-specialise as a broadcastable constant.
+specialise as a broadcastable constant. While traced, the architecture modules hand the exporter
+ONNX-Runtime-friendly formulations of themselves (see ``rnnexport.archs._common.tracing``); the
+dynamo exporter does not trace and sees the eager formulations.
 """
 
 from __future__ import annotations

@@ -221,3 +221,14 @@ def test_nan_padding_cannot_reach_valid_outputs(artifacts: Path, arch: str) -> N
     if get_arch(arch).per_step:
         for row, length in enumerate(lengths):
             assert (dirty[row, length:] == 0).all()
+
+
+@pytest.mark.parametrize("opset", [9, 13, 18, 21])
+@pytest.mark.parametrize("arch", ["attention", "parallel-gru"])
+def test_other_opsets_build_and_verify(tmp_path: Path, arch: str, opset: int) -> None:
+    # The export-time formulations (sequence_lens LSTM, fused branches) emit opset-aware nodes.
+    manifest = build(arch, out=tmp_path, device="cpu", opset=opset)
+    assert manifest.export["opset"] == opset
+    assert manifest.verification["providers"]["CPUExecutionProvider"]["status"] == "passed"
+    model = onnx.load(str(tmp_path / arch / "model.onnx"))
+    assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {opset}
