@@ -49,10 +49,20 @@ def _load_pickle(path: Path) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        name = found.group(1) if found else "an object that is not a tensor"
+        if found:
+            what = (
+                f"asks to import {found.group(1)}: a whole pickled module, or some other object whose "
+                "unpickling could run code"
+            )
+        else:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", str(exc))
+            refused = detail.group(1).strip() if detail else "an instruction it does not allow"
+            what = (
+                f"holds something other than plain tensors (the restricted unpickler refused: {refused}), "
+                "which an unrestricted load could run as code"
+            )
         raise WeightsError(
-            f"Refused to load {path}: expected a state_dict of tensors, but the file asks to import "
-            f"{name}: a whole pickled module, or some other object whose unpickling could run code. "
+            f"Refused to load {path}: expected a state_dict of tensors, but the file {what}. "
             f"Nothing in it was executed. {_SAVE_HINT}"
         ) from None
     except Exception as exc:  # zip/pickle corruption: RuntimeError, EOFError, ...
@@ -115,12 +125,16 @@ def check_state_dict(
             if items
         ]
         sizes = ", ".join(f"{k}={v}" for k, v in config.subset(spec.sizes).items())
-        others = [name for name in _architectures_with_keys(got) if name != spec.name]
-        hint = (
-            f" The keys look like weights of {', '.join(map(repr, others))}: try --arch {others[0]}."
-            if others
-            else ""
-        )
+        matching = _architectures_with_keys(got)
+        if spec.name in matching:  # the right architecture, other sizes
+            read = ", ".join(f"{k}={v}" for k, v in spec.infer_sizes(got).items())
+            hint = f" The key names fit '{spec.name}'; the checkpoint's shapes say {read}."
+        elif matching:
+            hint = (
+                f" The keys look like weights of {', '.join(map(repr, matching))}: try --arch {matching[0]}."
+            )
+        else:
+            hint = ""
         raise WeightsError(
             f"The weights in {origin} do not fit '{spec.name}' with {sizes}. "
             + ". ".join(parts)
