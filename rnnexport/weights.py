@@ -59,7 +59,7 @@ def _load_pickle(path: Path) -> object:
             refused = detail.group(1).strip() if detail else "an instruction it does not allow"
             what = (
                 f"holds something other than plain tensors (the restricted unpickler refused: {refused}), "
-                "which an unrestricted load could run as code"
+                "which could run code if loaded without restriction"
             )
         raise WeightsError(
             f"Refused to load {path}: expected a state_dict of tensors, but the file {what}. "
