@@ -24,6 +24,13 @@ from rnnexport.spec import BATCH, SEQ, ArchConfig, ArchSpec, TensorSpec
 __all__ = ["ParallelGRU", "ParallelLSTM", "ParallelLSTMAttention"]
 
 
+def _branches(cell: type[nn.LSTM] | type[nn.GRU], config: ArchConfig) -> nn.ModuleList:
+    """``config.branches`` independent single-layer, batch-first RNNs of one kind."""
+    return nn.ModuleList(
+        cell(config.input_size, config.hidden_size, batch_first=True) for _ in range(config.branches)
+    )
+
+
 def _branch_outputs(branches: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
     """Run every branch on ``x``; each output is ``[batch, seq, hidden]``."""
     return [branch(x)[0] for branch in branches]
@@ -122,9 +129,7 @@ class ParallelLSTM(nn.Module):
 
     def __init__(self, config: ArchConfig) -> None:
         super().__init__()
-        self.lstms = nn.ModuleList(
-            nn.LSTM(config.input_size, config.hidden_size, batch_first=True) for _ in range(config.branches)
-        )
+        self.lstms = _branches(nn.LSTM, config)
         self.fc = nn.Linear(config.hidden_size * config.branches, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,9 +148,7 @@ class ParallelLSTMAttention(nn.Module):
 
     def __init__(self, config: ArchConfig) -> None:
         super().__init__()
-        self.lstms = nn.ModuleList(
-            nn.LSTM(config.input_size, config.hidden_size, batch_first=True) for _ in range(config.branches)
-        )
+        self.lstms = _branches(nn.LSTM, config)
         self.attention = nn.Linear(config.hidden_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,9 +173,8 @@ class ParallelLSTMAttention(nn.Module):
         k, h = len(self.lstms), self.attention.in_features
         eye = torch.eye(k, dtype=outputs.dtype, device=outputs.device)
         score_matrix = (eye.unsqueeze(1) * self.attention.weight.reshape(1, h, 1)).reshape(k * h, k)
-        spread = torch.softmax(outputs @ score_matrix + self.attention.bias, dim=2) @ eye.repeat_interleave(
-            h, 1
-        )
+        spread_matrix = eye.repeat_interleave(h, dim=1)
+        spread = torch.softmax(outputs @ score_matrix + self.attention.bias, dim=2) @ spread_matrix
         branch_sum = torch.eye(h, dtype=outputs.dtype, device=outputs.device).repeat(k, 1)
         return (spread * outputs) @ branch_sum
 
@@ -182,9 +184,7 @@ class ParallelGRU(nn.Module):
 
     def __init__(self, config: ArchConfig) -> None:
         super().__init__()
-        self.grus = nn.ModuleList(
-            nn.GRU(config.input_size, config.hidden_size, batch_first=True) for _ in range(config.branches)
-        )
+        self.grus = _branches(nn.GRU, config)
         self.linear = nn.Linear(config.hidden_size * config.branches, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
