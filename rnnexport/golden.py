@@ -58,7 +58,9 @@ def golden_root() -> Path:
         return Path(override)
     package = Path(__file__).resolve().parent
     checkout = package.parent / "golden"
-    return checkout if checkout.is_dir() else package / "_golden"
+    # A checkout (or editable install) has pyproject.toml beside the package; site-packages does not.
+    in_checkout = checkout.is_dir() and (package.parent / "pyproject.toml").is_file()
+    return checkout if in_checkout else package / "_golden"
 
 
 def regenerate_command(arch: str) -> str:
