@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
 from rnnexport.errors import ArtifactError, InputError, RnnExportError, UsageError
 from rnnexport.feeds import Case, validate_feeds
-from rnnexport.runtime import DEVICES, Device, probe_provider
+from rnnexport.runtime import DEVICES, Device, resolve_devices
 from rnnexport.spec import Contract
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "prepare_destination",
     "publish",
     "read_test_data",
-    "resolve_devices",
     "sha256_file",
     "staging_folder",
     "verify_artifact",
@@ -227,6 +227,13 @@ def _external_data_problems(model: onnx.ModelProto, folder: Path) -> list[str]:
 # -- destination handling --------------------------------------------------------------------------
 
 
+def _first_existing(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def prepare_destination(out: Path, name: str, *, force: bool) -> Path:
     """Check that ``out/name`` can receive an artifact, before any work is done; return it."""
     if out.exists() and not out.is_dir():
@@ -244,9 +251,7 @@ def prepare_destination(out: Path, name: str, *, force: bool) -> Path:
             f"{destination} already exists. rnnexport never overwrites silently: pass --force to replace it "
             "completely, or choose another --out."
         )
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
+    probe = _first_existing(out)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"Cannot write under {out}: {probe} is not writable. Choose another --out.")
     return destination
@@ -259,11 +264,11 @@ def staging_folder(destination: Path) -> Iterator[Path]:
     On any exit, including Ctrl-C, folders this created on the way (a missing ``--out``) are removed
     again if they are still empty, so a failed build leaves the disk as it was.
     """
-    created = []
-    parent = destination.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
+    existing = _first_existing(destination.parent)
+    # Folders this creates on the way, innermost first, so they can be removed again.
+    created = list(
+        itertools.takewhile(lambda p: p != existing, [destination.parent, *destination.parent.parents])
+    )
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
@@ -310,15 +315,6 @@ def publish(staging: Path, destination: Path, *, force: bool) -> None:
             shutil.rmtree(old)
         else:
             old.unlink()
-
-
-def resolve_devices(device: str) -> list[Device]:
-    """``cpu`` / ``cuda`` -> that one; ``auto`` -> every provider that really works here."""
-    if device == "auto":
-        return [d for d in DEVICES if probe_provider(d).available]
-    if device not in DEVICES:
-        raise UsageError(f"Unknown --device {device!r}: expected one of cpu, cuda, auto.")
-    return [device]
 
 
 # -- re-verification -------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ def list_command(
                     "name": s.name,
                     "summary": s.summary,
                     "source": s.source,
+                    "notes": list(s.notes),
                     "sizes": config.subset(s.sizes),
                     "templates": {
                         "inputs": [t.to_json() for t in s.inputs],
@@ -114,7 +115,7 @@ def list_command(
                 escape("\n".join(f"{t.name}: {t.shape_str()}" for t in contract.inputs)),
                 escape("\n".join(f"{t.name}: {t.shape_str()}" for t in contract.outputs)),
                 "\n".join(f"{k}={v}" for k, v in config.subset(s.sizes).items()),
-                s.summary,
+                "\n".join([s.summary, *(f"note: {n}" for n in s.notes)]),
             )
         _out.print(table)
 

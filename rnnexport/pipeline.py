@@ -27,7 +27,6 @@ from rnnexport.artifact import (
     hash_files,
     prepare_destination,
     publish,
-    resolve_devices,
     sha256_file,
     staging_folder,
     write_test_data,
@@ -40,7 +39,7 @@ from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
 from rnnexport.reference import TorchRunner, build_model
 from rnnexport.registry import get_arch
-from rnnexport.runtime import DEVICES, Device, probe_provider
+from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
 from rnnexport.weights import check_state_dict, load_state_dict
@@ -113,10 +112,9 @@ def resolve_config(
     if isinstance(config, (str, Path)):
         config = read_config_file(Path(config))
     explicit = {k: v for k, v in (config or {}).items() if v is not None}
-    ArchConfig.from_mapping(explicit | {}, origin="the sizes given")  # unknown keys / bad values fail here
     inferred = spec.infer_sizes(state_shapes) if state_shapes else {}
     notes = [f"inferred {k}={v} from the checkpoint" for k, v in inferred.items() if k not in explicit]
-    return ArchConfig.from_mapping(inferred | explicit), notes
+    return ArchConfig.from_mapping(inferred | explicit, origin="the sizes given"), notes
 
 
 def _read_inputs_file(path: Path, contract: Contract) -> Feeds:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from onnx import TensorProto, helper
 
-from rnnexport.errors import VerificationError
+from rnnexport.errors import UsageError, VerificationError
 from rnnexport.feeds import Feeds
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ProviderUnavailableError",
     "create_session",
     "probe_provider",
+    "resolve_devices",
 ]
 
 Device = Literal["cpu", "cuda"]
@@ -123,6 +124,15 @@ def probe_provider(device: Device) -> ProviderProbe:
             ),
         )
     return ProviderProbe(device, provider, True)
+
+
+def resolve_devices(device: str) -> list[Device]:
+    """``cpu`` / ``cuda`` -> that one; ``auto`` -> every provider that really works here."""
+    if device == "auto":
+        return [d for d in DEVICES if probe_provider(d).available]
+    if device not in DEVICES:
+        raise UsageError(f"Unknown --device {device!r}: expected one of cpu, cuda, auto.")
+    return [device]
 
 
 def create_session(model: bytes | Path, device: Device, *, tf32: bool = False) -> Any:

@@ -14,6 +14,15 @@ MASKED = [spec.name for spec in list_architectures() if spec.masked]
 PER_STEP = [spec.name for spec in list_architectures() if spec.per_step]
 
 
+def build_every_architecture(out: Path, device: str) -> Path:
+    """Build all registered architectures into ``out`` (one artifact folder each) and return ``out``."""
+    from rnnexport.pipeline import build
+
+    for name in ARCH_NAMES:
+        build(name, out=out, device=device)
+    return out
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     """The repository root."""

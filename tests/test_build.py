@@ -25,7 +25,7 @@ from rnnexport.registry import get_arch
 from rnnexport.runtime import probe_provider
 from rnnexport.spec import ArchConfig, Contract
 
-from .conftest import ARCH_NAMES
+from .conftest import ARCH_NAMES, build_every_architecture
 
 cli = CliRunner()
 CUDA_HERE = probe_provider("cuda").available
@@ -33,10 +33,7 @@ CUDA_HERE = probe_provider("cuda").available
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    for name in ARCH_NAMES:
-        build(name, out=out, device="auto")
-    return out
+    return build_every_architecture(tmp_path_factory.mktemp("dist"), "auto")
 
 
 def _session(path: Path) -> ort.InferenceSession:

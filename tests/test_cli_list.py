@@ -21,6 +21,7 @@ def test_list_shows_every_architecture_with_contract() -> None:
     assert "x: float32[batch, seq, 10]" in result.output
     assert "lengths: int64[batch]" in result.output
     assert "y: float32[batch, 5]" in result.output
+    assert "note: returns the padded length with zeros" in result.output
 
 
 def test_list_json() -> None:
@@ -32,6 +33,7 @@ def test_list_json() -> None:
         {"name": "x", "dtype": "float32", "shape": ["batch", "seq", 10]},
         {"name": "lengths", "dtype": "int64", "shape": ["batch"]},
     ]
+    assert "not over time" in data["parallel-lstm-attention"]["notes"][0]
     assert data["parallel-gru"]["outputs"] == [
         {"name": "y", "dtype": "float32", "shape": ["batch", "seq", 20]}
     ]

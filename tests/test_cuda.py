@@ -15,7 +15,7 @@ from rnnexport.artifact import verify_artifact
 from rnnexport.pipeline import TF32_TOLERANCE, build
 from rnnexport.runtime import probe_provider
 
-from .conftest import ARCH_NAMES
+from .conftest import ARCH_NAMES, build_every_architecture
 
 _PROBE = probe_provider("cuda")
 pytestmark = [
@@ -26,10 +26,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def cuda_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cuda")
-    for name in ARCH_NAMES:
-        build(name, out=out, device="cuda")
-    return out
+    return build_every_architecture(tmp_path_factory.mktemp("cuda"), "cuda")
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)
