@@ -127,7 +127,9 @@ def _tensor_differences(name: str, fresh: Path, committed: Path) -> list[str]:
                 problems.append(f"{name}[{key}] differs (weights and inputs must match exactly)")
         else:
             error = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)), initial=0.0))
-            allowed = OUTPUT_TOLERANCE["atol"] + OUTPUT_TOLERANCE["rtol"] * float(np.max(np.abs(y), initial=0))
+            allowed = OUTPUT_TOLERANCE["atol"] + OUTPUT_TOLERANCE["rtol"] * float(
+                np.max(np.abs(y), initial=0)
+            )
             if not error <= allowed:  # NaN fails too
                 problems.append(f"{name}[{key}] differs by {error:.3g} (allowed {allowed:.3g})")
     return problems
