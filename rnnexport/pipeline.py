@@ -33,8 +33,16 @@ from rnnexport.artifact import (
 )
 from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
-from rnnexport.errors import InputError, UsageError, VerificationError
-from rnnexport.export import DEFAULT_OPSET, EXPORTERS, TRACE_BATCH, TRACE_SEQ, Exporter, export_onnx
+from rnnexport.errors import ExportError, InputError, UsageError, VerificationError
+from rnnexport.export import (
+    DEFAULT_OPSET,
+    DYNAMO_RNN_NOTE,
+    EXPORTERS,
+    TRACE_BATCH,
+    TRACE_SEQ,
+    Exporter,
+    export_onnx,
+)
 from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
 from rnnexport.progress import Progress, SilentProgress
@@ -190,7 +198,7 @@ def _read_inputs_folder(folder: Path, contract: Contract) -> list[tuple[str, Fee
                 tensor.ParseFromString(tensor_path.read_bytes())
                 if tensor.data_location == TensorProto.EXTERNAL:
                     raise ValueError("it refers to external data, which --inputs does not follow")
-                feeds[tensor.name or spec.name] = numpy_helper.to_array(tensor)
+                feeds[tensor.name or spec.name] = numpy_helper.to_array(tensor).copy()  # writable
             except Exception as exc:  # OSError, DecodeError, ValueError: unreadable tensor file
                 raise InputError(
                     f"Cannot read --inputs {tensor_path}: {exc}. Expected a TensorProto for input "
@@ -472,14 +480,19 @@ def build(
             ]
 
         trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
-        with _stage(progress, "export") as stage:
-            exported = export_onnx(model, contract, exporter=exporter, opset=opset)
-            check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
-            stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
-        with _stage(progress, "simplify") as stage:
-            simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
-            check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
-            stage.details.append(stats.describe())
+        try:
+            with _stage(progress, "export") as stage:
+                exported = export_onnx(model, contract, exporter=exporter, opset=opset)
+                check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
+                stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
+            with _stage(progress, "simplify") as stage:
+                simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
+                check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
+                stage.details.append(stats.describe())
+        except ExportError as exc:
+            if exporter != "dynamo" or DYNAMO_RNN_NOTE in str(exc):
+                raise
+            raise type(exc)(f"{exc} {DYNAMO_RNN_NOTE}") from exc
         model_bytes = _finalise_model(simplified, spec, request.config, contract).SerializeToString()
         (staging / MODEL).write_bytes(model_bytes)
 

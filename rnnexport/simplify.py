@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
+import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -66,15 +69,28 @@ class SimplifyStats:
 
 
 @contextlib.contextmanager
-def _ort_errors_only() -> Iterator[None]:
-    """Raise ONNX Runtime's default log severity to errors for the block, then restore the default."""
-    import onnxruntime
+def _native_stderr_discarded() -> Iterator[None]:
+    """Send whatever native code writes to file descriptor 2 during the block to a discarded file.
 
-    onnxruntime.set_default_logger_severity(3)
+    onnxsim checks the simplified graph in ONNX Runtime with sessions whose log level it sets itself
+    (errors), so a graph that fails there (a frozen ``Reshape``) is logged by ORT's C++ logger straight
+    to the terminal before the failure is raised to us. The raised error is what gets reported.
+    """
+    sys.stderr.flush()
     try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 at all: nothing can leak to it
         yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
     finally:
-        onnxruntime.set_default_logger_severity(2)  # ONNX Runtime's own default (warnings)
+        os.close(saved)
 
 
 def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.ModelProto, SimplifyStats]:
@@ -88,20 +104,21 @@ def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.M
     log = io.StringIO()
     try:
         # onnxsim prints progress and may warn, and its check runs ONNX Runtime, whose C++ logger
-        # writes warnings straight to the terminal; none of it belongs on the user's terminal.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), _ort_errors_only():
+        # writes straight to the terminal; none of it belongs on the user's terminal.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), _native_stderr_discarded():
             warnings.simplefilter("ignore")
             simplified, check_ok = onnxsim.simplify(model, check_n=1, input_data=dict(check_feeds))
     except Exception as exc:  # onnxsim raises many unrelated types; all mean "could not simplify"
+        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
         raise SimplifyError(
-            f"onnxsim failed to simplify the exported graph: {type(exc).__name__}: {exc}. "
+            f"onnxsim failed to simplify the exported graph: {type(exc).__name__}: {summary}. "
             "The unsimplified export is not shipped either; report the model and the versions of "
-            "onnx and onnxsim, or try another --opset."
+            "onnx and onnxsim."
         ) from exc
     if not check_ok:
         raise SimplifyError(
             "onnxsim simplified the graph, but its own check found that the simplified graph computes "
-            "different outputs from the original. Nothing was shipped; try another --opset, or report "
-            "the model with the versions of onnx and onnxsim."
+            "different outputs from the original. Nothing was shipped; report the model with the "
+            "versions of onnx and onnxsim."
         )
     return simplified, SimplifyStats.between(model, simplified)
