@@ -246,12 +246,16 @@ def _case(rng: np.random.Generator, batch: int, seq: int) -> dict[str, np.ndarra
     return {"x": rng.standard_normal((batch, seq, 10)).astype(np.float32), "lengths": lengths}
 
 
+def _savez(path: Path, case: dict[str, np.ndarray]) -> None:
+    np.savez(path, x=case["x"], lengths=case["lengths"])
+
+
 def test_nan_in_padded_steps_is_accepted_and_shipped(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     case = _case(rng, 3, 9)
     case["lengths"][1] = 4
     case["x"][1, 4:] = np.nan  # padding: ignored by the model
-    np.savez(tmp_path / "padded.npz", **case)
+    _savez(tmp_path / "padded.npz", case)
     out = tmp_path / "o"
     result = _run("build", "--arch", "attention", "--inputs", str(tmp_path / "padded.npz"), "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -268,7 +272,7 @@ def test_nan_in_padded_steps_is_accepted_and_shipped(tmp_path: Path) -> None:
 def test_nan_at_a_valid_step_is_refused(tmp_path: Path) -> None:
     case = _case(np.random.default_rng(5), 2, 6)
     case["x"][0, 5, 0] = np.nan  # row 0 is full length: a valid step
-    np.savez(tmp_path / "bad.npz", **case)
+    _savez(tmp_path / "bad.npz", case)
     result = _run(
         "build", "--arch", "attention", "--inputs", str(tmp_path / "bad.npz"), "--out", str(tmp_path)
     )
@@ -278,8 +282,8 @@ def test_nan_at_a_valid_step_is_refused(tmp_path: Path) -> None:
 
 def test_several_input_files_and_a_test_data_folder(shipped: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
-    np.savez(tmp_path / "a.npz", **_case(rng, 2, 11))
-    np.savez(tmp_path / "b.npz", **_case(rng, 5, 3))
+    _savez(tmp_path / "a.npz", _case(rng, 2, 11))
+    _savez(tmp_path / "b.npz", _case(rng, 5, 3))
     result = _run(
         "build", "--arch", "attention", "--out", str(tmp_path / "o"), "--device", "cpu",
         "--inputs", str(tmp_path / "a.npz"), "--inputs", str(tmp_path / "b.npz"), "--inputs", str(shipped),
