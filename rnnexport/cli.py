@@ -58,6 +58,15 @@ def _safe(text: object) -> str:
     return escape(visible(text))
 
 
+def _mark(ok: bool) -> str:
+    """A check mark or a cross, or plain words where the terminal's encoding has no such glyphs."""
+    try:
+        "\u2713\u2717".encode(_err.encoding)
+    except (UnicodeEncodeError, LookupError):
+        return "[green]ok[/]" if ok else "[red]FAILED[/]"
+    return "[green]\u2713[/]" if ok else "[red]\u2717[/]"
+
+
 def _print_error(exc: RnnExportError | str) -> None:
     _err.print(f"[bold red]error:[/] {_safe(exc)}")
 
@@ -236,8 +245,7 @@ class _Reporter:
             self._task = None
         if self.quiet:
             return
-        mark = "[green]\u2713[/]" if ok else "[red]\u2717[/]"
-        _err.print(f"{mark} {stage:<11} {seconds:6.2f}s  {_safe(detail)}")
+        _err.print(f"{_mark(ok)} {stage:<11} {seconds:6.2f}s  {_safe(detail)}")
 
     def close(self) -> None:
         if self._progress is not None:
@@ -451,8 +459,8 @@ def verify(
         report = verify_artifact(directory, device=device.value)
     providers = {r.provider: r.to_json() for r in report.results.values()}
     if not quiet:
-        _err.print("[green]\u2713[/] files      sha256 of every file matches the manifest; no extra files")
-        _err.print("[green]\u2713[/] contract   names, dtypes and dynamic axes match the manifest")
+        _err.print(f"{_mark(True)} files      sha256 of every file matches the manifest; no extra files")
+        _err.print(f"{_mark(True)} contract   names, dtypes and dynamic axes match the manifest")
     reporter.providers(f"{report.manifest.arch}: {directory}", providers, requested=device.value)
     if verbose:
         reporter.line(f"took {time.perf_counter() - started:.2f}s")

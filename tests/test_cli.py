@@ -175,6 +175,17 @@ def test_no_color_is_respected(tmp_path: Path) -> None:
     assert "\x1b[" not in result.output
 
 
+def test_an_ascii_only_c_locale_terminal_works(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rnnexport.cli", "build", "--arch", "many-to-many", "--out", str(tmp_path),
+         "--device", "cpu"],
+        capture_output=True, check=False, env=os.environ | {"LC_ALL": "C", "PYTHONIOENCODING": "ascii"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert b"ok model" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
 # -- hostile text: markup and control characters ---------------------------------------------------
 
 
