@@ -191,6 +191,18 @@ def build(
     weights: Annotated[
         Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")
     ] = None,
+    state_dict_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint entry holding the state dict (e.g. model_state_dict); detected if unset."
+        ),
+    ] = None,
+    strip_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefix to strip from the weights' keys (e.g. 'module.'; '' for none); detected if unset."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="JSON file of sizes (input_size, hidden_size, output_size, branches).")
     ] = None,
@@ -229,7 +241,7 @@ def build(
             raise UsageError(
                 "Give exactly one of --arch NAME or --all. Run 'rnnexport list' to see the names."
             )
-        per_arch = [weights, config, inputs, *sizes.values()]
+        per_arch = [weights, config, inputs, state_dict_key, strip_prefix, *sizes.values()]
         if build_all and any(v is not None for v in per_arch):
             raise UsageError(
                 "--all builds every architecture at its defaults; --weights, --config, --inputs and sizes "
@@ -264,6 +276,8 @@ def build(
                     inputs=inputs,
                     force=force,
                     on_stage=_stage_line,
+                    state_dict_key=state_dict_key,
+                    strip_prefix=strip_prefix,
                 )
             except RnnExportError as exc:  # report it, then go on with the other architectures
                 _print_error(exc)

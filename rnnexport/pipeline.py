@@ -42,7 +42,7 @@ from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
-from rnnexport.weights import check_state_dict, load_state_dict
+from rnnexport.weights import check_state_dict, read_checkpoint
 
 __all__ = [
     "SWEEP_BATCHES",
@@ -216,6 +216,7 @@ class _Request:
     force: bool
     weights: Path | None
     state: dict[str, torch.Tensor] | None
+    weights_read: dict[str, Any]  # how the checkpoint was read (entry, prefix, dtypes), for the manifest
     user_inputs: tuple[str, Feeds] | None
     notes: list[str]
 
@@ -234,6 +235,8 @@ def _resolve(
     tf32: bool,
     inputs: Path | None,
     force: bool,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
@@ -255,12 +258,24 @@ def _resolve(
             "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
             "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
         )
-    state = load_state_dict(weights) if weights is not None else None
-    shapes = {k: tuple(v.shape) for k, v in state.items()} if state else None
-    config_, notes = resolve_config(spec, config, shapes)
+    if weights is None and (state_dict_key is not None or strip_prefix is not None):
+        raise UsageError(
+            "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was "
+            "given. Pass --weights FILE, or leave them out."
+        )
+    # Names, dtypes and shapes first (for safetensors, from the header alone); data once they fit.
+    checkpoint = (
+        read_checkpoint(weights, spec, state_dict_key=state_dict_key, strip_prefix=strip_prefix)
+        if weights is not None
+        else None
+    )
+    config_, notes = resolve_config(spec, config, checkpoint.shapes if checkpoint else None)
     contract = spec.contract(config_)
-    if state is not None:
-        check_state_dict(spec, config_, state, origin=str(weights))
+    state = None
+    if checkpoint is not None:
+        check_state_dict(spec, config_, checkpoint.shapes, origin=checkpoint.origin)
+        state = checkpoint.load()
+        notes = [*checkpoint.notes, *notes]
     user_inputs = (inputs.name, _read_inputs_file(inputs, contract)) if inputs is not None else None
     tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
     return _Request(
@@ -277,6 +292,7 @@ def _resolve(
         force=force,
         weights=weights,
         state=state,
+        weights_read=checkpoint.manifest_entry() if checkpoint else {},
         user_inputs=user_inputs,
         notes=notes,
     )
@@ -294,7 +310,12 @@ def _model_and_references(request: _Request) -> tuple[torch.nn.Module, list[Case
     origin: dict[str, Any]
     if request.state is not None and request.weights is not None:
         model = build_model(spec, config, state_dict=request.state)
-        origin = {"source": "user", "file": request.weights.name, "sha256": sha256_file(request.weights)}
+        origin = {
+            "source": "user",
+            "file": request.weights.name,
+            "sha256": sha256_file(request.weights),
+            **request.weights_read,
+        }
     elif config == ArchConfig():
         golden = load_golden(spec)
         model = build_model(
@@ -354,14 +375,18 @@ def build(
     inputs: str | Path | None = None,
     force: bool = False,
     on_stage: StageCallback | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
     ``config`` gives sizes (an :class:`ArchConfig`, a mapping, or a JSON file); sizes it leaves out
     are read off ``weights`` where possible, else defaulted. ``device`` is ``cpu``, ``cuda`` or
     ``auto`` (every provider that really works here). ``on_stage(stage, ok, detail, seconds)`` is
-    called after each stage. Raises an :class:`~rnnexport.errors.RnnExportError` subclass on any
-    failure, and on failure or interruption leaves ``out`` exactly as it was.
+    called after each stage. ``state_dict_key`` (the checkpoint entry holding the state dict) and
+    ``strip_prefix`` (removed from its keys; ``""`` for none) are detected when left ``None``.
+    Raises an :class:`~rnnexport.errors.RnnExportError` subclass on any failure, and on failure or
+    interruption leaves ``out`` exactly as it was.
     """
     request = _resolve(
         arch,
@@ -376,6 +401,8 @@ def build(
         tf32=tf32,
         inputs=None if inputs is None else Path(inputs),
         force=force,
+        state_dict_key=state_dict_key,
+        strip_prefix=strip_prefix,
     )
     spec, contract = request.spec, request.contract
     with staging_folder(request.destination) as staging:
