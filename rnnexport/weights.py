@@ -203,7 +203,7 @@ class Checkpoint:
         Refuses non-floating dtypes and sparse, meta or quantized tensors before reading any data,
         then refuses values that are not finite in float32 (a float64 1e300 becomes inf).
         """
-        unusable = {k: v.problem for k, v in self.tensors.items() if v.problem}
+        unusable = {k: v.problem for k, v in sorted(self.tensors.items()) if v.problem}
         if unusable:
             raise WeightsError(
                 f"{self.path} holds tensors that cannot be used as weights: "
@@ -213,7 +213,7 @@ class Checkpoint:
                 "is only a placeholder (a model built on torch.device('meta') and never loaded). "
                 + _SAVE_HINT
             )
-        not_floating = {k: v.dtype for k, v in self.tensors.items() if v.dtype not in _FLOATING}
+        not_floating = {k: v.dtype for k, v in sorted(self.tensors.items()) if v.dtype not in _FLOATING}
         if not_floating:
             raise WeightsError(
                 f"{self.path} holds non-floating weights: "
@@ -289,9 +289,10 @@ def read_checkpoint(
         tensor_maps, ignored = _tensor_mappings(path, _load_pickle(path), state_dict_key)
         candidates = {k: {n: TensorInfo.of(t) for n, t in v.items()} for k, v in tensor_maps.items()}
 
-    patterns = [_key_pattern(build_model(spec, ArchConfig()).state_dict())] if spec else []
-    patterns.append(_all_patterns())
-    entry, prefix = _choose(path, spec, candidates, patterns, strip_prefix)
+    # What the key names should look like: this architecture's, else any architecture's.
+    patterns = [(repr(spec.name), _key_pattern(build_model(spec, ArchConfig()).state_dict()))] if spec else []
+    patterns.append(("any rnnexport architecture", _all_patterns()))
+    entry, prefix = _choose(path, candidates, patterns, strip_prefix)
     tensors: dict[str, TensorInfo] = {}
     stored_keys: dict[str, str] = {}
     for key, info in candidates[entry].items():
@@ -516,37 +517,27 @@ def _is_tensor_mapping(value: object) -> bool:
 
 def _choose(
     path: Path,
-    spec: ArchSpec | None,
     candidates: Mapping[str | None, Mapping[str, TensorInfo]],
-    patterns: list[frozenset[str]],
+    patterns: list[tuple[str, frozenset[str]]],
     strip_prefix: str | None,
 ) -> tuple[str | None, str]:
-    """The candidate entry and key prefix whose stripped names fit the architecture best.
+    """The candidate entry and key prefix whose stripped names fit the expected key names best.
 
-    ``patterns`` are tried in order (this architecture's key names, then any architecture's), so
-    that a DDP checkpoint of another architecture still loses its prefix and gets the right
-    "try --arch" hint. Ties between candidates are refused: only the user knows which to export.
+    ``patterns`` (a label and key names) are tried in order: this architecture's key names, then
+    any architecture's, so that a DDP checkpoint of another architecture still loses its prefix
+    and gets the right "try --arch" hint. Ties are refused: only the user knows which to export.
     """
-    if strip_prefix:
-        for entry, infos in candidates.items():
-            if not any(k.startswith(strip_prefix) for k in infos):
-                where = f"entry {entry!r} of {path}" if entry is not None else str(path)
-                raise UsageError(
-                    f"--strip-prefix {strip_prefix!r} matches no key of {where}; its keys begin "
-                    f"{_quoted(sorted(infos)[:3])}. Pass the prefix the keys carry (for example "
-                    "'module.' or 'model.'), or leave --strip-prefix out to detect it."
-                )
     fits: dict[str | None, tuple[int, str]] = {}
-    for expected in patterns:
+    for label, expected in patterns:
         fits = {}
         for entry, infos in candidates.items():
             prefixes = [strip_prefix] if strip_prefix is not None else _common_prefixes(infos)
             scored = sorted(((_score(infos, p, expected), p) for p in prefixes), reverse=True)
             best_score, best_prefix = scored[0]
-            tied = [p for s, p in scored if s == best_score]
+            tied = [p for score, p in scored if score == best_score]
             if best_score and len(tied) > 1:
                 raise WeightsError(
-                    f"The keys of {path} fit '{_name(spec)}' after stripping any of the prefixes "
+                    f"The keys of {path} fit {label} after stripping any of the prefixes "
                     f"{_quoted(sorted(tied))}. Pass --strip-prefix with the one to strip."
                 )
             fits[entry] = (best_score, best_prefix if best_score else "")
@@ -555,16 +546,19 @@ def _choose(
     top = max(score for score, _ in fits.values())
     best = sorted((e for e, (score, _) in fits.items() if score == top), key=str)
     if len(best) > 1:
-        which = (
-            f"whose key names fit {_name(spec)!r}"
-            if top
-            else f"and none has the key names of {_name(spec)!r}"
-        )
+        which = f"whose key names fit {label}" if top else f"and none has the key names of {patterns[0][0]}"
         raise WeightsError(
             f"{path} holds several state dicts {which}: entries {_quoted(str(e) for e in best)}. Expected "
             f"one; pass --state-dict-key with the entry to export (for example --state-dict-key {best[0]!r})."
         )
     entry = best[0]
+    if strip_prefix and not any(k.startswith(strip_prefix) for k in candidates[entry]):
+        where = f"entry {entry!r} of {path}" if entry is not None else str(path)
+        raise UsageError(
+            f"--strip-prefix {strip_prefix!r} matches no key of {where}; its keys begin "
+            f"{_quoted(sorted(candidates[entry])[:3])}. Pass the prefix the keys carry (for example "
+            "'module.' or 'model.'), or leave --strip-prefix out to detect it."
+        )
     return entry, fits[entry][1] if strip_prefix is None else strip_prefix
 
 
@@ -588,10 +582,6 @@ def _score(keys: Iterable[str], prefix: str, expected: frozenset[str]) -> int:
     """How many of the architecture's key names the keys give once ``prefix`` is stripped."""
     stripped = (k[len(prefix) :] if k.startswith(prefix) else k for k in keys)
     return len(_key_pattern(stripped) & expected)
-
-
-def _name(spec: ArchSpec | None) -> str:
-    return spec.name if spec is not None else "any rnnexport architecture"
 
 
 def _key_pattern(keys: Iterable[str]) -> frozenset[str]:
@@ -761,7 +751,8 @@ def _load_pickle(path: Path) -> object:
         if found:
             what = (
                 f"asks to import {found.group(1)}: a whole pickled module, or some other object whose "
-                "unpickling could run code"
+                "unpickling could run code (a training checkpoint that pickles objects of its own, such as "
+                "hyperparameters or callbacks, is refused the same way: save its state dict alone)"
             )
         else:
             detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", str(exc))
