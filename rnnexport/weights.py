@@ -237,9 +237,10 @@ class Checkpoint:
                 )
             as_float32 = tensor.detach().to(torch.float32).contiguous()
             if not torch.isfinite(as_float32).all():
-                # Finite in its own dtype but not in float32: float64 values beyond float32's range.
-                finite_before = bool(torch.isfinite(tensor).all())
-                (overflow if finite_before else non_finite).append(name)
+                # Only float64 can be finite in its own dtype and not in float32 (beyond its range);
+                # every narrower float converts exactly, so its NaN or inf was in the file.
+                overflowed = info.dtype == "float64" and bool(torch.isfinite(tensor).all())
+                (overflow if overflowed else non_finite).append(name)
             state[name] = as_float32
         if non_finite or overflow:
             parts = []

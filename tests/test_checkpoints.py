@@ -291,6 +291,7 @@ def test_options_need_weights_and_an_architecture(tmp_path: Path) -> None:
         (torch.float16, "upcast 6 float16 tensors to float32 (exact)"),
         (torch.bfloat16, "upcast 6 bfloat16 tensors to float32 (exact)"),
         (torch.float64, "downcast 6 float64 tensors to float32 (rounded to float32 precision)"),
+        (torch.float8_e4m3fn, "upcast 6 float8_e4m3fn tensors to float32 (exact)"),
     ],
 )
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -616,3 +617,12 @@ def test_weights_path_too_long_for_the_file_system(tmp_path: Path) -> None:
     result = _build("--arch", "many-to-many", "--weights", str(tmp_path / ("w" * 300 + ".pt")))
     assert result.exit_code == 2
     assert "cannot be looked up" in result.output
+
+
+def test_nan_in_a_narrow_float_is_named(tmp_path: Path) -> None:
+    state = {k: v.to(torch.float8_e5m2) for k, v in _state().items()}
+    state["fc.bias"] = torch.tensor([float("nan")] * 5).to(torch.float8_e5m2)
+    path = tmp_path / "f8.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError, match=r"holds NaN or infinite values in \['fc.bias'\]\. Expected"):
+        load_state_dict(path, SPEC)
