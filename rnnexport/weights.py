@@ -376,6 +376,10 @@ def check_state_dict(
         used = config.subset(spec.sizes)
         sizes = ", ".join(f"{k}={v}" for k, v in used.items())
         matching = _architectures_with_keys(got)
+        advice = (
+            " Check that the checkpoint was trained with this architecture, and pass the sizes it was "
+            "trained with (--config or --input-size/--hidden-size/--output-size/--branches)."
+        )
         if spec.name in matching:  # the right architecture, other sizes (or shapes that disagree)
             read_sizes = spec.infer_sizes(got)
             read = ", ".join(f"{k}={v}" for k, v in read_sizes.items())
@@ -383,8 +387,10 @@ def check_state_dict(
                 hint = (
                     f" The key names fit '{spec.name}' and its sizes read off the checkpoint are {read}, "
                     "but the shapes listed disagree with those sizes: the file was not saved from this "
-                    "architecture, or was edited after saving."
+                    "architecture, or was edited after saving. No size option makes it fit; save the "
+                    "trained model's state_dict again."
                 )
+                advice = ""
             else:
                 hint = f" The key names fit '{spec.name}'; the checkpoint's shapes say {read}."
         elif matching:
@@ -398,8 +404,7 @@ def check_state_dict(
             + ". ".join(parts)
             + "."
             + hint
-            + " Check that the checkpoint was trained with this architecture, and pass the sizes "
-            "it was trained with (--config or --input-size/--hidden-size/--output-size/--branches)."
+            + advice
         )
 
 

@@ -463,6 +463,7 @@ def test_shapes_that_disagree_with_the_sizes_read(tmp_path: Path) -> None:
         "The key names fit 'many-to-many' and its sizes read off the checkpoint are input_size=10, "
         "hidden_size=20, output_size=5, but the shapes listed disagree with those sizes" in message
     )
+    assert message.endswith("No size option makes it fit; save the trained model's state_dict again.")
 
 
 # --- safetensors: the header first ---------------------------------------------------------------
