@@ -627,7 +627,7 @@ def _first(items: Iterable[str], limit: int = 8) -> list[str]:
 def _visible(text: str, limit: int = 300) -> str:
     """A library's message, which may quote bytes of the file: control characters made visible."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return text if len(text) <= limit else text[:limit].rstrip(" .,;") + " [...]"
 
 
 # --- file formats ---------------------------------------------------------------------------------

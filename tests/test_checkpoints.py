@@ -627,3 +627,15 @@ def test_nan_in_a_narrow_float_is_named(tmp_path: Path) -> None:
     save_file(state, str(path))
     with pytest.raises(WeightsError, match=r"holds NaN or infinite values in \['fc.bias'\]\. Expected"):
         load_state_dict(path, SPEC)
+
+
+def test_truncated_torch_file(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pt"
+    torch.save(_state(), path)
+    path.write_bytes(path.read_bytes()[:500])
+    result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 1
+    output = _flat(result.output)
+    assert f"error: Cannot read {path} as a PyTorch state_dict: RuntimeError: " in output
+    assert "it looks truncated or corrupt" in output
+    assert not (tmp_path / "o").exists()
