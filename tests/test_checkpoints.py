@@ -578,6 +578,19 @@ def _raw_safetensors(path: Path, header: bytes, data: bytes = b"", length: int |
         (b'{"__metadata__": {"format": "pt"}}', b"", None, "its header lists no tensors"),
         (b"{}", b"", None, "its header lists no tensors"),
     ],
+    ids=[
+        "header-too-big",
+        "header-beyond-file",
+        "not-an-object",
+        "deeply-nested",
+        "not-utf8",
+        "duplicate-key",
+        "unknown-dtype",
+        "negative-dim",
+        "data-beyond-file",
+        "metadata-only",
+        "empty",
+    ],
 )
 def test_malformed_safetensors_headers(
     header: bytes, data: bytes, length: int | None, detail: str, tmp_path: Path
