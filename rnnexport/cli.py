@@ -323,6 +323,18 @@ def build(
     weights: Annotated[
         Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")
     ] = None,
+    state_dict_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint entry holding the state dict (e.g. model_state_dict); detected if unset."
+        ),
+    ] = None,
+    strip_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefix to strip from the weights' keys (e.g. 'module.'; '' for none); detected if unset."
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(help="JSON file of sizes, e.g. {\"hidden_size\": 64}; 'rnnexport list' shows which."),
@@ -371,7 +383,7 @@ def build(
             raise UsageError(
                 "Give exactly one of --arch NAME or --all. Run 'rnnexport list' to see the names."
             )
-        per_arch = [weights, config, inputs or None, *sizes.values()]
+        per_arch = [weights, config, inputs or None, state_dict_key, strip_prefix, *sizes.values()]
         if build_all and any(v is not None for v in per_arch):
             raise UsageError(
                 "--all builds every architecture at its defaults; --weights, --config, --inputs and sizes "
@@ -408,6 +420,8 @@ def build(
                         inputs=inputs or None,
                         force=force,
                         progress=reporter,
+                        state_dict_key=state_dict_key,
+                        strip_prefix=strip_prefix,
                     )
                 except RnnExportError as exc:  # report it, then go on with the other architectures
                     reporter.close()

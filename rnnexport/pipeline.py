@@ -51,7 +51,7 @@ from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
-from rnnexport.weights import check_state_dict, load_state_dict
+from rnnexport.weights import check_state_dict, read_checkpoint
 
 __all__ = [
     "SWEEP_BATCHES",
@@ -308,6 +308,7 @@ class _Request:
     force: bool
     weights: Path | None
     state: dict[str, torch.Tensor] | None
+    weights_read: dict[str, Any]  # how the checkpoint was read (entry, prefix, dtypes), for the manifest
     user_cases: list[tuple[str, Feeds]]
     notes: list[str]
 
@@ -326,6 +327,8 @@ def _resolve(
     tf32: bool,
     inputs: Sequence[Path],
     force: bool,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
@@ -347,12 +350,24 @@ def _resolve(
             "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
             "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
         )
-    state = load_state_dict(weights) if weights is not None else None
-    shapes = {k: tuple(v.shape) for k, v in state.items()} if state else None
-    config_, notes = resolve_config(spec, config, shapes)
+    if weights is None and (state_dict_key is not None or strip_prefix is not None):
+        raise UsageError(
+            "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was "
+            "given. Pass --weights FILE, or leave them out."
+        )
+    # Names, dtypes and shapes first (for safetensors, from the header alone); data once they fit.
+    checkpoint = (
+        read_checkpoint(weights, spec, state_dict_key=state_dict_key, strip_prefix=strip_prefix)
+        if weights is not None
+        else None
+    )
+    config_, notes = resolve_config(spec, config, checkpoint.shapes if checkpoint else None)
     contract = spec.contract(config_)
-    if state is not None:
-        check_state_dict(spec, config_, state, origin=str(weights))
+    state = None
+    if checkpoint is not None:
+        check_state_dict(spec, config_, checkpoint.shapes, origin=checkpoint.origin)
+        state = checkpoint.load()
+        notes = [*checkpoint.notes, *notes]
     user_cases = read_user_cases(inputs, contract)
     tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
     return _Request(
@@ -369,6 +384,7 @@ def _resolve(
         force=force,
         weights=weights,
         state=state,
+        weights_read=checkpoint.manifest_entry() if checkpoint else {},
         user_cases=user_cases,
         notes=notes,
     )
@@ -386,7 +402,12 @@ def _model_and_references(request: _Request) -> tuple[torch.nn.Module, list[Case
     origin: dict[str, Any]
     if request.state is not None and request.weights is not None:
         model = build_model(spec, config, state_dict=request.state)
-        origin = {"source": "user", "file": request.weights.name, "sha256": sha256_file(request.weights)}
+        origin = {
+            "source": "user",
+            "file": request.weights.name,
+            "sha256": sha256_file(request.weights),
+            **request.weights_read,
+        }
     elif config == ArchConfig():
         golden = load_golden(spec)
         model = build_model(
@@ -444,6 +465,8 @@ def build(
     inputs: str | Path | Sequence[str | Path] | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
@@ -451,9 +474,10 @@ def build(
     are read off ``weights`` where possible, else defaulted. ``device`` is ``cpu``, ``cuda`` or
     ``auto`` (every provider that really works here). ``inputs`` adds verification cases (files or
     test-data folders, see :func:`read_user_cases`); they ship in the artifact's test data.
-    ``progress`` receives each stage's start, progress and end. Raises an
-    :class:`~rnnexport.errors.RnnExportError` subclass on any failure, and on failure or interruption
-    leaves ``out`` exactly as it was.
+    ``progress`` receives each stage's start, progress and end. ``state_dict_key`` (the checkpoint
+    entry holding the state dict) and ``strip_prefix`` (removed from its keys; ``""`` for none) are
+    detected when left ``None``. Raises an :class:`~rnnexport.errors.RnnExportError` subclass on any
+    failure, and on failure or interruption leaves ``out`` exactly as it was.
     """
     request = _resolve(
         arch,
@@ -468,6 +492,8 @@ def build(
         tf32=tf32,
         inputs=[Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()],
         force=force,
+        state_dict_key=state_dict_key,
+        strip_prefix=strip_prefix,
     )
     progress = progress or SilentProgress()
     spec, contract = request.spec, request.contract
