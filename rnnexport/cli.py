@@ -9,9 +9,10 @@ the commands, so ``rnnexport --help`` answers at once.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -54,9 +55,17 @@ def _reported() -> Iterator[None]:
     except RnnExportError as exc:
         _print_error(exc)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        _err.print("interrupted: stopped before finishing; the destination was left as it was.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP turned into one by main()
+        from rnnexport import signals
+
+        with suppress(OSError):  # after SIGHUP the terminal may be gone
+            _err.print(
+                f"interrupted: {signals.describe(exc)} stopped the run before it finished; "
+                "the destination was left as it was.",
+                soft_wrap=True,
+            )
+        signals.mark_reported()
+        raise typer.Exit(signals.exit_code(exc)) from None
 
 
 def _version(value: bool) -> None:
@@ -292,6 +301,21 @@ def verify(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable report on stdout.")
     ] = False,
+    expect_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-sha256",
+            help="Pin the artifact: the sha256 of its manifest.json, as published by whoever built it.",
+        ),
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--time-limit",
+            min=0.1,
+            help="Seconds each provider may take to run the test data (default: by size).",
+        ),
+    ] = None,
 ) -> None:
     """Re-check a shipped artifact on this machine (needs onnxruntime, not torch).
 
@@ -301,7 +325,11 @@ def verify(
     from rnnexport.artifact import verify_artifact
 
     with _reported():
-        report = verify_artifact(directory, device=device.value)
+        report = verify_artifact(
+            directory, device=device.value, expect_sha256=expect_sha256, time_limit=time_limit
+        )
+    for note in report.notes:
+        _err.print(f"note: {escape(note)}", soft_wrap=True)
     providers = {r.provider: r.to_json() for r in report.results.values()}
     _err.print("[green]\u2713[/] files      sha256 of every file matches the manifest; no extra files")
     _err.print("[green]\u2713[/] contract   names, dtypes and dynamic axes match the manifest")
@@ -319,12 +347,46 @@ def verify(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:  # Ctrl-C outside a command body (e.g. during imports)
-        print("interrupted.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    """Console-script entry point.
+
+    SIGTERM and SIGHUP are handled like Ctrl-C (see :mod:`rnnexport.signals`): the same cleanup, a
+    message, and exit 128+N. Output that cannot be written (``> /dev/full``, a closed pipe) is one
+    message and exit 1, not a traceback.
+    """
+    from rnnexport import signals
+
+    code: int | str | None = 0
+    with signals.signals_as_interrupts():
+        try:
+            try:
+                app()
+            finally:
+                sys.stdout.flush()  # surface a failed write of buffered output here, not at exit
+        except SystemExit as exc:
+            code = exc.code
+        except KeyboardInterrupt as exc:  # outside a command body (e.g. during imports)
+            code = signals.exit_code(exc)
+        except OSError as exc:
+            if exc.filename is not None:
+                raise  # not an output stream: a bug, keep the traceback
+            _abandon_stdout()
+            with suppress(OSError):
+                print(f"error: cannot write the output: {exc.strerror or exc}.", file=sys.stderr)
+            code = 1
+        if signals.received() is not None:
+            # A signal can arrive after the command's own handling, or be turned into click's 130.
+            code = signals.exit_code()
+            if not signals.reported():
+                with suppress(OSError):
+                    print(f"interrupted ({signals.describe()}).", file=sys.stderr)
+    sys.exit(code)
+
+
+def _abandon_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again."""
+    with suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ folder beside it and moved into place as the very last step.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import math
 import platform
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,9 +41,18 @@ from rnnexport.errors import InputError, UsageError, VerificationError
 from rnnexport.export import DEFAULT_OPSET, EXPORTERS, TRACE_BATCH, TRACE_SEQ, Exporter, export_onnx
 from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
+from rnnexport.limits import (
+    DEFAULT_LIMITS,
+    PROTOBUF_LIMIT,
+    Limits,
+    available_memory,
+    check_tolerance,
+    format_bytes,
+)
 from rnnexport.reference import TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
+from rnnexport.safeio import check_path, loads_strict, read_bounded, write_file, writing
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
 from rnnexport.weights import check_state_dict, load_state_dict
@@ -48,8 +61,10 @@ __all__ = [
     "SWEEP_BATCHES",
     "SWEEP_SEQS",
     "TF32_TOLERANCE",
+    "ResourceEstimate",
     "StageCallback",
     "build",
+    "estimate_resources",
     "read_config_file",
     "resolve_config",
 ]
@@ -84,17 +99,43 @@ def _stage(callback: StageCallback | None, name: str) -> Iterator[_Stage]:
         callback(name, stage.ok, "; ".join(stage.details), time.perf_counter() - start)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+_CONFIG_EXAMPLE = (
+    'Expected a JSON object such as {"input_size": 10, "hidden_size": 20, "output_size": 5, "branches": 3}.'
+)
+
+
+def read_config_file(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """A ``--config`` file's sizes: a bounded read and a strict JSON object of whole numbers.
+
+    Refused: anything but a small regular file (``/dev/zero``, a FIFO, a huge file), invalid or
+    deeply nested JSON, duplicate keys, non-finite numbers, unknown keys and null values.
+    """
+    data = read_bounded(path, limit=limits.config_bytes, what="--config", fix=_CONFIG_EXAMPLE)
+    config = loads_strict(data, what=f"--config {path}", fix=_CONFIG_EXAMPLE)
+    if not isinstance(config, dict):
         raise UsageError(
-            f"Cannot read --config {path}: {exc}. Expected a JSON object such as "
-            '{"input_size": 10, "hidden_size": 20, "output_size": 5, "branches": 3}.'
-        ) from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path} holds a JSON {type(data).__name__}, expected an object of sizes.")
-    return data
+            f"--config {path} holds a JSON {type(config).__name__}, expected an object of sizes. "
+            + _CONFIG_EXAMPLE
+        )
+    _check_config_keys(config, origin=f"--config {path}")
+    nulls = sorted(k for k, v in config.items() if v is None)
+    if nulls:
+        raise UsageError(
+            f"--config {path} gives null for {', '.join(map(repr, nulls))}: expected whole numbers. "
+            "Remove a key to use its default."
+        )
+    return config
+
+
+def _check_config_keys(config: Mapping[str, Any], *, origin: str) -> None:
+    """Unknown keys are refused whatever their value (a misspelt key set to null included)."""
+    known = {f.name for f in dataclasses.fields(ArchConfig)}
+    unknown = sorted(str(k) for k in config if k not in known)
+    if unknown:
+        raise UsageError(
+            f"Unknown key(s) {', '.join(map(repr, unknown))} in {origin}: the valid keys are "
+            f"{', '.join(sorted(known))}. Remove or rename them."
+        )
 
 
 def resolve_config(
@@ -105,33 +146,168 @@ def resolve_config(
     """Sizes from, in order of precedence: ``config`` (a config, a mapping or a JSON file), the
     checkpoint's tensor shapes where the architecture can read them, then the defaults.
 
+    In a mapping, ``None`` means "not given"; unknown keys are errors whatever their value.
     Returns the config and human-readable notes on what was inferred.
     """
     if isinstance(config, ArchConfig):
         return config, []
     if isinstance(config, (str, Path)):
         config = read_config_file(Path(config))
+    _check_config_keys(config or {}, origin="the sizes given")
     explicit = {k: v for k, v in (config or {}).items() if v is not None}
     inferred = spec.infer_sizes(state_shapes) if state_shapes else {}
     notes = [f"inferred {k}={v} from the checkpoint" for k, v in inferred.items() if k not in explicit]
     return ArchConfig.from_mapping(inferred | explicit, origin="the sizes given"), notes
 
 
-def _read_inputs_file(path: Path, contract: Contract) -> Feeds:
-    """User-supplied verification inputs: ``.npz`` (no pickles) or ``.safetensors``, keyed by input name."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
+@dataclasses.dataclass(frozen=True)
+class ResourceEstimate:
+    """What building a model of given sizes will take, worked out from the sizes alone."""
 
-            feeds = dict(load_file(str(path)))
+    parameters: int
+    weight_bytes: int  # float32, as shipped
+    memory_bytes: int  # peak of the whole build, roughly
+
+    # The weights are held about this many times over at the peak: the eager model, the exporter's
+    # graph and its serialized proto, onnxsim's input and output, and an ONNX Runtime session.
+    COPIES = 6
+
+
+def estimate_resources(spec: ArchSpec, config: ArchConfig) -> ResourceEstimate:
+    """Parameters, model bytes and peak memory of building ``spec`` at ``config``, before building.
+
+    The module is constructed on PyTorch's ``meta`` device: parameters get shapes but no storage, so
+    this costs microseconds whatever the sizes.
+    """
+    with torch.device("meta"):
+        model = spec.build_model(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    weight_bytes = 4 * parameters
+    sizes = config.subset(spec.sizes)
+    width = sizes.get("branches", 1) * config.hidden_size
+    # Activations of the largest sweep case, on both sides (gates, states, outputs), float32.
+    largest = max(SWEEP_BATCHES) * max(SWEEP_SEQS)
+    activations = 2 * 4 * largest * (config.input_size + 6 * width + config.output_size)
+    return ResourceEstimate(parameters, weight_bytes, ResourceEstimate.COPIES * weight_bytes + activations)
+
+
+def _check_resources(spec: ArchSpec, config: ArchConfig, *, available: int | None) -> ResourceEstimate:
+    """Refuse, with the numbers, a build whose model cannot be one ONNX file or cannot fit in memory."""
+    estimate = estimate_resources(spec, config)
+    sizes = ", ".join(f"{k}={v}" for k, v in config.subset(spec.sizes).items())
+    what = (
+        f"'{spec.name}' with {sizes} has {estimate.parameters:,} parameters, "
+        f"{format_bytes(estimate.weight_bytes)} of float32 weights"
+    )
+    if estimate.weight_bytes >= PROTOBUF_LIMIT:
+        raise UsageError(
+            f"{what}; a single-file ONNX model must stay under 2 GiB (protobuf's limit on one message), and "
+            "rnnexport ships exactly one model.onnx. Nothing was built. Choose smaller sizes "
+            "(--hidden-size, --input-size" + (", --branches" if "branches" in spec.sizes else "") + ")."
+        )
+    if available is not None and estimate.memory_bytes > available:
+        raise UsageError(
+            f"{what}; building and verifying it needs about {format_bytes(estimate.memory_bytes)} of memory "
+            f"(the weights held about {ResourceEstimate.COPIES} times over, plus the verification sweep's "
+            f"activations), but only {format_bytes(available)} is available here. Nothing was built. Choose "
+            "smaller sizes, or build on a machine with more memory."
+        )
+    return estimate
+
+
+def _read_npy(raw: bytes, *, name: str, origin: str) -> np.ndarray:
+    """One ``.npy`` member, its header checked against its data before any allocation."""
+    handle = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         else:
-            with np.load(path, allow_pickle=False) as archive:
-                feeds = {k: archive[k] for k in archive.files}
-    except Exception as exc:  # OSError, ValueError (pickled arrays), SafetensorError, zip errors
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as exc:
+        raise InputError(f"Cannot read --inputs {origin}: array '{name}': {exc}.") from None
+    if dtype.hasobject:
         raise InputError(
-            f"Cannot read --inputs {path}: {exc}. Expected an .npz (np.savez, no object arrays) or a "
-            f".safetensors file with one tensor per model input ({contract.input_names})."
-        ) from exc
+            f"Cannot read --inputs {origin}: array '{name}' holds Python objects (a pickle); "
+            "only numeric arrays are read."
+        )
+    expected = math.prod(shape) * dtype.itemsize
+    offset = handle.tell()
+    if len(raw) - offset != expected:
+        raise InputError(
+            f"Cannot read --inputs {origin}: array '{name}' declares shape {list(shape)} of {dtype} "
+            f"({expected:,} bytes) "
+            f"but holds {len(raw) - offset:,} bytes. Save it again with np.savez."
+        )
+    array: np.ndarray = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=offset)
+    result: np.ndarray = array.reshape(shape, order="F" if fortran else "C").copy()
+    return result
+
+
+def _read_npz(data: bytes, *, origin: str, limit: int) -> Feeds:
+    """An ``.npz`` whose members' declared sizes are checked before anything is decompressed."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise InputError(f"Cannot read --inputs {origin}: {exc}.") from None
+    members = archive.infolist()
+    declared = sum(m.file_size for m in members)
+    if len(members) > 64 or declared > limit:
+        largest = max(members, key=lambda m: m.file_size)
+        raise InputError(
+            f"--inputs {origin} holds {len(members)} array(s) of {format_bytes(declared)} once decompressed "
+            f"('{largest.filename}' alone is {format_bytes(largest.file_size)}); the limit is "
+            f"{format_bytes(limit)} in at most 64 arrays. Verification inputs are a few cases: use smaller "
+            "batches or shorter sequences. Nothing was decompressed."
+        )
+    feeds: Feeds = {}
+    for member in members:
+        name = member.filename.removesuffix(".npy")
+        if name in feeds or not member.filename.endswith(".npy"):
+            raise InputError(
+                f"--inputs {origin} holds '{member.filename}', which is not one array per input."
+            )
+        try:
+            with archive.open(member) as handle:
+                raw = handle.read(member.file_size + 1)  # never more than declared, whatever the stream says
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise InputError(f"Cannot read '{member.filename}' in --inputs {origin}: {exc}.") from None
+        if len(raw) > member.file_size:
+            raise InputError(
+                f"'{member.filename}' in --inputs {origin} is larger than its zip entry declares."
+            )
+        feeds[name] = _read_npy(raw, name=name, origin=origin)
+    return feeds
+
+
+def _read_inputs_file(path: Path, contract: Contract, *, limits: Limits = DEFAULT_LIMITS) -> Feeds:
+    """User-supplied verification inputs: ``.npz`` (no pickles) or ``.safetensors``, keyed by input name.
+
+    Bounded: the file is read once within a size limit, and what it decompresses to is capped by
+    the sizes its entries declare, before anything is decompressed.
+    """
+    fix = (
+        "Expected an .npz (np.savez, no object arrays) or a .safetensors file with one tensor per model "
+        f"input ({contract.input_names})."
+    )
+    data = read_bounded(path, limit=limits.inputs_file_bytes, what="--inputs", error=InputError, fix=fix)
+    if path.suffix == ".safetensors":
+        if len(data) > limits.inputs_bytes:
+            raise InputError(
+                f"--inputs {path} is {format_bytes(len(data))}; "
+                f"the limit is {format_bytes(limits.inputs_bytes)}. "
+                "Verification inputs are a few cases: use smaller batches or shorter sequences."
+            )
+        try:
+            from safetensors.numpy import load
+
+            feeds = dict(load(data))
+        except Exception as exc:  # SafetensorError and friends: the bytes are not a safetensors file
+            raise InputError(f"Cannot read --inputs {path}: {exc}. {fix}") from None
+    else:
+        feeds = _read_npz(data, origin=str(path), limit=limits.inputs_bytes)
     validate_feeds(contract, feeds, origin=str(path))
     return feeds
 
@@ -242,11 +418,12 @@ def _resolve(
     if not 7 <= opset <= 21:
         raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
     for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and not (0 <= value < 1):
-            raise UsageError(
-                f"--{name} must be a number in [0, 1), got {value}. The defaults are atol 1e-5, rtol 1e-4."
-            )
-    destination = prepare_destination(out, spec.name, force=force)
+        if value is not None:
+            check_tolerance(f"--{name}", value)
+    for option, path in (("--weights", weights), ("--inputs", inputs)):
+        if path is not None:
+            check_path(path, what=option)
+    destination, recovered = prepare_destination(out, spec.name, force=force)
     devices = resolve_devices(device)
     if device == "cuda" and not probe_provider("cuda").available:
         # Fail before any work: the one provider asked for cannot run here.
@@ -258,6 +435,8 @@ def _resolve(
     state = load_state_dict(weights) if weights is not None else None
     shapes = {k: tuple(v.shape) for k, v in state.items()} if state else None
     config_, notes = resolve_config(spec, config, shapes)
+    estimate = _check_resources(spec, config_, available=available_memory())
+    notes = [*recovered, *notes, f"estimated {format_bytes(estimate.memory_bytes)} of memory at the peak"]
     contract = spec.contract(config_)
     if state is not None:
         check_state_dict(spec, config_, state, origin=str(weights))
@@ -396,7 +575,7 @@ def build(
             check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
             stage.details.append(f"{stats.nodes_before} -> {stats.nodes_after} nodes")
         model_bytes = _finalise_model(simplified, spec, request.config, contract).SerializeToString()
-        (staging / MODEL).write_bytes(model_bytes)
+        write_file(staging / MODEL, model_bytes, where=request.destination.parent)
 
         # Verify the bytes that will ship, on every requested provider; all must pass.
         results: dict[Device, ProviderResult] = {}
@@ -422,7 +601,7 @@ def build(
                 )
             )
 
-        with _stage(on_stage, "package") as stage:
+        with _stage(on_stage, "package") as stage, writing(request.destination.parent):
             shipped = [
                 c
                 for c in cases
