@@ -25,7 +25,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -149,6 +149,11 @@ def read_bounded(
     return b"".join(chunks)
 
 
+def _write(handle: BinaryIO, data: bytes) -> None:
+    # One seam for the actual write, so tests can simulate a full disk without filling one.
+    handle.write(data)
+
+
 def write_file(path: Path, data: bytes, *, where: Path | None = None) -> None:
     """Write ``data`` to a new file ``path``; a full disk or a size limit becomes one message.
 
@@ -157,7 +162,7 @@ def write_file(path: Path, data: bytes, *, where: Path | None = None) -> None:
     """
     try:
         with path.open("xb") as handle:
-            handle.write(data)
+            _write(handle, data)
     except OSError as exc:
         folder = where if where is not None else path.parent
         hint = {
