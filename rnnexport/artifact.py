@@ -906,6 +906,11 @@ def verify_artifact(
     if not os.path.lexists(folder) and folder.parent.is_dir():
         # A --force rebuild killed between its two renames leaves the artifact aside: put it back.
         notes = recover_destination(folder, clean=False)
+    notes += [
+        f"{leftover.path.name} beside it was left by a build (pid {leftover.pid}) that was killed; "
+        "the next 'rnnexport build' into this folder removes it"
+        for leftover in _leftovers(folder)
+    ]
     try:
         mode = folder.lstat().st_mode
     except OSError as exc:
