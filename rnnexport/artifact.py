@@ -396,6 +396,7 @@ class _Scan:
 
     files: dict[str, int] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)  # links, pipes, devices: reported, never opened
     problems: list[str] = field(default_factory=list)
 
 
@@ -420,18 +421,26 @@ def _scan(folder: Path, limits: Limits) -> _Scan:
                 return scan
             path = Path(entry.path)
             relative = path.relative_to(folder).as_posix()
-            mode = entry.stat(follow_symlinks=False).st_mode
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as exc:  # removed or replaced while listing
+                scan.problems.append(f"'{relative}' cannot be examined ({describe_os_error(exc)})")
+                scan.refused.add(relative)
+                continue
+            mode = info.st_mode
             if stat.S_ISDIR(mode):
                 scan.dirs.add(relative)
                 pending.append(path)
             elif stat.S_ISREG(mode):
                 if relative != MANIFEST:
-                    scan.files[relative] = entry.stat(follow_symlinks=False).st_size
+                    scan.files[relative] = info.st_size
             elif stat.S_ISLNK(mode):
+                scan.refused.add(relative)
                 scan.problems.append(
                     f"'{relative}' is a symbolic link (refused: artifacts hold plain files only)"
                 )
             else:
+                scan.refused.add(relative)
                 scan.problems.append(
                     f"'{relative}' is {file_kind(mode)} (refused: artifacts hold plain files only; "
                     "it was not opened)"
@@ -466,7 +475,7 @@ def _read_listed(
     for name in sorted(present - set(listed)):
         problems.append(f"'{name}' is in the folder but not in the manifest")
     for name in sorted(set(listed) - present):
-        if name not in scan.dirs and not any(name in p for p in scan.problems):
+        if name not in scan.dirs and name not in scan.refused:
             problems.append(f"'{name}' is listed in the manifest but missing")
     needed = {PurePosixPath(name).parent.as_posix() for name in listed} | {
         p.as_posix() for name in listed for p in PurePosixPath(name).parents

@@ -8,6 +8,7 @@ the commands, so ``rnnexport --help`` answers at once.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -41,6 +42,8 @@ _err = Console(stderr=True, highlight=False)
 _out = Console(highlight=False)
 
 EXIT_INTERRUPTED = 130
+# Errors writing to an output stream: full device, size limit, quota, broken pipe, I/O error.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EPIPE, errno.EIO})
 
 
 def _print_error(exc: RnnExportError) -> None:
@@ -367,8 +370,10 @@ def main() -> None:
         except KeyboardInterrupt as exc:  # outside a command body (e.g. during imports)
             code = signals.exit_code(exc)
         except OSError as exc:
-            if exc.filename is not None:
-                raise  # not an output stream: a bug, keep the traceback
+            # The library turns its own file errors into messages (rnnexport.safeio), so a
+            # nameless write error that gets here is stdout or stderr: '> /dev/full', a closed pipe.
+            if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+                raise  # a bug: keep the traceback
             _abandon_stdout()
             with suppress(OSError):
                 print(f"error: cannot write the output: {exc.strerror or exc}.", file=sys.stderr)

@@ -11,6 +11,7 @@ Run as ``python -m rnnexport.worker``. Torch-free.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import signal
@@ -37,7 +38,7 @@ def verify_with_deadline(
     an interruption of the parent (Ctrl-C, SIGTERM) kills the child before it propagates.
     """
     provider = PROVIDERS[device]
-    payload = pickle.dumps((model, list(cases), device, tol, tf32), protocol=pickle.HIGHEST_PROTOCOL)
+    payload = pickle.dumps((model, list(cases), device, tol, tf32, seconds), protocol=pickle.HIGHEST_PROTOCOL)
     env = dict(os.environ)
     # The child must import this very rnnexport, wherever it was imported from.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
@@ -92,7 +93,11 @@ def verify_with_deadline(
 
 
 def _child() -> None:
-    model, cases, device, tol, tf32 = pickle.loads(sys.stdin.buffer.read())  # from our own parent
+    model, cases, device, tol, tf32, seconds = pickle.loads(sys.stdin.buffer.read())  # from our own parent
+    if hasattr(signal, "alarm"):
+        # Should the parent die without killing us (SIGKILL), SIGALRM's default action ends this
+        # process soon after the deadline, even inside a native call that never returns.
+        signal.alarm(math.ceil(seconds) + 5)
     result = verify_on_device(model, cases, device=device, tol=tol, tf32=tf32)
     sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()

@@ -300,15 +300,18 @@ def test_a_full_disk_while_writing_leaves_the_old_artifact(
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
-def test_list_json_to_a_full_device() -> None:
+@pytest.mark.parametrize(
+    "command", [["list", "--json"], ["list"], ["verify", "{shipped}", "--json", "--device", "cpu"]]
+)
+def test_output_to_a_full_device(shipped: Path, command: list[str]) -> None:
+    script = "import sys\nfrom rnnexport.cli import main\nsys.argv = ['rnnexport', *sys.argv[1:]]\nmain()\n"
+    args = [a.format(shipped=shipped) for a in command]
     with open("/dev/full", "w") as full:  # noqa: PTH123 - a device, not a path to manipulate
-        process = _python(
-            "from rnnexport.cli import main\nimport sys\nsys.argv=['rnnexport','list','--json']\nmain()\n",
-            stdout=full,
-        )
+        process = _python(script, *args, stdout=full)
         _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1
-    assert stderr.strip() == "error: cannot write the output: No space left on device."
+    assert stderr.strip().splitlines()[-1] == "error: cannot write the output: No space left on device."
+    assert "Traceback" not in stderr
 
 
 # -- 7. a corrupt golden folder ----------------------------------------------------------------------
