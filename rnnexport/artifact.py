@@ -653,13 +653,37 @@ def recover_destination(destination: Path, *, clean: bool = True) -> list[str]:
                 f"(pid {leftover.pid}) left behind"
             )
         for leftover in leftovers:
-            if leftover.kind == "partial":
-                shutil.rmtree(leftover.path, ignore_errors=True)
+            if leftover.kind != "partial":
+                continue
+            if not _holds_only_build_output(leftover.path):
                 notes.append(
-                    f"removed the staging folder {leftover.path.name} of a build (pid {leftover.pid}) "
-                    "that is no longer running"
+                    f"left {leftover.path.name} in place: it is named like a staging folder of a dead "
+                    "build, but holds files rnnexport does not write"
                 )
+                continue
+            shutil.rmtree(leftover.path, ignore_errors=True)
+            notes.append(
+                f"removed the staging folder {leftover.path.name} of a build (pid {leftover.pid}) "
+                "that is no longer running"
+            )
     return notes
+
+
+def _holds_only_build_output(folder: Path) -> bool:
+    """True when ``folder`` holds nothing but what a build writes into its staging folder."""
+    try:
+        for entry in os.scandir(folder):
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if entry.name in (MODEL, MANIFEST) and stat.S_ISREG(mode):
+                continue
+            if not (_TEST_SET.fullmatch(entry.name) and stat.S_ISDIR(mode)):
+                return False
+            for inner in os.scandir(entry.path):
+                if not (_TEST_FILE.fullmatch(inner.name) and inner.is_file(follow_symlinks=False)):
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 def _first_existing(path: Path) -> Path:
@@ -786,11 +810,14 @@ def publish(staging: Path, destination: Path, *, force: bool) -> None:
                 f"{destination} appeared or changed while building ({problem}); nothing was replaced."
             )
         old = _aside_name(destination)
-        destination.rename(old)
+    # Both renames inside one try: Ctrl-C (or a handled signal) can only strike between statements,
+    # and wherever it does, the old artifact goes back unless the new one is already in place.
     try:
+        if old is not None:
+            destination.rename(old)
         staging.rename(destination)
     except BaseException:
-        if old is not None:
+        if old is not None and os.path.lexists(old) and not os.path.lexists(destination):
             old.rename(destination)
         raise
     if old is not None:

@@ -225,6 +225,19 @@ def test_an_npy_header_that_lies_about_its_shape(tmp_path: Path) -> None:
     )
 
 
+def test_inputs_that_are_not_a_regular_file(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "cases.npz")
+    for path, expected in (
+        (str(tmp_path / "cases.npz"), "--inputs " + str(tmp_path / "cases.npz") + " is a FIFO (named pipe)"),
+        ("/dev/zero", "--inputs /dev/zero is a character device; expected a regular file"),
+        (str(tmp_path), "is a folder; expected a regular file"),
+    ):
+        result = _run("build", "--arch", "attention", "--inputs", path, "--out", str(tmp_path / "out"))
+        assert result.exit_code == 2
+        assert expected in _flat(result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.npz"]
+
+
 def test_small_input_limits_passed_in(tmp_path: Path) -> None:
     path = tmp_path / "cases.npz"
     np.savez(path, x=np.zeros((2, 50, 10), np.float32), lengths=np.array([50, 3]))
@@ -440,17 +453,24 @@ def test_stale_staging_folders_of_dead_builds_are_removed(tmp_path: Path) -> Non
     dead_legacy = out / f".attention.partial-{me}abc"  # not our naming: kept
     live = out / f".attention.partial-{parent}-{artifact._start_time(parent)}-live"
     other = out / ".parallel-gru.partial-1-1-x"  # another artifact's: not this build's business
-    for folder in (dead, dead_legacy, live, other):
+    lookalike = out / f".attention.partial-{me}-2-mine"  # named like ours, holding the user's files
+    for folder in (dead, dead_legacy, live, other, lookalike):
         folder.mkdir()
         (folder / "model.onnx").write_bytes(b"partial")
+    (dead / "test_data_set_0").mkdir()
+    (dead / "test_data_set_0" / "input_0.pb").write_bytes(b"partial")
+    (lookalike / "notes.txt").write_text("the user's")
     (out / ".attention.partial-2-2-link").symlink_to(dead, target_is_directory=True)
     (out / ".attention.partial-3-3-file").write_text("not a folder")
     result = _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu")
     assert result.exit_code == 0, result.output
     output = _flat(result.output)
     assert f"removed the staging folder {dead.name} of a build (pid {me}) that is no longer running" in output
+    assert f"left {lookalike.name} in place: it is named like a staging folder of a dead build" in output
+    assert (lookalike / "notes.txt").read_text() == "the user's"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
+            lookalike.name,
             dead_legacy.name,
             live.name,
             other.name,
