@@ -212,7 +212,7 @@ def parse_manifest(data: bytes, *, path: Path) -> Manifest:
                     name, entry[name], origin=f"{device}, as build bounds it", error=ArtifactError
                 )
             except ArtifactError as exc:
-                need(False, str(exc).removesuffix(" The defaults are atol 1e-5, rtol 1e-4."))
+                need(False, str(exc).removesuffix(". The defaults are atol 1e-5, rtol 1e-4."))
             entry[name] = float(entry[name])
     need(
         isinstance(doc["verification"].get("tf32", False), bool), "'verification.tf32' must be true or false"
@@ -490,7 +490,7 @@ def _read_listed(
             problems.append(
                 f"'{name}' is {scan.files[name]:,} bytes, over the limit of {limit:,} bytes (refused)"
             )
-    if total > limits.artifact_bytes:
+    if total > limits.artifact_bytes and not problems:
         problems.append(
             f"the files add up to {format_bytes(total)}, over the limit of "
             f"{format_bytes(limits.artifact_bytes)}"
@@ -698,13 +698,16 @@ def _replaceable_problem(destination: Path) -> str | None:
     mode = destination.lstat().st_mode
     if not stat.S_ISDIR(mode):
         return f"it is {file_kind(mode)}, not an artifact folder"
+    if not os.path.lexists(destination / MANIFEST):
+        return f"it has no {MANIFEST}"
     try:
         data = read_bounded(
             destination / MANIFEST, limit=DEFAULT_LIMITS.manifest_bytes, what="manifest", error=ArtifactError
         )
         parse_manifest(data, path=destination / MANIFEST)
     except ArtifactError as exc:
-        return f"it holds no valid {MANIFEST} ({exc})"
+        reason = str(exc).removesuffix(f" {_REBUILD}").rstrip(".")
+        return f"its {MANIFEST} is not valid ({reason})"
     return None
 
 

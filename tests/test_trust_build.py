@@ -557,7 +557,7 @@ def test_force_never_deletes_a_folder_that_is_not_an_artifact(tmp_path: Path) ->
     assert result.exit_code == 2
     output = _flat(result.output)
     assert "--force replaces only an rnnexport artifact, and" in output
-    assert "is not one: it holds no valid manifest.json" in output
+    assert "is not one: it has no manifest.json. Nothing was deleted" in output
     assert "Nothing was deleted" in output
     assert (out / "attention" / "photos" / "thesis.tex").read_text() == "four years of work"
 
