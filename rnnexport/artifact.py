@@ -921,6 +921,32 @@ def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
     return problems
 
 
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        info = folder.lstat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _read_consistently(
+    folder: Path, limits: Limits, attempts: int = 3
+) -> tuple[Manifest, bytes, dict[str, bytes], list[str]]:
+    """The manifest and every listed file, all read from one and the same folder.
+
+    A ``--force`` rebuild publishes by renaming a new folder into place; if that happens while this
+    reads, the manifest and the files may come from different artifacts. The folder's identity
+    (device, inode) is compared before and after, and everything is read again when it changed.
+    """
+    for _ in range(attempts):
+        before = _folder_identity(folder)
+        manifest, manifest_bytes = _read_manifest(folder, limits)
+        contents, problems = _read_listed(folder, manifest.files, limits)
+        if before is not None and _folder_identity(folder) == before:
+            break
+    return manifest, manifest_bytes, contents, problems
+
+
 def verify_artifact(
     folder: Path | str,
     *,
@@ -962,15 +988,13 @@ def verify_artifact(
             f"{folder} is {file_kind(mode)}, not a folder. "
             "Pass the artifact folder that 'rnnexport build' wrote."
         )
-    manifest, manifest_bytes = _read_manifest(folder, limits)
+    manifest, manifest_bytes, contents, problems = _read_consistently(folder, limits)
     digest = hashlib.sha256(manifest_bytes).hexdigest()
     if expect_sha256 is not None and digest != expect_sha256.strip().lower():
         raise ArtifactError(
             f"{folder / MANIFEST} has sha256 {digest}, expected {expect_sha256.strip().lower()}: "
-            "this is not the "
-            "artifact you pinned. Get it again from where it was built."
+            "this is not the artifact you pinned. Get it again from where it was built."
         )
-    contents, problems = _read_listed(folder, manifest.files, limits)
     if problems:
         raise ArtifactError(
             f"The artifact in {folder} does not match its manifest: " + "; ".join(problems) + f". {_REBUILD}"

@@ -395,6 +395,29 @@ def test_each_file_is_read_once_and_those_bytes_are_verified(
     assert sorted(reads) == sorted([MANIFEST, *json.loads((folder / MANIFEST).read_text())["files"]])
 
 
+def test_a_rebuild_published_while_verify_reads_is_read_again(
+    folder: Path, shipped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another artifact (other test data, other hashes) is swapped in after the manifest was read.
+    newer = tmp_path / "newer"
+    build("attention", out=newer, device="cpu", config={"hidden_size": 7})
+    real = artifact._read_listed
+    calls: list[int] = []
+
+    def swap_once(where: Path, listed: Any, limits: Limits) -> Any:
+        if not calls:
+            folder.rename(tmp_path / "old")
+            (newer / "attention").rename(folder)
+        calls.append(1)
+        return real(where, listed, limits)
+
+    monkeypatch.setattr(artifact, "_read_listed", swap_once)
+    report = verify_artifact(folder, device="cpu")
+    assert report.passed
+    assert report.manifest.config["hidden_size"] == 7
+    assert len(calls) == 2
+
+
 # -- the bounded reader and the strict JSON loader, directly ----------------------------------------
 
 
