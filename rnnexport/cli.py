@@ -378,12 +378,13 @@ def main() -> None:
             with suppress(OSError):
                 print(f"error: cannot write the output: {exc.strerror or exc}.", file=sys.stderr)
             code = 1
+        # Click turns an interruption outside a command body (e.g. during imports) into a silent 130.
+        interrupted = signals.received() is not None or code == EXIT_INTERRUPTED
         if signals.received() is not None:
-            # A signal can arrive after the command's own handling, or be turned into click's 130.
-            code = signals.exit_code()
-            if not signals.reported():
-                with suppress(OSError):
-                    print(f"interrupted ({signals.describe()}).", file=sys.stderr)
+            code = signals.exit_code()  # 143 or 129, even if the signal came after the command's handling
+        if interrupted and not signals.reported():
+            with suppress(OSError):
+                print(f"interrupted ({signals.describe()}).", file=sys.stderr)
     sys.exit(code)
 
 

@@ -11,6 +11,8 @@ Run as ``python -m rnnexport.worker``. Torch-free.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import os
 import pickle
@@ -27,6 +29,8 @@ from rnnexport.runtime import PROVIDERS, Device
 __all__ = ["verify_with_deadline"]
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_PARENT = "RNNEXPORT_WORKER_PARENT"
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 def verify_with_deadline(
@@ -42,6 +46,7 @@ def verify_with_deadline(
     env = dict(os.environ)
     # The child must import this very rnnexport, wherever it was imported from.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+    env[_PARENT] = str(os.getpid())
     process = subprocess.Popen(
         [sys.executable, "-m", "rnnexport.worker"],
         stdin=subprocess.PIPE,
@@ -92,7 +97,20 @@ def verify_with_deadline(
     return result
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this process when its parent ends, however the parent ends.
+
+    The parent kills its child on every exit it sees; this covers the ones it cannot see (SIGKILL,
+    or a signal that arrives while the child is being started).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(os.environ.get(_PARENT, os.getppid())):
+        os._exit(1)  # the parent is already gone
+
+
 def _child() -> None:
+    _die_with_parent()
     model, cases, device, tol, tf32, seconds = pickle.loads(sys.stdin.buffer.read())  # from our own parent
     if hasattr(signal, "alarm"):
         # Should the parent die without killing us (SIGKILL), SIGALRM's default action ends this

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,41 @@ def test_a_model_that_would_run_forever_is_stopped(folder: Path) -> None:
     output = _flat(result)
     assert "onnxruntime did not finish the test data within the time bound of 2 s and was stopped" in output
     assert "verification did not pass" in output
+
+
+def test_sigterm_while_the_model_runs_stops_the_child_too(folder: Path) -> None:
+    model = _endless_model(onnx.load_from_string((folder / "model.onnx").read_bytes()))
+    (folder / "model.onnx").write_bytes(model.SerializeToString())
+    _rehash(folder)
+    code = "import sys\nfrom rnnexport.cli import main\nsys.argv = ['rnnexport', *sys.argv[1:]]\nmain()\n"
+    args = ["verify", str(folder), "--device", "cpu", "--time-limit", "600"]
+    process = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 300
+    while not children.read_text().split():  # wait until the child running onnxruntime exists
+        assert process.poll() is None
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [child] = children.read_text().split()
+    process.terminate()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert "interrupted: SIGTERM stopped the run before it finished" in _flat_text(stderr)
+    while _running(child):  # the kernel ends it with its parent; wait (bounded) for that to happen
+        assert time.monotonic() < deadline, "the onnxruntime child outlived the interrupted verify"
+        time.sleep(0.05)
+
+
+def _running(pid: str) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _flat_text(text: str) -> str:
+    return " ".join(text.split())
 
 
 def test_each_file_is_read_once_and_those_bytes_are_verified(
