@@ -296,8 +296,7 @@ def _parse_tensor(data: bytes, *, origin: str, name: str, dtype: str) -> np.ndar
         if len(typed) or len(tensor.raw_data) != count * np_dtype.itemsize:
             raise ArtifactError(
                 f"{origin} declares dims {dims} ({count} values, {count * np_dtype.itemsize} bytes) "
-                f"but holds "
-                f"{len(tensor.raw_data)} bytes of data. {_REBUILD}"
+                f"but holds {len(tensor.raw_data)} bytes of data. {_REBUILD}"
             )
         array = np.frombuffer(tensor.raw_data, dtype=np_dtype).astype(np.dtype(dtype))
     else:

@@ -8,12 +8,9 @@ folder beside it and moved into place as the very last step.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import math
 import platform
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,7 +49,7 @@ from rnnexport.limits import (
 from rnnexport.reference import TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
-from rnnexport.safeio import check_path, loads_strict, read_bounded, write_file, writing
+from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, write_file, writing
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
 from rnnexport.weights import check_state_dict, load_state_dict
@@ -215,73 +212,6 @@ def _check_resources(spec: ArchSpec, config: ArchConfig, *, available: int | Non
     return estimate
 
 
-def _read_npy(raw: bytes, *, name: str, origin: str) -> np.ndarray:
-    """One ``.npy`` member, its header checked against its data before any allocation."""
-    handle = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except ValueError as exc:
-        raise InputError(f"Cannot read --inputs {origin}: array '{name}': {exc}.") from None
-    if dtype.hasobject:
-        raise InputError(
-            f"Cannot read --inputs {origin}: array '{name}' holds Python objects (a pickle); "
-            "only numeric arrays are read."
-        )
-    expected = math.prod(shape) * dtype.itemsize
-    offset = handle.tell()
-    if len(raw) - offset != expected:
-        raise InputError(
-            f"Cannot read --inputs {origin}: array '{name}' declares shape {list(shape)} of {dtype} "
-            f"({expected:,} bytes) "
-            f"but holds {len(raw) - offset:,} bytes. Save it again with np.savez."
-        )
-    array: np.ndarray = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=offset)
-    result: np.ndarray = array.reshape(shape, order="F" if fortran else "C").copy()
-    return result
-
-
-def _read_npz(data: bytes, *, origin: str, limit: int) -> Feeds:
-    """An ``.npz`` whose members' declared sizes are checked before anything is decompressed."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise InputError(f"Cannot read --inputs {origin}: {exc}.") from None
-    members = archive.infolist()
-    declared = sum(m.file_size for m in members)
-    if len(members) > 64 or declared > limit:
-        largest = max(members, key=lambda m: m.file_size)
-        raise InputError(
-            f"--inputs {origin} holds {len(members)} array(s) of {format_bytes(declared)} once decompressed "
-            f"('{largest.filename}' alone is {format_bytes(largest.file_size)}); the limit is "
-            f"{format_bytes(limit)} in at most 64 arrays. Verification inputs are a few cases: use smaller "
-            "batches or shorter sequences. Nothing was decompressed."
-        )
-    feeds: Feeds = {}
-    for member in members:
-        name = member.filename.removesuffix(".npy")
-        if name in feeds or not member.filename.endswith(".npy"):
-            raise InputError(
-                f"--inputs {origin} holds '{member.filename}', which is not one array per input."
-            )
-        try:
-            with archive.open(member) as handle:
-                raw = handle.read(member.file_size + 1)  # never more than declared, whatever the stream says
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise InputError(f"Cannot read '{member.filename}' in --inputs {origin}: {exc}.") from None
-        if len(raw) > member.file_size:
-            raise InputError(
-                f"'{member.filename}' in --inputs {origin} is larger than its zip entry declares."
-            )
-        feeds[name] = _read_npy(raw, name=name, origin=origin)
-    return feeds
-
-
 def _read_inputs_file(path: Path, contract: Contract, *, limits: Limits = DEFAULT_LIMITS) -> Feeds:
     """User-supplied verification inputs: ``.npz`` (no pickles) or ``.safetensors``, keyed by input name.
 
@@ -304,7 +234,7 @@ def _read_inputs_file(path: Path, contract: Contract, *, limits: Limits = DEFAUL
         except Exception as exc:  # SafetensorError and friends: the bytes are not a safetensors file
             raise InputError(f"Cannot read --inputs {path}: {exc}. {fix}") from None
     else:
-        feeds = _read_npz(data, origin=str(path), limit=limits.inputs_bytes)
+        feeds = load_npz(data, origin=str(path), limit=limits.inputs_bytes, error=InputError)
     validate_feeds(contract, feeds, origin=str(path))
     return feeds
 

@@ -10,6 +10,9 @@ JSON documents (``--config``, ``manifest.json``, golden ``meta.json``, model met
 :func:`loads_strict`: duplicate keys, non-finite numbers (``NaN``, ``1e999``) and nesting beyond a
 small depth are refused with a message instead of being taken silently or ending in a traceback.
 
+Numpy archives (``--inputs``) go through :func:`load_npz`, which bounds what they decompress to
+before decompressing anything.
+
 Writes go through :func:`write_file`, which turns a full disk, a file-size limit or a too-long name
 into one message. Torch-free.
 """
@@ -17,11 +20,13 @@ into one message. Torch-free.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
 import re
 import stat
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +35,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from rnnexport.errors import ArtifactError, RnnExportError, UsageError
+from rnnexport.limits import format_bytes
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -38,6 +44,7 @@ __all__ = [
     "check_path",
     "describe_os_error",
     "file_kind",
+    "load_npz",
     "loads_strict",
     "read_bounded",
     "write_file",
@@ -191,6 +198,80 @@ def writing(folder: Path) -> Iterator[None]:
             + (f" ({exc.filename})" if exc.filename else "")
             + ". Nothing was published. Free some space there, or choose another --out."
         ) from None
+
+
+# -- numpy archives -------------------------------------------------------------------------------
+
+
+def _read_npy(raw: bytes, *, name: str, origin: str, error: type[RnnExportError]) -> np.ndarray:
+    """One ``.npy`` member, its header checked against its data before any allocation."""
+    handle = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as exc:
+        raise error(f"Cannot read --inputs {origin}: array '{name}': {exc}.") from None
+    if dtype.hasobject:
+        raise error(
+            f"Cannot read --inputs {origin}: array '{name}' holds Python objects (a pickle); "
+            "only numeric arrays are read."
+        )
+    expected = math.prod(shape) * dtype.itemsize
+    offset = handle.tell()
+    if len(raw) - offset != expected:
+        raise error(
+            f"Cannot read --inputs {origin}: array '{name}' declares shape {list(shape)} of {dtype} "
+            f"({expected:,} bytes) "
+            f"but holds {len(raw) - offset:,} bytes. Save it again with np.savez."
+        )
+    array: np.ndarray = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=offset)
+    result: np.ndarray = array.reshape(shape, order="F" if fortran else "C").copy()
+    return result
+
+
+def load_npz(
+    data: bytes, *, origin: str, limit: int, error: type[RnnExportError] = UsageError
+) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` held in ``data``, bounded; ``error`` on anything else.
+
+    The sizes the archive's entries declare are checked against ``limit`` before anything is
+    decompressed (a decompression bomb is refused unopened), no entry is read past its declared
+    size, and each ``.npy`` header's shape is checked against its data before any allocation.
+    Object arrays (pickles) are refused.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise error(f"Cannot read --inputs {origin}: {exc}.") from None
+    members = archive.infolist()
+    declared = sum(m.file_size for m in members)
+    if len(members) > 64 or declared > limit:
+        largest = max(members, key=lambda m: m.file_size)
+        raise error(
+            f"--inputs {origin} holds {len(members)} array(s) of {format_bytes(declared)} once decompressed "
+            f"('{largest.filename}' alone is {format_bytes(largest.file_size)}); the limit is "
+            f"{format_bytes(limit)} in at most 64 arrays. Verification inputs are a few cases: use smaller "
+            "batches or shorter sequences. Nothing was decompressed."
+        )
+    feeds: dict[str, np.ndarray] = {}
+    for member in members:
+        name = member.filename.removesuffix(".npy")
+        if name in feeds or not member.filename.endswith(".npy"):
+            raise error(f"--inputs {origin} holds '{member.filename}', which is not one array per input.")
+        try:
+            with archive.open(member) as handle:
+                raw = handle.read(member.file_size + 1)  # never more than declared, whatever the stream says
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise error(f"Cannot read '{member.filename}' in --inputs {origin}: {exc}.") from None
+        if len(raw) > member.file_size:
+            raise error(f"'{member.filename}' in --inputs {origin} is larger than its zip entry declares.")
+        feeds[name] = _read_npy(raw, name=name, origin=origin, error=error)
+    return feeds
 
 
 # -- strict JSON -----------------------------------------------------------------------------------
