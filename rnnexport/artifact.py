@@ -730,10 +730,10 @@ def prepare_destination(out: Path, name: str, *, force: bool) -> tuple[Path, lis
         )
     if os.path.lexists(destination):
         if not force:
+            done = "".join(f" (Before this check, rnnexport {note}.)" for note in notes)
             raise UsageError(
-                f"{destination} already exists. rnnexport never overwrites silently: "
-                "pass --force to replace it "
-                "completely, or choose another --out."
+                f"{destination} already exists. rnnexport never overwrites silently: pass --force to "
+                f"replace it completely, or choose another --out.{done}"
             )
         problem = _replaceable_problem(destination)
         if problem:

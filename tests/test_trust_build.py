@@ -531,6 +531,7 @@ def test_an_interrupted_swap_is_restored_by_the_next_build(shipped: Path, tmp_pa
     assert result.exit_code == 2  # the previous artifact is back, and a plain build does not overwrite it
     output = _flat(result.output)
     assert "already exists" in output
+    assert "(Before this check, rnnexport restored the previous artifact" in output
     assert [p.name for p in out.iterdir()] == ["attention"]
     assert _run("verify", str(out / "attention"), "--device", "cpu").exit_code == 0
 
