@@ -72,6 +72,8 @@ class Manifest:
     test_data: list[dict[str, Any]]
     files: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
+    # One entry per model file (model.onnx first), see rnnexport.variants.VariantResult.to_json.
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document, keys in a stable order."""
@@ -86,6 +88,7 @@ class Manifest:
             "weights": self.weights,
             "verification": self.verification,
             "test_data": self.test_data,
+            "variants": self.variants,
             "files": self.files,
         }
 
@@ -104,6 +107,7 @@ class Manifest:
             test_data=list(data["test_data"]),
             files=dict(data["files"]),
             format=int(data["format"]),
+            variants=list(data.get("variants", [])),
         )
 
     def tolerance(self, device: Device) -> Tolerance:
