@@ -28,12 +28,14 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
+from rnnexport.compare import Criterion, ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
 from rnnexport.errors import ArtifactError, InputError, RnnExportError, UsageError
 from rnnexport.feeds import Case, validate_feeds
+from rnnexport.oracle import read_float64_outputs, seq_axes
 from rnnexport.runtime import DEVICES, Device, resolve_devices
 from rnnexport.spec import Contract
+from rnnexport.variants import VariantResult, verify_shipped_variants
 
 __all__ = [
     "MANIFEST",
@@ -331,11 +333,14 @@ class ArtifactReport:
     directory: Path
     manifest: Manifest
     results: dict[Device, ProviderResult]
+    # Every shipped variant other than model.onnx, by file name.
+    variants: dict[str, VariantResult] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        """True when every requested device verified."""
-        return bool(self.results) and all(r.status == "passed" for r in self.results.values())
+        """True when every requested device verified, for model.onnx and every shipped variant."""
+        ran = bool(self.results) and all(r.status == "passed" for r in self.results.values())
+        return ran and all(v.passed for v in self.variants.values())
 
     def to_json(self) -> dict[str, Any]:
         """Machine-readable summary."""
@@ -345,6 +350,7 @@ class ArtifactReport:
             "passed": self.passed,
             "files": "ok",
             "providers": {r.provider: r.to_json() for r in self.results.values()},
+            "variants": {name: v.to_json() for name, v in self.variants.items()},
         }
 
 
@@ -363,6 +369,7 @@ def _read_manifest(folder: Path) -> Manifest:
             raise TypeError("tolerances must be numbers")
         if not all(isinstance(v, str) for v in manifest.files.values()):
             raise TypeError("file hashes must be strings")
+        Criterion.from_json(manifest.verification.get("rule"))
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(
             f"{path} is not a valid rnnexport manifest ({type(exc).__name__}: {exc}). Rebuild the artifact."
@@ -428,9 +435,38 @@ def verify_artifact(folder: Path | str, *, device: str = "auto") -> ArtifactRepo
         raise ArtifactError(
             f"{folder} has no test_data_set_N folders to verify against. Rebuild the artifact."
         )
+    try:
+        float64 = read_float64_outputs(folder, manifest.contract)
+    except (OSError, DecodeError, ValueError) as exc:
+        raise ArtifactError(
+            f"The float64 references in {folder} cannot be read ({exc}). Rebuild the artifact."
+        ) from exc
     tf32 = bool(manifest.verification.get("tf32", False))
+    criterion = Criterion.from_json(manifest.verification.get("rule"))
+    devices = resolve_devices(device)
     results = {
-        d: verify_on_device(data, cases, device=d, tol=manifest.tolerance(d), tf32=tf32 and d == "cuda")
-        for d in resolve_devices(device)
+        d: verify_on_device(
+            data,
+            cases,
+            device=d,
+            tol=manifest.tolerance(d),
+            tf32=tf32 and d == "cuda",
+            criterion=criterion,
+            float64=float64,
+            seq_axes=seq_axes(manifest.contract),
+        )
+        for d in devices
     }
-    return ArtifactReport(folder, manifest, results)
+    variants = verify_shipped_variants(
+        folder,
+        manifest.variants,
+        manifest.files,
+        cases,
+        float64,
+        contract=manifest.contract,
+        devices=devices,
+        own={d: manifest.tolerance(d) for d in devices},
+        criterion=criterion,
+        tf32=tf32,
+    )
+    return ArtifactReport(folder, manifest, results, variants)

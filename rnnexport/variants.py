@@ -40,7 +40,7 @@ import onnx
 
 from rnnexport.compare import Criterion, ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
-from rnnexport.errors import ContractError, RnnExportError, UsageError
+from rnnexport.errors import ArtifactError, ContractError, RnnExportError, UsageError
 from rnnexport.feeds import Case, Feeds
 from rnnexport.oracle import seq_axes
 from rnnexport.runtime import Device, probe_provider
@@ -68,6 +68,7 @@ __all__ = [
     "to_ort_format",
     "variant_file",
     "variant_tolerances",
+    "verify_shipped_variants",
     "verify_variant",
 ]
 
@@ -691,3 +692,70 @@ def variant_tolerances(precision: Precision, own: Mapping[Device, Tolerance]) ->
     """What a variant of ``precision`` is held to on each device (``own``: the float32 model's)."""
     fixed = VARIANT_TOLERANCES[precision]
     return {d: fixed or t for d, t in own.items()}
+
+
+def _entry_tolerance(entry: Mapping[str, Any], device: Device, fallback: Tolerance) -> Tolerance:
+    recorded = entry.get("tolerance", {}).get(device)
+    if recorded is None:
+        return fallback
+    atol, rtol = recorded.get("atol"), recorded.get("rtol")
+    if not all(isinstance(v, float) and 0 <= v < 1 for v in (atol, rtol)):
+        raise TypeError(f"the tolerance of {entry.get('file')!r} must hold numbers in [0, 1)")
+    return Tolerance(atol=atol, rtol=rtol)
+
+
+def verify_shipped_variants(
+    folder: Path,
+    entries: Sequence[Mapping[str, Any]],
+    files: Mapping[str, str],
+    cases: Sequence[Case],
+    float64: Mapping[str, Feeds],
+    *,
+    contract: Contract,
+    devices: Sequence[Device],
+    own: Mapping[Device, Tolerance],
+    criterion: Criterion,
+    tf32: bool = False,
+) -> dict[str, VariantResult]:
+    """``rnnexport verify`` for every shipped variant other than ``model.onnx``: contract and outputs,
+    each with the tolerance its manifest entry records (``own``: the float32 model's per device).
+
+    Raises :class:`ArtifactError` for an entry that is malformed or names a file the manifest does
+    not list (hashes were already checked against that list).
+    """
+    checked: dict[str, VariantResult] = {}
+    for entry in entries:
+        try:
+            if not isinstance(entry, Mapping):
+                raise TypeError("each variant entry must be an object")
+            name, precision, fmt = entry["file"], entry["precision"], entry["format"]
+            if not (isinstance(name, str) and precision in PRECISIONS and fmt in FORMATS):
+                raise ValueError(
+                    f"variant entry {entry.get('file')!r} has no valid file, precision or format"
+                )
+            if name == variant_file("fp32", "onnx") or not entry.get("shipped", False):
+                continue
+            if name != variant_file(precision, fmt) or name not in files:
+                raise ValueError(f"variant {name!r} is not one of the artifact's listed model files")
+            tolerances = {
+                d: _entry_tolerance(entry, d, VARIANT_TOLERANCES[precision] or own[d]) for d in devices
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"The manifest in {folder} has a malformed 'variants' entry ({type(exc).__name__}: {exc}). "
+                "Rebuild the artifact."
+            ) from exc
+        checked[name] = verify_variant(
+            name,
+            precision,
+            fmt,
+            (folder / name).read_bytes(),
+            cases,
+            float64,
+            contract=contract,
+            devices=devices,
+            tolerances=tolerances,
+            criterion=criterion,
+            tf32=tf32,
+        )
+    return checked
