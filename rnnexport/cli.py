@@ -324,9 +324,9 @@ class _Reporter:
             if "tolerance" in r and r.get("rule") == "oracle":
                 tol = r["tolerance"]
                 notes.append(
-                    f"{short}: oracle rule: passes when, per output, case and time bucket, |ort - float64| <= "
-                    f"max(4 x PyTorch float32's own error there, atol {tol['atol']:g} + rtol {tol['rtol']:g}"
-                    "*|float64|), i.e. worst err/allowed <= 1"
+                    f"{short}: oracle rule: passes when, per output, case and time bucket, |ort - float64| "
+                    f"<= max({r.get('oracle_factor', 4):g} x PyTorch float32's own error there, atol "
+                    f"{tol['atol']:g} + rtol {tol['rtol']:g}*|float64|), i.e. worst err/allowed <= 1"
                 )
             elif "tolerance" in r:
                 tol = r["tolerance"]

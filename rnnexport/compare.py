@@ -422,6 +422,7 @@ class ProviderResult:
                 "cases": len(self.cases),
                 "shapes": [c.shapes for c in self.cases],
                 "rule": self.criterion.rule,
+                **({"oracle_factor": self.criterion.factor} if self.criterion.rule == "oracle" else {}),
                 "errors": self.errors,
                 "per_case": [self._case_json(c) for c in self.cases],
             }
