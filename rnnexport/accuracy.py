@@ -94,7 +94,7 @@ def build_variants(
                 criterion=criterion,
                 tf32=tf32,
                 details=variant.details,
-                support=provider_support(variant.source, variant.data),
+                support=provider_support(variant.source, variant.data, fmt=variant.format),
                 on_case=on_case,
             )
             progress.ok = result.passed

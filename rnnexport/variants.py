@@ -467,17 +467,28 @@ def _mobile_partitions(model: onnx.ModelProto, provider: str) -> dict[str, Any]:
     }
 
 
-def provider_support(model: onnx.ModelProto, data: bytes) -> dict[str, dict[str, Any]]:
+def provider_support(
+    model: onnx.ModelProto, data: bytes, *, fmt: Format = "onnx"
+) -> dict[str, dict[str, Any]]:
     """For each provider in :data:`SUPPORT_PROVIDERS`: how many of the variant's nodes it takes.
 
     CPU, CUDA, TensorRT and XNNPACK: ONNX Runtime's own partitioner, from a session created here with
     that provider first (``unavailable``, with the reason, where it cannot load on this machine).
     CoreML and NNAPI: ONNX Runtime's mobile usability checker on ``model`` (for an ORT-format file,
-    the ONNX model it was converted from). ``data`` is the file as shipped.
+    the ONNX model it was converted from). ``data`` is the file as shipped. ORT-format sessions do not
+    record their partitioning, so for them the session checks also read the ONNX model they were
+    converted from, and say so.
     """
+    source = data if fmt == "onnx" else model.SerializeToString()
     support = {
-        short: _assignment(data, SUPPORT_PROVIDERS[short]) for short in ("CPU", "CUDA", "TensorRT", "XNNPACK")
+        short: _assignment(source, SUPPORT_PROVIDERS[short])
+        for short in ("CPU", "CUDA", "TensorRT", "XNNPACK")
     }
+    if fmt == "ort":
+        for entry in support.values():
+            entry["note"] = (
+                entry.get("note", "") + "; " if entry.get("note") else ""
+            ) + "read from the ONNX model this ORT-format file was converted from"
     for short in ("CoreML", "NNAPI"):
         support[short] = _mobile_partitions(model, short)
     return support
