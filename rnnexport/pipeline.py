@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from rnnexport._version import __version__
-from rnnexport.accuracy import build_variants, float64_references, write_variant_files
+from rnnexport.accuracy import build_variants, float64_references, one_torch_thread, write_variant_files
 from rnnexport.artifact import (
     MODEL,
     Manifest,
@@ -506,7 +506,7 @@ def build(
     progress = progress or SilentProgress()
     spec, contract = request.spec, request.contract
     with staging_folder(request.destination) as staging:
-        with _stage(progress, "model") as stage:
+        with _stage(progress, "model") as stage, one_torch_thread():
             model, cases, weights_origin = _model_and_references(request)
             float64 = float64_references(spec, model, cases)
             stage.details += [
