@@ -1,4 +1,4 @@
-"""``build``: export -> contract check -> simplify -> contract check -> verify -> package.
+"""``build``: export -> contract check -> simplify -> contract check -> verify -> variants -> package.
 
 Read top to bottom; each stage is a plain function from its own module. Nothing reaches the
 destination unless every requested provider verified: the artifact is assembled in a temporary

@@ -751,7 +751,7 @@ def verify_shipped_variants(
             tolerances = {
                 d: _entry_tolerance(entry, d, VARIANT_TOLERANCES[precision] or own[d]) for d in devices
             }
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(
                 f"The manifest in {folder} has a malformed 'variants' entry ({type(exc).__name__}: {exc}). "
                 "Rebuild the artifact."

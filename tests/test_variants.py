@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +273,25 @@ def test_precision_and_format_choices_are_validated(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "'tflite' unknown" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda v: v.update(file="../model.int8.onnx"),
+        lambda v: v.update(file="notes.txt", format="onnx"),
+        lambda v: v.update(precision="int4"),
+        lambda v: v.update(tolerance="loose"),
+        lambda v: v["tolerance"].update(cpu={"atol": "tiny", "rtol": 0.1}),
+    ],
+)
+def test_a_malformed_variant_entry_is_an_artifact_error(
+    artifacts: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]
+) -> None:
+    folder = tmp_path / "a"
+    shutil.copytree(artifacts / "many-to-many", folder)
+    manifest = _manifest(folder)
+    edit(next(v for v in manifest["variants"] if v["file"] == "model.int8.onnx"))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="malformed 'variants' entry"):
+        verify_artifact(folder, device="cpu")
