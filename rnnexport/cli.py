@@ -200,7 +200,8 @@ def _print_variants(title: str, variants: list[dict[str, Any]] | dict[str, dict[
     table = Table(title=_safe(title), title_justify="left")
     for column in ("file", "status", "bytes", "max err (f64)", "p99 err (f64)", "err/allowed", "runs on"):
         table.add_column(column, no_wrap=column != "runs on")
-    notes = []
+    notes: dict[str, list[str]] = {}  # note -> the files it is about
+    unchecked: set[str] = set()
     for v in rows:
         errors = v.get("errors", {})
         exact = errors.get("artifact_vs_float64", {})
@@ -209,7 +210,7 @@ def _print_variants(title: str, variants: list[dict[str, Any]] | dict[str, dict[
             if info.get("status") == "checked":
                 runs.append(f"{provider} {info.get('taken')}/{info.get('nodes')}")
             else:
-                runs.append(f"{provider} ?")
+                unchecked.add(provider)
         colour = "green" if v.get("status") == "passed" else "red"
         table.add_row(
             _safe(v.get("file")),
@@ -220,20 +221,27 @@ def _print_variants(title: str, variants: list[dict[str, Any]] | dict[str, dict[
             f"{errors['err_allowed']:.3f}" if "err_allowed" in errors else "-",
             _safe(", ".join(runs)) or "-",
         )
-        if v.get("reason"):
-            notes.append(f"{v.get('file')}: {v['reason']}")
+        lines = [v["reason"]] if v.get("reason") else []
         for provider, info in v.get("verification", {}).items():
-            notes += [f"{v.get('file')} {provider}: {line}" for line in info.get("failures", [])[:3]]
-        if v.get("details", {}).get("note"):
-            notes.append(f"{v.get('file')}: {v['details']['note']}")
+            lines += [f"{provider}: {line}" for line in info.get("failures", [])[:3]]
+        details = v.get("details", {})
+        lines += [details[k] for k in ("note", "ort_note") if details.get(k)]
+        if "reduce_range" in details:
+            lines.append(f"reduce_range={details['reduce_range']}: {details.get('reason', '')}")
+        for line in lines:
+            notes.setdefault(str(line), []).append(str(v.get("file")))
     _err.print(table)
     _err.print(
         "  runs on: nodes the provider takes / nodes, from ONNX Runtime's partitioner (CPU, CUDA, TensorRT, "
-        "XNNPACK) or its mobile usability checker (CoreML, NNAPI); ? = that provider cannot be checked "
-        "here (manifest.json 'runs_on' says why)"
+        "XNNPACK) or its mobile usability checker (CoreML, NNAPI)"
+        + (
+            f"; cannot be checked here: {', '.join(sorted(unchecked))} (manifest.json 'runs_on' says why)"
+            if unchecked
+            else ""
+        )
     )
-    for note in dict.fromkeys(notes):
-        _err.print(f"  {_safe(note)}")
+    for note, files in notes.items():
+        _err.print(f"  {_safe(', '.join(files))}: {_safe(note)}")
 
 
 class _Reporter:
@@ -554,9 +562,13 @@ def verify(
         _err.print("[green]\u2713[/] contract   names, dtypes and dynamic axes match the manifest")
     reporter.providers(f"{report.manifest.arch}: {directory}", providers, requested=device.value)
     if not quiet and report.variants:
-        _print_variants(
-            f"{report.manifest.arch}: variants", {k: v.to_json() for k, v in report.variants.items()}
-        )
+        # Where each file can run was established at build time; the manifest carries it.
+        built = {e.get("file"): e for e in report.manifest.variants if isinstance(e, dict)}
+        checked = {
+            name: {"runs_on": built.get(name, {}).get("runs_on", {}), **v.to_json()}
+            for name, v in report.variants.items()
+        }
+        _print_variants(f"{report.manifest.arch}: variants re-verified here", checked)
     if verbose:
         reporter.line(f"took {time.perf_counter() - started:.2f}s")
     if as_json:

@@ -200,16 +200,16 @@ def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @contextlib.contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    """The quantizer logs advice ("consider pre-processing") through the root logger: hold it back."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def _quiet_tools() -> Iterator[None]:
+    """ONNX Runtime's tools talk: the quantizer logs advice ("consider pre-processing") through the
+    root logger, the ORT converter prints progress and logs each config it writes through a logger
+    with its own handler. rnnexport reports what they did itself, so their output is held back."""
+    logging.disable(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        root.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def _op_counts(model: onnx.ModelProto) -> Counter[str]:
@@ -221,7 +221,7 @@ def to_int8(model: onnx.ModelProto, *, reduce_range: ReduceRange) -> tuple[onnx.
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = _constants_as_initializers(model)
-    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
+    with tempfile.TemporaryDirectory() as tmp, _quiet_tools():
         path = Path(tmp) / "int8.onnx"
         quantize_dynamic(
             source,
@@ -317,7 +317,7 @@ def to_ort_format(models: dict[str, bytes]) -> dict[str, bytes]:
         for name, data in models.items():
             (source / name).write_bytes(data)
         # The converter prints progress to stdout and logs the config it writes.
-        with _quiet_quantizer():
+        with _quiet_tools():
             convert_onnx_models_to_ort(
                 source, output_dir=target, optimization_styles=[OptimizationStyle.Fixed]
             )
@@ -338,7 +338,7 @@ def required_operators_config(folder: Path, files: Sequence[str]) -> str | None:
     from onnxruntime.tools.convert_onnx_models_to_ort import create_config_from_models
 
     config = folder / REQUIRED_OPERATORS
-    with _quiet_quantizer():
+    with _quiet_tools():
         create_config_from_models([folder / f for f in files], config, False)
     lines = []
     for line in config.read_text(encoding="utf-8").splitlines():
@@ -545,11 +545,15 @@ def make_variants(
             if name == variants[0].file:
                 continue
             payload = blob if fmt == "onnx" else ort_files[name]
-            extra = (
-                {"converted_with": "onnxruntime.tools.convert_onnx_models_to_ort (Fixed)"}
-                if fmt == "ort"
-                else {}
-            )
+            extra: dict[str, Any] = {}
+            if fmt == "ort":
+                extra["converted_with"] = "onnxruntime.tools.convert_onnx_models_to_ort (Fixed)"
+                extra["ort_note"] = "optimised once, at conversion, for ONNX Runtime's CPU provider" + (
+                    ", which bakes in the float32 Cast nodes that provider inserts for float16: the file "
+                    "holds float32 copies of the weights and is larger than model.fp16.onnx"
+                    if precision == "fp16"
+                    else ""
+                )
             variants.append(Variant(name, precision, fmt, payload, source, {**details, **extra}))
     return variants
 

@@ -231,6 +231,7 @@ def test_a_variant_failing_its_gate_is_not_shipped_while_the_others_are(
     )
     assert result.exit_code == 1, result.output
     assert "model.int8.onnx, model.int8.ort failed verification and were not shipped" in result.output
+    assert "oracle rule" in result.output  # the summary says which rule decided
     folder = tmp_path / "parallel-gru"
     shipped = sorted(p.name for p in folder.iterdir() if p.name.startswith("model"))
     assert shipped == ["model.fp16.onnx", "model.fp16.ort", "model.onnx"]
