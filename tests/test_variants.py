@@ -296,3 +296,25 @@ def test_a_malformed_variant_entry_is_an_artifact_error(
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="malformed 'variants' entry"):
         verify_artifact(folder, device="cpu")
+
+
+def test_an_artifact_from_before_the_oracle_verifies_by_its_tolerance(
+    artifacts: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "a"
+    shutil.copytree(artifacts / "many-to-many", folder)
+    manifest = _manifest(folder)
+    manifest["verification"]["rule"] = "|ort - ref| <= atol + rtol*|ref|, all values finite"
+    for name in [n for n in manifest["files"] if "float64_output_" in n]:
+        (folder / name).unlink()
+        del manifest["files"][name]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_artifact(folder, device="cpu")
+    assert report.passed
+    assert report.results["cpu"].criterion.rule == "tolerance"
+    # Asked for the oracle without float64 references, it says what is missing.
+    manifest["verification"]["rule"] = {"name": "oracle", "factor": 4.0}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_artifact(folder, device="cpu")
+    assert not report.passed
+    assert "no float64 reference" in report.results["cpu"].failures[0]
