@@ -395,7 +395,8 @@ def _assignment(data: bytes, provider: str) -> dict[str, Any]:
     if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         cuda = probe_provider("cuda")  # TensorRT runs through the CUDA provider's libraries
         if not cuda.available:
-            return {"status": "unavailable", "method": method, "reason": cuda.reason}
+            prefix = "" if provider == "CUDAExecutionProvider" else "TensorRT needs the CUDA provider: "
+            return {"status": "unavailable", "method": method, "reason": prefix + cuda.reason}
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
