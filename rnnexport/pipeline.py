@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -354,8 +354,8 @@ def _resolve(
             f"Unknown --rule {rule!r}: expected oracle (judge against float64 relative to PyTorch float32's "
             "own error, the default) or tolerance (plain atol/rtol against float32)."
         )
-    chosen_precisions: Any = parse_choices(precisions, PRECISIONS, option="--precision")
-    chosen_formats: Any = parse_choices(formats, FORMATS, option="--format")
+    chosen_precisions = cast(list[Precision], parse_choices(precisions, PRECISIONS, option="--precision"))
+    chosen_formats = cast(list[Format], parse_choices(formats, FORMATS, option="--format"))
     destination = prepare_destination(out, spec.name, force=force)
     devices = resolve_devices(device)
     if device == "cuda" and not probe_provider("cuda").available:

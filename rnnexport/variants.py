@@ -750,7 +750,12 @@ def verify_shipped_variants(
                 raise ValueError(
                     f"variant entry {entry.get('file')!r} has no valid file, precision or format"
                 )
-            if name == variant_file("fp32", "onnx") or not entry.get("shipped", False):
+            if name == variant_file("fp32", "onnx"):
+                continue
+            if entry.get("shipped") is not True:
+                # A file the build did not ship must not be there: nothing would verify it.
+                if name in files:
+                    raise ValueError(f"variant {name!r} is marked as not shipped, yet the artifact lists it")
                 continue
             if name != variant_file(precision, fmt) or name not in files:
                 raise ValueError(f"variant {name!r} is not one of the artifact's listed model files")

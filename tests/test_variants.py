@@ -284,6 +284,7 @@ def test_precision_and_format_choices_are_validated(tmp_path: Path) -> None:
         lambda v: v.update(precision="int4"),
         lambda v: v.update(tolerance="loose"),
         lambda v: v["tolerance"].update(cpu={"atol": "tiny", "rtol": 0.1}),
+        lambda v: v.update(shipped=False),  # present and listed, so it must be verified
     ],
 )
 def test_a_malformed_variant_entry_is_an_artifact_error(
