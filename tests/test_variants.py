@@ -160,6 +160,9 @@ def test_int8_quantizes_what_onnx_runtime_can(artifacts: Path, arch: str, op: st
 
 
 def test_fp16_has_half_weights_and_float_io(artifacts: Path) -> None:
+    [entry] = [v for v in _manifest(artifacts / "many-to-many")["variants"] if v["file"] == "model.fp16.onnx"]
+    assert isinstance(entry["details"]["cpu_inserted_casts"], int)  # measured, not assumed
+    assert "Cast nodes it inserts" in entry["details"]["note"]
     model = onnx.load(str(artifacts / "many-to-many" / "model.fp16.onnx"))
     onnx.checker.check_model(model)  # topologically sorted, valid
     floats = [
