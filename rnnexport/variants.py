@@ -3,9 +3,9 @@
 Each variant is its own file beside ``model.onnx`` (which stays the float32 ONNX model):
 
 - ``model.fp16.onnx``: float16 weights and compute, float32 inputs and outputs (``keep_io_types``), so
-  the I/O contract is unchanged. For GPU targets: ONNX Runtime's CPU provider has no float16 kernels
-  for LSTM, GRU or Gemm and runs them in float32 with Cast nodes it inserts (smaller file, no speed-up
-  on a CPU).
+  the I/O contract is unchanged. For GPU targets: ONNX Runtime's CPU provider lacks float16 kernels
+  for LSTM, GRU and more, and runs them in float32 with Cast nodes it inserts (smaller file, no
+  speed-up on a CPU; the manifest counts the casts).
 - ``model.int8.onnx``: ONNX Runtime dynamic quantization (``quantize_dynamic``, int8 weights,
   activations quantized per call): LSTM becomes ``DynamicQuantizeLSTM``, MatMul/Gemm become
   ``MatMulInteger``. ONNX Runtime has no quantized GRU kernel, so a GRU stays float32 and only the
