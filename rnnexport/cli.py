@@ -200,6 +200,65 @@ class ExporterChoice(str, Enum):
     dynamo = "dynamo"
 
 
+class RuleChoice(str, Enum):
+    """Which rule decides verification (see rnnexport.compare)."""
+
+    oracle = "oracle"
+    tolerance = "tolerance"
+
+
+def _print_variants(title: str, variants: list[dict[str, Any]] | dict[str, dict[str, Any]]) -> None:
+    """One row per variant: verdict, size, error against float64, and where it can run."""
+    rows = list(variants.values()) if isinstance(variants, dict) else variants
+    if not rows:
+        return
+    table = Table(title=_safe(title), title_justify="left")
+    for column in ("file", "status", "bytes", "max err (f64)", "p99 err (f64)", "err/allowed", "runs on"):
+        table.add_column(column, no_wrap=column != "runs on")
+    notes: dict[str, list[str]] = {}  # note -> the files it is about
+    unchecked: set[str] = set()
+    for v in rows:
+        errors = v.get("errors", {})
+        exact = errors.get("artifact_vs_float64", {})
+        runs = []
+        for provider, info in v.get("runs_on", {}).items():
+            if info.get("status") == "checked":
+                runs.append(f"{provider} {info.get('taken')}/{info.get('nodes')}")
+            else:
+                unchecked.add(provider)
+        colour = "green" if v.get("status") == "passed" else "red"
+        table.add_row(
+            _safe(v.get("file")),
+            f"[{colour}]{_safe(v.get('status'))}[/]" + ("" if v.get("shipped", True) else " (not shipped)"),
+            str(v.get("bytes", "-")),
+            f"{exact['max']:.2e}" if "max" in exact else "-",
+            f"{exact['p99']:.2e}" if "p99" in exact else "-",
+            f"{errors['err_allowed']:.3f}" if "err_allowed" in errors else "-",
+            _safe(", ".join(runs)) or "-",
+        )
+        lines = [v["reason"]] if v.get("reason") else []
+        for provider, info in v.get("verification", {}).items():
+            lines += [f"{provider}: {line}" for line in info.get("failures", [])[:3]]
+        details = v.get("details", {})
+        lines += [details[k] for k in ("note", "ort_note") if details.get(k)]
+        if "reduce_range" in details:
+            lines.append(f"reduce_range={details['reduce_range']}: {details.get('reason', '')}")
+        for line in lines:
+            notes.setdefault(str(line), []).append(str(v.get("file")))
+    _err.print(table)
+    _err.print(
+        "  runs on: nodes the provider takes / nodes, from ONNX Runtime's partitioner (CPU, CUDA, TensorRT, "
+        "XNNPACK) or its mobile usability checker (CoreML, NNAPI)"
+        + (
+            f"; cannot be checked here: {', '.join(sorted(unchecked))} (manifest.json 'runs_on' says why)"
+            if unchecked
+            else ""
+        )
+    )
+    for note, files in notes.items():
+        _err.print(f"  {_safe(', '.join(files))}: {_safe(note)}")
+
+
 class _Reporter:
     """How a command talks while it works: a live display on a terminal, plain lines elsewhere.
 
@@ -284,7 +343,14 @@ class _Reporter:
                 str(r.get("cases", "-")),
                 f"batch {min(batches)}-{max(batches)}, seq {min(seqs)}-{max(seqs)}" if shapes else "-",
             )
-            if "tolerance" in r:
+            if "tolerance" in r and r.get("rule") == "oracle":
+                tol = r["tolerance"]
+                notes.append(
+                    f"{short}: oracle rule: passes when, per output, case and time bucket, |ort - float64| "
+                    f"<= max({r.get('oracle_factor', 4):g} x PyTorch float32's own error there, atol "
+                    f"{tol['atol']:g} + rtol {tol['rtol']:g}*|float64|), i.e. worst err/allowed <= 1"
+                )
+            elif "tolerance" in r:
                 tol = r["tolerance"]
                 notes.append(
                     f"{short}: passes when |ort - ref| <= atol + rtol*|ref| everywhere, i.e. worst "
@@ -361,6 +427,28 @@ def build(
     tf32: Annotated[
         bool, typer.Option("--tf32", help="Let the CUDA provider use TF32; verified at a looser tolerance.")
     ] = False,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated precisions to ship: fp32 (model.onnx, always), fp16, int8. Each is its own "
+            "file, verified with its own tolerance; one that fails is not shipped (exit 1)."
+        ),
+    ] = "fp32",
+    model_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated formats: onnx, ort (ORT format for mobile and minimal builds, with "
+            "required_operators.config).",
+        ),
+    ] = "onnx",
+    rule: Annotated[
+        RuleChoice,
+        typer.Option(
+            help="oracle: error against a float64 run within 4x PyTorch float32's own (or within atol/rtol); "
+            "tolerance: |ort - float32| <= atol + rtol*|float32|."
+        ),
+    ] = RuleChoice.oracle,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing rnnexport artifact completely.")
     ] = False,
@@ -428,6 +516,9 @@ def build(
                         progress=reporter,
                         state_dict_key=state_dict_key,
                         strip_prefix=strip_prefix,
+                        rule=rule.value,
+                        precisions=precision,
+                        formats=model_format,
                     )
                 except RnnExportError as exc:  # report it, then go on with the other architectures
                     reporter.close()
@@ -441,8 +532,24 @@ def build(
                 reporter.providers(
                     f"{name}: verified artifact in {destination}", providers, requested=device.value
                 )
+                failed = [v["file"] for v in manifest.variants if v.get("status") != "passed"]
+                if not quiet and len(manifest.variants) > 1:
+                    _print_variants(f"{name}: variants", manifest.variants)
+                if failed:
+                    exit_code = max(exit_code, 1)
+                    verb = "was" if len(failed) == 1 else "were"
+                    _print_error(
+                        f"{', '.join(failed)} failed verification and {verb} not shipped; the other "
+                        f"files of {destination} passed and were shipped."
+                    )
                 summaries.append(
-                    {"arch": name, "passed": True, "artifact": str(destination), "providers": providers}
+                    {
+                        "arch": name,
+                        "passed": not failed,
+                        "artifact": str(destination),
+                        "providers": providers,
+                        "variants": manifest.variants,
+                    }
                 )
         finally:
             reporter.close()
@@ -500,15 +607,26 @@ def verify(
         _err.print(f"{_mark(True)} files      sha256 of every file matches the manifest; no extra files")
         _err.print(f"{_mark(True)} contract   names, dtypes and dynamic axes match the manifest")
     reporter.providers(f"{report.manifest.arch}: {directory}", providers, requested=device.value)
+    if not quiet and report.variants:
+        # Where each file can run was established at build time; the manifest carries it.
+        built = {e.get("file"): e for e in report.manifest.variants if isinstance(e, dict)}
+        checked = {
+            name: {"runs_on": built.get(name, {}).get("runs_on", {}), **v.to_json()}
+            for name, v in report.variants.items()
+        }
+        _print_variants(f"{report.manifest.arch}: variants re-verified here", checked)
     if verbose:
         reporter.line(f"took {time.perf_counter() - started:.2f}s")
     if as_json:
         _write_stdout(json.dumps(report.to_json(), indent=2))
     if not report.passed:
         failed = ", ".join(
-            f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "")
-            for r in report.results.values()
-            if r.status != "passed"
+            [
+                f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "")
+                for r in report.results.values()
+                if r.status != "passed"
+            ]
+            + [f"{name} failed" for name, v in report.variants.items() if not v.passed]
         )
         _print_error(f"verification did not pass: {failed or 'no provider could run here'}.")
         raise typer.Exit(1)

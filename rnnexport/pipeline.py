@@ -1,4 +1,4 @@
-"""``build``: export -> contract check -> simplify -> contract check -> verify -> package.
+"""``build``: export -> contract check -> simplify -> contract check -> verify -> variants -> package.
 
 Read top to bottom; each stage is a plain function from its own module. Nothing reaches the
 destination unless every requested provider verified: the artifact is assembled in a temporary
@@ -15,13 +15,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
 import torch
 
 from rnnexport._version import __version__
+from rnnexport.accuracy import build_variants, float64_references, one_torch_thread, write_variant_files
 from rnnexport.artifact import (
     MODEL,
     Manifest,
@@ -32,7 +33,7 @@ from rnnexport.artifact import (
     staging_folder,
     write_test_data,
 )
-from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
+from rnnexport.compare import RULES, Criterion, ProviderResult, Rule, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
 from rnnexport.errors import ExportError, InputError, UsageError, VerificationError
 from rnnexport.export import (
@@ -54,6 +55,7 @@ from rnnexport.limits import (
     check_tolerance,
     format_bytes,
 )
+from rnnexport.oracle import seq_axes, write_float64_outputs
 from rnnexport.progress import Progress, SilentProgress
 from rnnexport.reference import TorchRunner, build_model
 from rnnexport.registry import get_arch
@@ -61,6 +63,7 @@ from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, write_file, writing
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
+from rnnexport.variants import FORMATS, PRECISIONS, Format, Precision, parse_choices
 from rnnexport.weights import check_state_dict, read_checkpoint
 
 __all__ = [
@@ -77,8 +80,10 @@ __all__ = [
 # The shape sweep every build verifies, none equal to the trace shape (batch 2, seq 3).
 SWEEP_BATCHES = (1, 3, 16)
 SWEEP_SEQS = (1, 7, 64, 257)
-# Sweep shapes that also ship as test data: seq 1, a short batch, and a long sequence.
-TEST_DATA_SHAPES = ((1, 1), (3, 7), (3, 257))
+# Long sequences, where float32 error grows the most (batch, seq); also shipped as test data.
+LONG_SHAPES = ((3, 1000),)
+# Sweep shapes that also ship as test data: seq 1, a short batch, and long sequences.
+TEST_DATA_SHAPES = ((1, 1), (3, 7), (3, 257), *LONG_SHAPES)
 SWEEP_SEED = 0
 # TF32 keeps 10 mantissa bits: about 1e-3 relative error per product, which recurrences compound.
 TF32_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-2)
@@ -330,10 +335,10 @@ def _sweep(contract: Contract, runner: TorchRunner) -> list[Case]:
     """The build-time shape sweep with eager-PyTorch references (seeded)."""
     rng = np.random.default_rng(SWEEP_SEED)
     cases = []
-    for batch in SWEEP_BATCHES:
-        for seq in SWEEP_SEQS:
-            feeds = make_feeds(contract, batch=batch, seq=seq, rng=rng)
-            cases.append(Case(f"sweep:b{batch}s{seq}", feeds, runner.infer(feeds)))
+    shapes = [(batch, seq) for batch in SWEEP_BATCHES for seq in SWEEP_SEQS] + list(LONG_SHAPES)
+    for batch, seq in shapes:
+        feeds = make_feeds(contract, batch=batch, seq=seq, rng=rng)
+        cases.append(Case(f"sweep:b{batch}s{seq}", feeds, runner.infer(feeds)))
     assert all(c.shapes["x"][:2] != [TRACE_BATCH, TRACE_SEQ] for c in cases)
     return cases
 
@@ -402,6 +407,9 @@ class _Request:
     exporter: Exporter
     opset: int
     tolerances: dict[Device, Tolerance]
+    criterion: Criterion
+    precisions: list[Precision]
+    formats: list[Format]
     tf32: bool
     force: bool
     weights: Path | None
@@ -425,8 +433,11 @@ def _resolve(
     tf32: bool,
     inputs: Sequence[Path],
     force: bool,
-    state_dict_key: str | None = None,
-    strip_prefix: str | None = None,
+    state_dict_key: str | None,
+    strip_prefix: str | None,
+    rule: str,
+    precisions: str | Sequence[str] | None,
+    formats: str | Sequence[str] | None,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
@@ -440,6 +451,13 @@ def _resolve(
     for option, path in [("--weights", weights), *(("--inputs", p) for p in inputs)]:
         if path is not None:
             check_path(path, what=option)
+    if rule not in RULES:
+        raise UsageError(
+            f"Unknown --rule {rule!r}: expected oracle (judge against float64 relative to PyTorch float32's "
+            "own error, the default) or tolerance (plain atol/rtol against float32)."
+        )
+    chosen_precisions = cast(list[Precision], parse_choices(precisions, PRECISIONS, option="--precision"))
+    chosen_formats = cast(list[Format], parse_choices(formats, FORMATS, option="--format"))
     destination, recovered = prepare_destination(out, spec.name, force=force)
     devices = resolve_devices(device)
     if device == "cuda" and not probe_provider("cuda").available:
@@ -481,6 +499,9 @@ def _resolve(
         exporter=exporter,
         opset=opset,
         tolerances={"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance},
+        criterion=Criterion(rule),  # checked against RULES above
+        precisions=chosen_precisions,
+        formats=chosen_formats,
         tf32=tf32,
         force=force,
         weights=weights,
@@ -568,6 +589,9 @@ def build(
     progress: Progress | None = None,
     state_dict_key: str | None = None,
     strip_prefix: str | None = None,
+    rule: Rule = "oracle",
+    precisions: str | Sequence[str] | None = None,
+    formats: str | Sequence[str] | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
@@ -575,10 +599,18 @@ def build(
     are read off ``weights`` where possible, else defaulted. ``device`` is ``cpu``, ``cuda`` or
     ``auto`` (every provider that really works here). ``inputs`` adds verification cases (files or
     test-data folders, see :func:`read_user_cases`); they ship in the artifact's test data.
-    ``progress`` receives each stage's start, progress and end. ``state_dict_key`` (the checkpoint
+    ``progress`` receives each stage's start, progress and end.
+
+    ``rule`` decides verification: ``oracle`` (default) judges the artifact against a float64 run of
+    the same model relative to PyTorch float32's own error, ``tolerance`` by atol/rtol against float32
+    (see :mod:`rnnexport.compare`). ``precisions`` (``fp32``, ``fp16``, ``int8``) and ``formats``
+    (``onnx``, ``ort``), comma-separated or lists, add variant files (see :mod:`rnnexport.variants`);
+    each is verified with its own tolerance, and one that fails is left out of the artifact while the
+    rest ship: ``manifest.variants`` says which (``status``). ``state_dict_key`` (the checkpoint
     entry holding the state dict) and ``strip_prefix`` (removed from its keys; ``""`` for none) are
-    detected when left ``None``. Raises an :class:`~rnnexport.errors.RnnExportError` subclass on any
-    failure, and on failure or interruption leaves ``out`` exactly as it was.
+    detected when left ``None``. Raises an
+    :class:`~rnnexport.errors.RnnExportError` subclass on any failure, and on failure or interruption
+    leaves ``out`` exactly as it was.
     """
     request = _resolve(
         arch,
@@ -595,12 +627,16 @@ def build(
         force=force,
         state_dict_key=state_dict_key,
         strip_prefix=strip_prefix,
+        rule=rule,
+        precisions=precisions,
+        formats=formats,
     )
     progress = progress or SilentProgress()
     spec, contract = request.spec, request.contract
     with staging_folder(request.destination) as staging:
-        with _stage(progress, "model") as stage:
+        with _stage(progress, "model") as stage, one_torch_thread():
             model, cases, weights_origin = _model_and_references(request)
+            float64 = float64_references(spec, model, cases)
             stage.details += [
                 *request.notes,
                 f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
@@ -634,12 +670,16 @@ def build(
                     tol=request.tolerances[d],
                     tf32=tf32,
                     on_case=progress.advanced,
+                    criterion=request.criterion,
+                    float64=float64,
+                    seq_axes=seq_axes(contract),
                 )
                 stage.ok = result.status == "passed"
                 stage.details.append(
                     f"{result.status}: {result.reason}"
                     if result.reason
-                    else f"{result.status}, max abs error {result.max_abs:.2e} over {len(cases)} cases"
+                    else f"{result.status}, max abs error {result.max_abs:.2e} over {len(cases)} cases "
+                    f"({request.criterion.rule} rule, worst err/allowed {result.max_ratio:.3f})"
                 )
         if not results or any(r.status != "passed" for r in results.values()):
             unavailable = any(r.status == "unavailable" for r in results.values())
@@ -652,6 +692,24 @@ def build(
                 )
             )
 
+        variants = build_variants(
+            simplified,
+            model_bytes,
+            results,
+            cases,
+            float64,
+            contract=contract,
+            precisions=request.precisions,
+            formats=request.formats,
+            devices=request.devices,
+            tolerances=request.tolerances,
+            criterion=request.criterion,
+            tf32=tf32,
+            stage=lambda name: _stage(progress, name, total=len(cases)),
+            on_case=progress.advanced,
+        )
+        write_variant_files(staging, variants)
+
         with _stage(progress, "package") as stage, writing(request.destination.parent):
             shipped = [
                 c
@@ -660,6 +718,7 @@ def build(
                 or (c.name.startswith("sweep:") and tuple(c.shapes["x"][:2]) in TEST_DATA_SHAPES)
             ]
             test_data = write_test_data(staging, shipped, contract)
+            write_float64_outputs(staging, [float64[c.name] for c in shipped], contract)
             manifest = Manifest(
                 arch=spec.name,
                 config=request.config.subset(spec.sizes),
@@ -673,7 +732,12 @@ def build(
                 simplification=stats.to_json(),
                 weights=weights_origin,
                 verification={
-                    "rule": "|ort - ref| <= atol + rtol*|ref|, all values finite",
+                    "rule": request.criterion.to_json(),
+                    "references": {
+                        "float32": "eager PyTorch, float32 (test_data_set_N/output_K.pb)",
+                        "float64": "the same module and weights in float64, copy.deepcopy(model).double(), "
+                        "float inputs widened (test_data_set_N/float64_output_K.pb)",
+                    },
                     "tolerance": {d: t.to_json() for d, t in request.tolerances.items()},
                     "tf32": tf32,
                     "tf32_policy": "CUDA provider use_tf32=" + ("1 (looser tolerance)" if tf32 else "0"),
@@ -681,6 +745,7 @@ def build(
                 },
                 test_data=test_data,
                 files=hash_files(staging),
+                variants=[result.to_json() for result, _ in variants],
             )
             manifest.write(staging)
             publish(staging, request.destination, force=force)

@@ -6,6 +6,7 @@ in :mod:`rnnexport.runtime`, so comparisons never care which side produced a dic
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from rnnexport.feeds import Feeds
 from rnnexport.spec import ArchConfig, ArchSpec
 
-__all__ = ["TorchRunner", "build_model", "state_dict_to_numpy"]
+__all__ = ["Float64Runner", "TorchRunner", "build_model", "state_dict_to_numpy"]
 
 
 def build_model(
@@ -64,3 +65,20 @@ class TorchRunner:
         names = [t.name for t in self.spec.outputs]
         tensors = (result,) if isinstance(result, torch.Tensor) else tuple(result)
         return {name: t.detach().cpu().numpy() for name, t in zip(names, tensors, strict=True)}
+
+
+class Float64Runner(TorchRunner):
+    """The same reference computation in float64: the oracle that float32 results are measured against.
+
+    A deep copy of ``model`` is converted with ``.double()`` (the weights are the float32 weights,
+    widened exactly), float inputs are cast to float64 and integer inputs (``lengths``) are passed
+    unchanged. Outputs are float64.
+    """
+
+    def __init__(self, spec: ArchSpec, model: torch.nn.Module, *, reference: bool = True) -> None:
+        super().__init__(spec, copy.deepcopy(model).double().eval(), reference=reference)
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Feeds:
+        """Float64 outputs keyed by ONNX output name."""
+        widened = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
+        return super().infer(widened)
