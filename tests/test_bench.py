@@ -54,10 +54,11 @@ def masked(dist: Path, tmp_path: Path) -> Path:
 
 
 def _positive_stats(entry: dict[str, Any]) -> None:
-    for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms"):
+    for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "best_round_p50_ms"):
         assert isinstance(entry[key], float)
         assert entry[key] > 0, (key, entry)
     assert entry["min_ms"] <= entry["p50_ms"] <= entry["p90_ms"] <= entry["p99_ms"]
+    assert entry["min_ms"] <= entry["best_round_p50_ms"]
     assert entry["samples"] >= 1
 
 
