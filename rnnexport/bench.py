@@ -340,6 +340,8 @@ def _rebuild_eager(
                 f"the artifact was built from the user's weights ({origin.get('file', 'a checkpoint')}); "
                 "pass --weights FILE to include PyTorch eager and the plain export"
             )
+        if not weights.is_file():
+            raise UsageError(f"--weights {weights} does not exist (or is not a file). Pass the checkpoint.")
         if sha256_file(weights) != origin.get("sha256"):
             raise UsageError(
                 f"--weights {weights} is not the checkpoint {folder} was built from: its sha256 differs "
@@ -352,13 +354,15 @@ def _rebuild_eager(
         raise _Unavailable(f"the manifest records weights of unknown origin {source!r}")
     # Prove the rebuilt model is the artifact's model before timing it against the artifact.
     tolerance = manifest.tolerance("cpu")
+    names = manifest.contract.output_names
     for case in read_test_data(folder, manifest.contract)[:1]:
         with torch.inference_mode():
-            args = [torch.from_numpy(np.array(case.inputs[n])) for n in manifest.contract.input_names]
-            got = model(*args)
-        comparisons = compare_outputs(
-            {manifest.contract.output_names[0]: got.numpy()}, case.outputs, tolerance
-        )
+            result = model(
+                *(torch.from_numpy(np.array(case.inputs[n])) for n in manifest.contract.input_names)
+            )
+        tensors = (result,) if isinstance(result, torch.Tensor) else tuple(result)
+        got = {name: t.numpy() for name, t in zip(names, tensors, strict=False)}
+        comparisons = compare_outputs(got, case.outputs, tolerance)
         if not all(c.passed for c in comparisons):
             raise _Unavailable(
                 "the rebuilt PyTorch model does not reproduce the artifact's test data "

@@ -615,8 +615,11 @@ def bench(
         shapes = grid_shapes(parse_sizes(batch, option="--batch"), parse_sizes(seq, option="--seq"))
         if plot is not None:
             require_matplotlib()  # refuse before measuring, not after
-            if plot.suffix.lower() != ".png":
-                raise UsageError(f"--plot writes a PNG file; give a path ending in .png, got {plot}.")
+            if plot.suffix.lower() != ".png" or not plot.parent.is_dir():
+                raise UsageError(
+                    f"--plot writes a PNG file into an existing folder; got {plot}. Give a path ending in "
+                    ".png whose folder exists."
+                )
         runtimes = [ONNXRUNTIME] + ([EAGER] if eager else []) + ([PLAIN] if plain else [])
 
         def step(text: str) -> None:

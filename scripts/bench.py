@@ -207,6 +207,7 @@ def analyse(
         "statistic": statistic,
         "runtimes": report["runtimes"],
         "shapes": {},
+        "results": report["results"],  # every statistic of every runtime and shape, for re-analysis
     }
     for batch, seq in SHAPES[entry["size"]]:
         artifact = best[("onnxruntime", batch, seq)]
