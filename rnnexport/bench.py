@@ -511,11 +511,17 @@ def _graph_facts(graph: onnx.GraphProto) -> dict[str, Any]:
     """Recurrent nodes and their recurrence matrices: bytes and the fraction of exact zeros."""
     from onnx import numpy_helper
 
-    initializers = {i.name: i for i in graph.initializer}
+    # Weights are initializers, or Constant nodes where the exporter handed them over as such.
+    tensors = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+            if value is not None:
+                tensors[node.output[0]] = value
     nodes = []
     for node in graph.node:
-        if node.op_type in _RECURRENT_OPS and len(node.input) > 2 and node.input[2] in initializers:
-            r = numpy_helper.to_array(initializers[node.input[2]])
+        if node.op_type in _RECURRENT_OPS and len(node.input) > 2 and node.input[2] in tensors:
+            r = numpy_helper.to_array(tensors[node.input[2]])
             nodes.append(
                 {
                     "op": node.op_type,
