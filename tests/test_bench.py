@@ -325,3 +325,16 @@ def test_bucketed_run_names_a_missing_lengths_input(dist: Path) -> None:
         bucketed_run(session, {"x": x, "n": np.array([3, 1])}, lengths_input="n")
     with pytest.raises(UsageError, match="exceeds"):
         bucketed_run(session, {"x": x, "lengths": np.array([4, 1])})
+
+
+def test_parallel_execution_is_tried_only_for_independent_branches() -> None:
+    from rnnexport.bench import _candidates
+
+    def modes(nodes: int) -> set[str]:
+        return {c["execution_mode"] for c in _candidates(nodes) if c}
+
+    assert modes(1) == {"sequential"}
+    assert modes(3) == {"sequential", "parallel"}
+    assert {} in _candidates(1)  # onnxruntime's defaults are always the reference
+    for candidate in _candidates(3):
+        session_options(candidate)
