@@ -10,9 +10,15 @@ Two exporters, chosen explicitly:
   stays available, behind the same contract check, which catches exactly that.
 
 The example used for tracing has batch 2 and sequence 3: never size 1, which exporters are free to
-specialise as a broadcastable constant. While traced, the architecture modules hand the exporter
-ONNX-Runtime-friendly formulations of themselves (see ``rnnexport.archs._common.tracing``); the
-dynamo exporter does not trace and sees the eager formulations.
+specialise as a broadcastable constant. The TorchScript export runs inside
+:func:`rnnexport.patch.export_patches`, which turns every recurrent layer and packed-sequence call
+of any module into ONNX recurrent nodes; the dynamo exporter does not trace and sees the module as
+it is.
+
+A trace records one run of ``forward`` at the example shape. Python control flow that reads tensor
+values (a loop over the time steps of an ``nn.LSTMCell``, an ``if`` on a tensor) is frozen into it at
+that shape; torch reports each such place with a ``TracerWarning``, and rnnexport refuses the model
+instead of shipping a graph that only works at sequence length 3.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 
 from rnnexport.errors import ExportError
 from rnnexport.feeds import make_feeds
+from rnnexport.patch import TracerWarning, export_patches, frozen_trace_values
 from rnnexport.spec import Contract
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "TRACE_BATCH", "TRACE_SEQ", "Exporter", "export_onnx"]
@@ -41,8 +48,17 @@ TRACE_BATCH = 2
 TRACE_SEQ = 3
 
 
+_FROZEN_HINT = (
+    "A trace records one run of forward at the example shape (batch {batch}, seq {seq}); Python control "
+    "flow on tensor values is frozen into it: a Python loop over the time steps (for example with "
+    "nn.LSTMCell) or a data-dependent Python branch (if x.sum() > 0, int(t), t.item(), t.tolist()). "
+    "Use nn.LSTM, nn.GRU or nn.RNN over the whole sequence instead of a step loop (they export with a "
+    "dynamic sequence axis, packed sequences included), and torch.where instead of a Python branch."
+)
+
+
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def _quiet_exporter() -> Iterator[list[warnings.WarningMessage]]:
     """Keep torch.onnx's noise off the user's terminal.
 
     The TorchScript exporter warns that it is deprecated and that LSTMs exported with batch > 1 may
@@ -53,9 +69,15 @@ def _quiet_exporter() -> Iterator[None]:
     logging.disable(logging.WARNING)
     sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+        ):
             warnings.simplefilter("ignore")
-            yield
+            # Recorded (not shown): they tell when a trace froze a tensor value (see the module docstring).
+            warnings.simplefilter("always", TracerWarning)
+            yield caught
     finally:
         logging.disable(logging.NOTSET)
 
@@ -70,26 +92,29 @@ def export_onnx(
     """Export ``model`` (in eval mode) to an in-memory ONNX model with the contract's dynamic axes.
 
     The result is *not* trusted yet: the caller runs :func:`rnnexport.contract.check_contract` on it.
+    Raises :class:`ExportError` when the exporter fails, or when the trace froze a tensor value into
+    Python control flow (the graph would only be right at the example shape).
     """
     example = make_feeds(contract, batch=TRACE_BATCH, seq=TRACE_SEQ, rng=np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[name]) for name in contract.input_names)
     dynamic_axes = {t.name: t.dynamic_axes for t in contract.inputs + contract.outputs if t.dynamic_axes}
     inputs, outputs = contract.input_names, contract.output_names
     try:
-        with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+        with _quiet_exporter() as caught, torch.inference_mode(False), torch.no_grad():
             if exporter == "torchscript":
                 buffer = io.BytesIO()
-                torch.onnx.export(
-                    model,
-                    args,
-                    buffer,  # type: ignore[arg-type]  # file objects work; the stub admits paths only
-                    dynamo=False,
-                    dynamic_axes=dynamic_axes,
-                    opset_version=opset,
-                    do_constant_folding=True,
-                    input_names=inputs,
-                    output_names=outputs,
-                )
+                with export_patches(model):
+                    torch.onnx.export(
+                        model,
+                        args,
+                        buffer,  # type: ignore[arg-type]  # file objects work; the stub admits paths only
+                        dynamo=False,
+                        dynamic_axes=dynamic_axes,
+                        opset_version=opset,
+                        do_constant_folding=True,
+                        input_names=inputs,
+                        output_names=outputs,
+                    )
                 proto = onnx.load_from_string(buffer.getvalue())
             else:
                 program = torch.onnx.export(
@@ -113,4 +138,11 @@ def export_onnx(
             f"{type(exc).__name__}: {summary}. Try '--exporter {other}' or another '--opset' "
             "(17 is the tested default)."
         ) from exc
+    frozen = frozen_trace_values(caught)
+    if frozen:
+        raise ExportError(
+            "The model cannot keep a dynamic sequence axis: while it was traced, torch reported "
+            f"{len(frozen)} value(s) frozen into the graph: {'; '.join(frozen[:3])}. "
+            + _FROZEN_HINT.format(batch=TRACE_BATCH, seq=TRACE_SEQ)
+        )
     return proto

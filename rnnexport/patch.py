@@ -18,8 +18,8 @@ and restored on exit:
   ``(padded, lengths)``, padded to ``total_length`` or, without it, cut to ``max(lengths)`` steps
   (a data-dependent axis, which the I/O contract declares under a name of its own).
 
-The packing functions are swapped in ``torch.nn.utils.rnn`` and in the module globals of every class
-in the model, so ``from torch.nn.utils.rnn import pack_padded_sequence`` in the user's file is covered.
+The packing functions are swapped wherever a loaded module's globals hold them, so
+``from torch.nn.utils.rnn import pack_padded_sequence`` in the user's file is covered too.
 
 Every private torch API rnnexport uses lives in this file.
 """
@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -38,7 +40,23 @@ from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 from torch.onnx import symbolic_helper
 
-__all__ = ["PaddedBatch", "export_patches", "tracing"]
+__all__ = ["PaddedBatch", "TracerWarning", "export_patches", "frozen_trace_values", "tracing"]
+
+# torch.jit's stubs do not re-export it; the tracer warns with it whenever a trace freezes a value.
+TracerWarning: type[Warning] = getattr(torch.jit, "TracerWarning")  # noqa: B009
+
+
+def frozen_trace_values(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The tracer's reports that a tensor value was frozen into the trace: first line and place of
+    each, deduplicated. (Python control flow on tensor values is recorded at the example's values.)"""
+    found: list[str] = []
+    for w in caught:
+        if issubclass(w.category, TracerWarning) and "trace" in str(w.message):
+            line = str(w.message).strip().splitlines()[0].split(". ")[0]
+            entry = f"{line} ({Path(w.filename).name}, line {w.lineno})"
+            if entry not in found:
+                found.append(entry)
+    return found
 
 
 def tracing() -> bool:
@@ -73,6 +91,18 @@ _set_tracing_state = getattr(torch._C, "_set_tracing_state")  # noqa: B009
 
 _ORIGINAL_PACK = rnn_utils.pack_padded_sequence
 _ORIGINAL_PAD = rnn_utils.pad_packed_sequence
+
+
+@contextlib.contextmanager
+def _untraced() -> Iterator[None]:
+    """Pause the tracer: inside a Function's ``forward``, the computation only supplies the values the
+    trace carries on with; the graph is what ``symbolic`` emits."""
+    state = torch._C._get_tracing_state()
+    _set_tracing_state(None)
+    try:
+        yield
+    finally:
+        _set_tracing_state(state)
 
 
 def _onnx_kind(module: nn.RNNBase) -> str:
@@ -170,21 +200,17 @@ class _RecurrentOp(torch.autograd.Function):
         original = _ORIGINAL_FORWARD[_base_class(module)]
         hx: Any = h0 if c0 is None else (h0, c0)
         saved_batch_first = module.batch_first
-        # The tracer is paused: this computation is only the values the exporter's trace carries on;
-        # the graph is what ``symbolic`` emits.
-        state = torch._C._get_tracing_state()
-        _set_tracing_state(None)
-        try:
-            if lengths is None:
-                out, final = original(module, x, hx)
-            else:
-                module.batch_first = False
-                packed = _ORIGINAL_PACK(x, lengths.cpu(), batch_first=False, enforce_sorted=False)
-                packed_out, final = original(module, packed, hx)
-                out = _ORIGINAL_PAD(packed_out, batch_first=False, total_length=x.shape[0])[0]
-        finally:
-            module.batch_first = saved_batch_first
-            _set_tracing_state(state)
+        with _untraced():
+            try:
+                if lengths is None:
+                    out, final = original(module, x, hx)
+                else:
+                    module.batch_first = False
+                    packed = _ORIGINAL_PACK(x, lengths.cpu(), batch_first=False, enforce_sorted=False)
+                    packed_out, final = original(module, packed, hx)
+                    out = _ORIGINAL_PAD(packed_out, batch_first=False, total_length=x.shape[0])[0]
+            finally:
+                module.batch_first = saved_batch_first
         states = final if isinstance(final, tuple) else (final,)
         return (out, *states)
 
@@ -252,11 +278,13 @@ class _TrimSteps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, data: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return data[: int(lengths.max())].clone()
+        with _untraced():
+            return data[: int(lengths.max())].clone()
 
     @staticmethod
     def symbolic(g: Any, data: Any, lengths: Any) -> Any:
-        steps = g.op("ReduceMax", lengths, keepdims_i=1)  # [1]; every opset's ReduceMax reduces all by default
+        # Shape [1]: without axes, ReduceMax reduces every axis at every opset.
+        steps = g.op("ReduceMax", lengths, keepdims_i=1)
         zero = _constant(g, torch.tensor([0], dtype=torch.int64))
         if g.opset < 10:
             raise RuntimeError(
@@ -291,7 +319,9 @@ def _pack_padded_sequence(
     input: torch.Tensor, lengths: Any, batch_first: bool = False, enforce_sorted: bool = True
 ) -> PaddedBatch:
     """Stand-in for ``pack_padded_sequence`` during an export: nothing is sorted or gathered."""
-    lengths = torch.as_tensor(lengths).to(device=input.device, dtype=torch.int64)
+    if not isinstance(lengths, torch.Tensor):  # a Python list is a constant of the trace anyway
+        lengths = torch.tensor(lengths)
+    lengths = lengths.to(device=input.device, dtype=torch.int64)
     return PaddedBatch(input.transpose(0, 1) if batch_first else input, lengths)
 
 
@@ -322,27 +352,33 @@ def _pad_packed_sequence(
     return (data.transpose(0, 1) if batch_first else data), lengths
 
 
-def _namespaces(model: nn.Module) -> list[ModuleType]:
-    """Python modules whose globals may hold the packing functions: torch's and the model's own files."""
-    names = {cls.__module__ for m in model.modules() for cls in type(m).__mro__}
-    found = [rnn_utils, torch.nn.utils]
-    found += [sys.modules[n] for n in sorted(names) if n in sys.modules and sys.modules[n] not in found]
-    return found
+def _namespaces() -> list[ModuleType]:
+    """Every loaded Python module: any of them may hold the packing functions under some name.
+
+    ``from torch.nn.utils.rnn import pack_padded_sequence`` binds the function in the importing
+    module's globals, where swapping ``torch.nn.utils.rnn``'s attribute cannot reach it; the model's
+    helpers may live in any file. A scan of every module's globals for the two function objects
+    (identity, not name) finds each alias.
+    """
+    this = sys.modules[__name__]  # which keeps the originals, to call them
+    return [m for m in list(sys.modules.values()) if isinstance(m, ModuleType) and m is not this]
 
 
 @contextlib.contextmanager
-def export_patches(model: nn.Module) -> Iterator[None]:
+def export_patches(model: nn.Module | None = None) -> Iterator[None]:
     """Swap the recurrent layers' ``forward`` and the packing functions for their export forms.
 
     Applies to every ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (and subclasses that do not override
     ``forward``) for the duration of the block, process-wide, and restores everything on exit.
+    ``model`` is the module about to be exported (the swaps do not depend on it today).
     """
     swaps: list[tuple[Any, str, Any]] = [(cls, "forward", _recurrent_forward) for cls in _ORIGINAL_FORWARD]
-    stand_ins = {id(_ORIGINAL_PACK): _pack_padded_sequence, id(_ORIGINAL_PAD): _pad_packed_sequence}
-    for namespace in _namespaces(model):
-        for name, value in list(vars(namespace).items()):
-            if id(value) in stand_ins and (value is _ORIGINAL_PACK or value is _ORIGINAL_PAD):
-                swaps.append((namespace, name, stand_ins[id(value)]))
+    for namespace in _namespaces():
+        for name, value in list(getattr(namespace, "__dict__", {}).items()):
+            if value is _ORIGINAL_PACK:
+                swaps.append((namespace, name, _pack_padded_sequence))
+            elif value is _ORIGINAL_PAD:
+                swaps.append((namespace, name, _pad_packed_sequence))
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
     try:
         for owner, name, replacement in swaps:
