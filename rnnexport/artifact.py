@@ -61,8 +61,8 @@ MANIFEST_FORMAT = 1
 class Manifest:
     """``manifest.json``: what was built, from what, with which tools, and what was verified where."""
 
-    arch: str
-    config: dict[str, int]
+    arch: str  # the architecture's name, or a user model's artifact name
+    config: dict[str, Any]  # an architecture's sizes, or a user model's keyword arguments
     contract: Contract
     versions: dict[str, str]
     export: dict[str, Any]
@@ -72,12 +72,15 @@ class Manifest:
     test_data: list[dict[str, Any]]
     files: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
+    # A user model's origin (module, class or factory, config); None for a registered architecture.
+    source: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document, keys in a stable order."""
         return {
             "format": self.format,
             "arch": self.arch,
+            **({"source": self.source} if self.source is not None else {}),
             "config": self.config,
             "versions": self.versions,
             "export": self.export,
@@ -104,6 +107,7 @@ class Manifest:
             test_data=list(data["test_data"]),
             files=dict(data["files"]),
             format=int(data["format"]),
+            source=None if data.get("source") is None else dict(data["source"]),
         )
 
     def tolerance(self, device: Device) -> Tolerance:

@@ -149,7 +149,8 @@ def _print_providers(title: str, providers: dict[str, Any]) -> None:
     notes = []
     for provider, r in providers.items():
         short = provider.removesuffix("ExecutionProvider")
-        shapes = [s["x"][:2] for s in r.get("shapes", [])]
+        # The first input's leading two axes (batch and seq for the built-in architectures).
+        shapes = [next(iter(s.values()))[:2] for s in r.get("shapes", []) if s]
         batches, seqs = [b for b, _ in shapes], [q for _, q in shapes]
         table.add_row(
             short,
@@ -177,6 +178,21 @@ def build(
         str | None, typer.Option("--arch", "-a", help="Architecture to build (see 'rnnexport list').")
     ] = None,
     build_all: Annotated[bool, typer.Option("--all", help="Build every registered architecture.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Your own model: FILE.py:NAME or package.module:NAME (an nn.Module class or factory). "
+            "Importing it runs that code.",
+        ),
+    ] = None,
+    io_file: Annotated[
+        Path | None, typer.Option("--io", help="With --model: the I/O description (io.json).")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="With --model: the artifact folder's name (default: the lowercased class name)."),
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Parent folder; the artifact goes to OUT/ARCH.")
     ] = Path("dist"),
@@ -192,7 +208,11 @@ def build(
         Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="JSON file of sizes (input_size, hidden_size, output_size, branches).")
+        Path | None,
+        typer.Option(
+            help="JSON file of sizes (input_size, hidden_size, output_size, branches); with --model, "
+            "the keyword arguments NAME is called with."
+        ),
     ] = None,
     input_size: Annotated[int | None, typer.Option(help="Input features (overrides --config).")] = None,
     hidden_size: Annotated[int | None, typer.Option(help="Hidden units (overrides --config).")] = None,
@@ -224,10 +244,41 @@ def build(
         "output_size": output_size,
         "branches": branches,
     }
+    if model is not None or io_file is not None or name is not None:
+        with _reported():
+            if arch is not None or build_all or model is None or io_file is None:
+                raise UsageError(
+                    "--model FILE.py:NAME (or package.module:NAME) goes with --io io.json, and not with "
+                    "--arch or --all; --io and --name go with --model."
+                )
+            if any(v is not None for v in sizes.values()):
+                raise UsageError(
+                    "--input-size/--hidden-size/--output-size/--branches are sizes of the built-in "
+                    "architectures; a --model takes its keyword arguments from --config kwargs.json."
+                )
+            _build_user_model(
+                model,
+                io_file,
+                name=name,
+                out=out,
+                weights=weights,
+                config=config,
+                device=device.value,
+                exporter=exporter.value,
+                opset=opset,
+                atol=atol,
+                rtol=rtol,
+                tf32=tf32,
+                inputs=inputs,
+                force=force,
+                as_json=as_json,
+            )
+        return
     with _reported():
         if (arch is None) == (not build_all):
             raise UsageError(
-                "Give exactly one of --arch NAME or --all. Run 'rnnexport list' to see the names."
+                "Give exactly one of --arch NAME, --all or --model FILE.py:NAME. Run 'rnnexport list' to "
+                "see the architectures' names."
             )
         per_arch = [weights, config, inputs, *sizes.values()]
         if build_all and any(v is not None for v in per_arch):
@@ -281,6 +332,45 @@ def build(
         typer.echo(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
     if exit_code:
         raise typer.Exit(exit_code)
+
+
+def _build_user_model(
+    target: str,
+    io_file: Path,
+    *,
+    name: str | None,
+    out: Path,
+    weights: Path | None,
+    config: Path | None,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """``build --model``: import, instantiate with --config's kwargs, build, report."""
+    from rnnexport.pipeline import build_model_artifact
+    from rnnexport.usermodel import instantiate, load_factory, read_kwargs_file
+
+    kwargs = read_kwargs_file(config) if config is not None else {}
+    factory, source = load_factory(target)
+    module = instantiate(factory, kwargs, what=source.name)
+    artifact = name if name is not None else source.name.lower()
+    if not as_json or _err.is_terminal:
+        _err.print(f"[bold]building {escape(artifact)}[/] from {escape(target)}")
+    manifest = build_model_artifact(
+        module,
+        io=io_file,
+        name=artifact,
+        out=out,
+        weights=weights,
+        source=source,
+        config=kwargs,
+        on_stage=_stage_line,
+        **options,
+    )
+    providers = manifest.verification["providers"]
+    _print_providers(f"{artifact}: verified artifact in {out / artifact}", providers)
+    if as_json:
+        summary = {"arch": artifact, "passed": True, "artifact": str(out / artifact), "providers": providers}
+        typer.echo(json.dumps({"passed": True, "artifacts": [summary]}, indent=2))
 
 
 @app.command()

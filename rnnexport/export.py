@@ -103,7 +103,7 @@ def export_onnx(
         with _quiet_exporter() as caught, torch.inference_mode(False), torch.no_grad():
             if exporter == "torchscript":
                 buffer = io.BytesIO()
-                with export_patches(model):
+                with export_patches(model) as watch:
                     torch.onnx.export(
                         model,
                         args,
@@ -138,6 +138,16 @@ def export_onnx(
             f"{type(exc).__name__}: {summary}. Try '--exporter {other}' or another '--opset' "
             "(17 is the tested default)."
         ) from exc
+    stepped = watch.stepped_cells() if exporter == "torchscript" else []
+    if stepped:
+        raise ExportError(
+            "The model cannot keep a dynamic sequence axis: its forward steps a recurrent cell in a Python "
+            f"loop ({', '.join(stepped)} while tracing an example of {TRACE_SEQ} steps), and a trace "
+            f"unrolls that loop into exactly {TRACE_SEQ} steps, so the graph would only be right for "
+            "sequences of that length. Use nn.LSTM / nn.GRU / nn.RNN over the whole sequence instead of "
+            "stepping nn.LSTMCell / nn.GRUCell / nn.RNNCell (the same weights fit: weight_ih, weight_hh, "
+            "bias_ih, bias_hh become weight_ih_l0 ...); they export with a dynamic sequence axis."
+        )
     frozen = frozen_trace_values(caught)
     if frozen:
         raise ExportError(

@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 from torch.onnx import symbolic_helper
 
-__all__ = ["PaddedBatch", "TracerWarning", "export_patches", "frozen_trace_values", "tracing"]
+__all__ = ["ExportWatch", "PaddedBatch", "TracerWarning", "export_patches", "frozen_trace_values", "tracing"]
 
 # torch.jit's stubs do not re-export it; the tracer warns with it whenever a trace freezes a value.
 TracerWarning: type[Warning] = getattr(torch.jit, "TracerWarning")  # noqa: B009
@@ -364,15 +364,48 @@ def _namespaces() -> list[ModuleType]:
     return [m for m in list(sys.modules.values()) if isinstance(m, ModuleType) and m is not this]
 
 
+_CELLS: tuple[type[nn.Module], ...] = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+
+
+@dataclass
+class ExportWatch:
+    """What :func:`export_patches` saw during one trace.
+
+    ``cell_calls`` counts calls of each recurrent cell module (``nn.LSTMCell`` ...). The example has
+    several time steps, so a cell called more than once is almost surely stepped by a Python loop
+    over time, which the trace unrolls at the example's length.
+    """
+
+    cell_calls: dict[str, int]
+
+    def stepped_cells(self) -> list[str]:
+        """Cells called more than once: ``"cell (nn.LSTMCell) x3"``."""
+        return [f"{name} x{count}" for name, count in self.cell_calls.items() if count > 1]
+
+
+def _counting(cls: type[nn.Module], watch: ExportWatch, names: dict[int, str]) -> Callable[..., Any]:
+    original = cls.forward
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        key = f"{names.get(id(self), '?')} (nn.{cls.__name__})"
+        watch.cell_calls[key] = watch.cell_calls.get(key, 0) + 1
+        return original(self, *args, **kwargs)
+
+    return forward
+
+
 @contextlib.contextmanager
-def export_patches(model: nn.Module | None = None) -> Iterator[None]:
+def export_patches(model: nn.Module | None = None) -> Iterator[ExportWatch]:
     """Swap the recurrent layers' ``forward`` and the packing functions for their export forms.
 
     Applies to every ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (and subclasses that do not override
     ``forward``) for the duration of the block, process-wide, and restores everything on exit.
-    ``model`` is the module about to be exported (the swaps do not depend on it today).
+    ``model`` is the module about to be exported; it names the cells in :class:`ExportWatch`.
     """
+    watch = ExportWatch(cell_calls={})
+    names = {id(m): name or "model" for name, m in model.named_modules()} if model is not None else {}
     swaps: list[tuple[Any, str, Any]] = [(cls, "forward", _recurrent_forward) for cls in _ORIGINAL_FORWARD]
+    swaps += [(cls, "forward", _counting(cls, watch, names)) for cls in _CELLS]
     for namespace in _namespaces():
         for name, value in list(getattr(namespace, "__dict__", {}).items()):
             if value is _ORIGINAL_PACK:
@@ -383,7 +416,7 @@ def export_patches(model: nn.Module | None = None) -> Iterator[None]:
     try:
         for owner, name, replacement in swaps:
             setattr(owner, name, replacement)
-        yield
+        yield watch
     finally:
         for owner, name, value in reversed(originals):
             setattr(owner, name, value)

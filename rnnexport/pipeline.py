@@ -33,15 +33,17 @@ from rnnexport.artifact import (
 )
 from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
-from rnnexport.errors import InputError, UsageError, VerificationError
+from rnnexport.errors import ContractError, InputError, RnnExportError, UsageError, VerificationError
 from rnnexport.export import DEFAULT_OPSET, EXPORTERS, TRACE_BATCH, TRACE_SEQ, Exporter, export_onnx
 from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
-from rnnexport.reference import TorchRunner, build_model
+from rnnexport.iospec import check_signature, read_io
+from rnnexport.reference import ModuleRunner, TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
+from rnnexport.usermodel import ModelSource, check_outputs, load_user_weights, state_sha256
 from rnnexport.weights import check_state_dict, load_state_dict
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "TF32_TOLERANCE",
     "StageCallback",
     "build",
+    "build_model_artifact",
     "read_config_file",
     "resolve_config",
 ]
@@ -57,6 +60,8 @@ __all__ = [
 # The shape sweep every build verifies, none equal to the trace shape (batch 2, seq 3).
 SWEEP_BATCHES = (1, 3, 16)
 SWEEP_SEQS = (1, 7, 64, 257)
+assert TRACE_BATCH not in SWEEP_BATCHES
+assert TRACE_SEQ not in SWEEP_SEQS
 # Sweep shapes that also ship as test data: seq 1, a short batch, and a long sequence.
 TEST_DATA_SHAPES = ((1, 1), (3, 7), (3, 257))
 SWEEP_SEED = 0
@@ -136,26 +141,28 @@ def _read_inputs_file(path: Path, contract: Contract) -> Feeds:
     return feeds
 
 
-def _sweep(contract: Contract, runner: TorchRunner) -> list[Case]:
+def _sweep_name(batch: int, seq: int) -> str:
+    return f"sweep:b{batch}s{seq}"
+
+
+def _sweep(contract: Contract, runner: ModuleRunner) -> list[Case]:
     """The build-time shape sweep with eager-PyTorch references (seeded)."""
     rng = np.random.default_rng(SWEEP_SEED)
     cases = []
     for batch in SWEEP_BATCHES:
         for seq in SWEEP_SEQS:
             feeds = make_feeds(contract, batch=batch, seq=seq, rng=rng)
-            cases.append(Case(f"sweep:b{batch}s{seq}", feeds, runner.infer(feeds)))
-    assert all(c.shapes["x"][:2] != [TRACE_BATCH, TRACE_SEQ] for c in cases)
+            cases.append(Case(_sweep_name(batch, seq), feeds, runner.infer(feeds)))
     return cases
 
 
-def _finalise_model(
-    model: onnx.ModelProto, spec: ArchSpec, config: ArchConfig, contract: Contract
-) -> onnx.ModelProto:
+def _finalise_model(model: onnx.ModelProto, subject: _Subject) -> onnx.ModelProto:
     """Make the bytes reproducible and the model self-describing.
 
     Exporters leave doc strings that may carry source locations; they are cleared so that the same
-    model built from another folder is byte-identical. Metadata carries the architecture, the
-    rnnexport version and the I/O contract, for anyone holding only the .onnx file.
+    model built from another folder is byte-identical. Metadata carries the architecture (or the
+    user model's artifact name), the rnnexport version, the config and the I/O contract, for anyone
+    holding only the .onnx file.
     """
     model.doc_string = ""
     model.graph.doc_string = ""
@@ -163,10 +170,10 @@ def _finalise_model(
         node.doc_string = ""
     del model.metadata_props[:]
     props = {
-        "rnnexport.arch": spec.name,
+        "rnnexport.arch": subject.name,
         "rnnexport.version": __version__,
-        "rnnexport.config": json.dumps(config.subset(spec.sizes), sort_keys=True),
-        "rnnexport.contract": json.dumps(contract.to_json(), sort_keys=True),
+        "rnnexport.config": json.dumps(subject.config, sort_keys=True),
+        "rnnexport.contract": json.dumps(subject.contract.to_json(), sort_keys=True),
     }
     onnx.helper.set_model_props(model, props)
     return model
@@ -200,12 +207,22 @@ def _summary(results: Mapping[Device, ProviderResult]) -> str:
 
 
 @dataclass(frozen=True)
+class _Subject:
+    """What is being built: a registered architecture at some sizes, or a user's module."""
+
+    name: str  # the artifact folder, and rnnexport.arch in the model's metadata
+    contract: Contract
+    config: dict[str, Any]  # the manifest's config: an architecture's sizes, a user model's kwargs
+    # The model, every verification case with its reference outputs, and the weights' origin.
+    load: Callable[[_Request], tuple[torch.nn.Module, list[Case], dict[str, Any]]]
+    source: dict[str, Any] | None = None  # a user model's module, class and config
+
+
+@dataclass(frozen=True)
 class _Request:
     """A build request, resolved and validated before any work is done."""
 
-    spec: ArchSpec
-    config: ArchConfig
-    contract: Contract
+    subject: _Subject
     destination: Path
     devices: list[Device]
     device: str
@@ -218,6 +235,31 @@ class _Request:
     state: dict[str, torch.Tensor] | None
     user_inputs: tuple[str, Feeds] | None
     notes: list[str]
+
+
+def _check_options(*, exporter: str, opset: int, atol: float | None, rtol: float | None) -> None:
+    """The exporter, opset and tolerance options of any build."""
+    if exporter not in EXPORTERS:
+        raise UsageError(f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}.")
+    if not 7 <= opset <= 21:
+        raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and not (0 <= value < 1):
+            raise UsageError(
+                f"--{name} must be a number in [0, 1), got {value}. The defaults are atol 1e-5, rtol 1e-4."
+            )
+
+
+def _requested_devices(device: str) -> list[Device]:
+    devices = resolve_devices(device)
+    if device == "cuda" and not probe_provider("cuda").available:
+        # Fail before any work: the one provider asked for cannot run here.
+        raise VerificationError(
+            f"--device cuda was requested, but CUDA is unavailable here: {probe_provider('cuda').reason}. "
+            "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
+            "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
+        )
+    return devices
 
 
 def _resolve(
@@ -237,24 +279,9 @@ def _resolve(
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
-    if exporter not in EXPORTERS:
-        raise UsageError(f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}.")
-    if not 7 <= opset <= 21:
-        raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and not (0 <= value < 1):
-            raise UsageError(
-                f"--{name} must be a number in [0, 1), got {value}. The defaults are atol 1e-5, rtol 1e-4."
-            )
+    _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
     destination = prepare_destination(out, spec.name, force=force)
-    devices = resolve_devices(device)
-    if device == "cuda" and not probe_provider("cuda").available:
-        # Fail before any work: the one provider asked for cannot run here.
-        raise VerificationError(
-            f"--device cuda was requested, but CUDA is unavailable here: {probe_provider('cuda').reason}. "
-            "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
-            "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
-        )
+    devices = _requested_devices(device)
     state = load_state_dict(weights) if weights is not None else None
     shapes = {k: tuple(v.shape) for k, v in state.items()} if state else None
     config_, notes = resolve_config(spec, config, shapes)
@@ -263,10 +290,14 @@ def _resolve(
         check_state_dict(spec, config_, state, origin=str(weights))
     user_inputs = (inputs.name, _read_inputs_file(inputs, contract)) if inputs is not None else None
     tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
-    return _Request(
-        spec=spec,
-        config=config_,
+    subject = _Subject(
+        name=spec.name,
         contract=contract,
+        config=config_.subset(spec.sizes),
+        load=lambda request: _model_and_references(request, spec, config_),
+    )
+    return _Request(
+        subject=subject,
         destination=destination,
         devices=devices,
         device=device,
@@ -282,14 +313,29 @@ def _resolve(
     )
 
 
-def _model_and_references(request: _Request) -> tuple[torch.nn.Module, list[Case], dict[str, Any]]:
+_FROZEN_TRACE = (
+    " With the TorchScript exporter, a size that follows the example (batch "
+    f"{TRACE_BATCH}, seq {TRACE_SEQ}) means the trace froze it: typically a Python loop over the time "
+    "steps (nn.LSTMCell) or a data-dependent Python branch in forward. Use nn.LSTM / nn.GRU / nn.RNN over "
+    "the whole sequence, and torch.where instead of a Python branch."
+)
+
+
+def _frozen_shape_hint(results: Mapping[Device, ProviderResult]) -> str:
+    """Why a graph may fail only at other shapes: a trace that froze the sequence length."""
+    text = " ".join(line for r in results.values() for line in r.failures)
+    return _FROZEN_TRACE if "shape" in text or "error" in text.lower() else ""
+
+
+def _model_and_references(
+    request: _Request, spec: ArchSpec, config: ArchConfig
+) -> tuple[torch.nn.Module, list[Case], dict[str, Any]]:
     """The PyTorch model, every verification case with its reference outputs, and the weights' origin.
 
     Default sizes without a checkpoint use the committed golden weights and cases; other sizes use
     a seeded initialisation; a checkpoint is used as given. Either way the shape sweep's references
     are computed here from eager PyTorch.
     """
-    spec, config = request.spec, request.config
     golden_cases: list[Case] = []
     origin: dict[str, Any]
     if request.state is not None and request.weights is not None:
@@ -310,14 +356,14 @@ def _model_and_references(request: _Request) -> tuple[torch.nn.Module, list[Case
             "note": "PyTorch default init; sizes differ from the golden data",
         }
     runner = TorchRunner(spec, model)
-    cases = golden_cases + _sweep(request.contract, runner)
+    cases = golden_cases + _sweep(request.subject.contract, runner)
     if request.user_inputs is not None:
         name, feeds = request.user_inputs
         cases.append(Case(f"user:{name}", feeds, runner.infer(feeds)))
     origin["references"] = (
         ("committed golden cases + " if golden_cases else "")
         + f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED})"
-        + (" using the packed formulation" if spec.masked else "")
+        + (f" ({spec.reference})" if spec.reference != "forward" else "")
     )
     return model, cases, origin
 
@@ -377,10 +423,22 @@ def build(
         inputs=None if inputs is None else Path(inputs),
         force=force,
     )
-    spec, contract = request.spec, request.contract
+    return _run(request, on_stage)
+
+
+def _run(request: _Request, on_stage: StageCallback | None) -> Manifest:
+    """The stages, top to bottom, for any subject: model -> export -> simplify -> verify -> package."""
+    subject, exporter, opset, tf32, force = (
+        request.subject,
+        request.exporter,
+        request.opset,
+        request.tf32,
+        request.force,
+    )
+    contract = subject.contract
     with staging_folder(request.destination) as staging:
         with _stage(on_stage, "model") as stage:
-            model, cases, weights_origin = _model_and_references(request)
+            model, cases, weights_origin = subject.load(request)
             stage.details += [
                 *request.notes,
                 f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
@@ -389,13 +447,18 @@ def build(
         trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
         with _stage(on_stage, "export") as stage:
             exported = export_onnx(model, contract, exporter=exporter, opset=opset)
-            check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
+            try:
+                check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
+            except ContractError as exc:
+                if exporter != "torchscript":
+                    raise
+                raise ContractError(f"{exc}{_FROZEN_TRACE}") from exc
             stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
         with _stage(on_stage, "simplify") as stage:
             simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
             check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
             stage.details.append(f"{stats.nodes_before} -> {stats.nodes_after} nodes")
-        model_bytes = _finalise_model(simplified, spec, request.config, contract).SerializeToString()
+        model_bytes = _finalise_model(simplified, subject).SerializeToString()
         (staging / MODEL).write_bytes(model_bytes)
 
         # Verify the bytes that will ship, on every requested provider; all must pass.
@@ -414,24 +477,23 @@ def build(
         if not results or any(r.status != "passed" for r in results.values()):
             unavailable = any(r.status == "unavailable" for r in results.values())
             raise VerificationError(
-                f"Verification of '{spec.name}' did not pass, so nothing was shipped: {_summary(results)}. "
+                f"Verification of '{subject.name}' did not pass, so nothing was shipped: "
+                f"{_summary(results)}. "
                 + (
                     "Use --device cpu, or install onnxruntime-gpu with CUDA and cuDNN 9 on a GPU machine."
                     if unavailable
                     else "The exported graph computes something else than the PyTorch model at these shapes."
+                    + _frozen_shape_hint(results)
                 )
             )
 
         with _stage(on_stage, "package") as stage:
-            shipped = [
-                c
-                for c in cases
-                if c.name.startswith("sweep:") and tuple(c.shapes["x"][:2]) in TEST_DATA_SHAPES
-            ]
+            names = [_sweep_name(batch, seq) for batch, seq in TEST_DATA_SHAPES]
+            shipped = sorted((c for c in cases if c.name in names), key=lambda c: names.index(c.name))
             test_data = write_test_data(staging, shipped, contract)
             manifest = Manifest(
-                arch=spec.name,
-                config=request.config.subset(spec.sizes),
+                arch=subject.name,
+                config=subject.config,
                 contract=contract,
                 versions=_versions(),
                 export={
@@ -450,8 +512,139 @@ def build(
                 },
                 test_data=test_data,
                 files=hash_files(staging),
+                source=subject.source,
             )
             manifest.write(staging)
             publish(staging, request.destination, force=force)
             stage.details.append(str(request.destination))
     return manifest
+
+
+def _module_references(
+    request: _Request, model: torch.nn.Module, what: str, origin: dict[str, Any]
+) -> tuple[torch.nn.Module, list[Case], dict[str, Any]]:
+    """A user module's reference cases: the sweep (and ``--inputs``), from ``forward`` in eager PyTorch.
+
+    Every call's outputs are checked against the declared outputs first, and a module that raises on
+    the generated inputs is reported as a usage problem (its description, or the module, is wrong).
+    """
+    contract = request.subject.contract
+    runner = ModuleRunner(contract, model)
+
+    def reference(name: str, feeds: Feeds) -> Case:
+        sizes = {
+            d: int(feeds[t.name].shape[axis])
+            for t in contract.inputs
+            for axis, d in enumerate(t.shape)
+            if isinstance(d, str)
+        }
+        try:
+            results = runner.run(feeds)
+        except RnnExportError:
+            raise
+        except Exception as exc:  # the user's forward failed on inputs its description allows
+            shapes = {k: list(v.shape) for k, v in feeds.items()}
+            raise UsageError(
+                f"{what}.forward raised {type(exc).__name__} on inputs generated from the I/O description "
+                f"({shapes}): {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Check the "
+                "description against the model: shapes, dtypes, and the range of integer inputs."
+            ) from exc
+        check_outputs(contract, results, sizes, what=what)
+        return Case(
+            name,
+            feeds,
+            {n: t.detach().cpu().numpy() for n, t in zip(contract.output_names, results, strict=True)},
+        )
+
+    rng = np.random.default_rng(SWEEP_SEED)
+    cases = [
+        reference(_sweep_name(batch, seq), make_feeds(contract, batch=batch, seq=seq, rng=rng))
+        for batch in SWEEP_BATCHES
+        for seq in SWEEP_SEQS
+    ]
+    if request.user_inputs is not None:
+        name, feeds = request.user_inputs
+        cases.append(reference(f"user:{name}", feeds))
+    origin["references"] = f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED}): {what}.forward"
+    return model, cases, origin
+
+
+def build_model_artifact(
+    module: torch.nn.Module,
+    *,
+    io: Mapping[str, Any] | str | Path,
+    name: str | None = None,
+    out: str | Path = "dist",
+    weights: str | Path | None = None,
+    source: ModelSource | None = None,
+    config: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    exporter: Exporter = "torchscript",
+    opset: int = DEFAULT_OPSET,
+    atol: float | None = None,
+    rtol: float | None = None,
+    tf32: bool = False,
+    inputs: str | Path | None = None,
+    force: bool = False,
+    on_stage: StageCallback | None = None,
+) -> Manifest:
+    """Export, simplify, verify and package any recurrent ``module`` into ``out/name``.
+
+    ``io`` is the I/O description (a mapping in the ``io.json`` format, or the path of such a file;
+    see :mod:`rnnexport.iospec`): ``forward`` is called with the declared inputs positionally, and
+    must return the declared outputs (a nested tuple counts leaf by leaf). ``name`` defaults to the
+    lowercased class name. ``weights`` (a checkpoint file) is loaded into ``module`` strictly;
+    without it the module's current weights are used. ``source`` and ``config`` are what the
+    manifest records about where the module came from (the CLI fills them from ``--model`` and
+    ``--config``). The rest is as for :func:`build`; so is the verification: the same shape sweep,
+    lengths-aware inputs, tolerance rule and report, against ``forward`` in eager PyTorch.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"build_model_artifact needs an nn.Module, got a {type(module).__name__}.")
+    contract, io_origin = read_io(io)
+    what = type(module).__name__
+    check_signature(module.forward, contract, what=what, origin=io_origin)
+    name = name if name is not None else what.lower()
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UsageError(f"--name {name!r} cannot name a folder; use letters, digits, '-' or '_'.")
+    _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
+    destination = prepare_destination(Path(out), name, force=force)
+    devices = _requested_devices(device)
+    module = module.eval()
+    origin: dict[str, Any]
+    if weights is not None:
+        path = Path(weights)
+        load_user_weights(module, load_state_dict(path), origin=str(path))
+        origin = {"source": "user", "file": path.name, "sha256": sha256_file(path)}
+    else:
+        origin = {"source": "module", "state_sha256": state_sha256(module)}
+    user_inputs = None
+    if inputs is not None:
+        user_inputs = (Path(inputs).name, _read_inputs_file(Path(inputs), contract))
+    tolerance = Tolerance(atol=1e-5 if atol is None else atol, rtol=1e-4 if rtol is None else rtol)
+    recorded = dict(config or {})
+    subject = _Subject(
+        name=name,
+        contract=contract,
+        config=recorded,
+        load=lambda request: _module_references(request, module, what, dict(origin)),
+        source=(source or ModelSource(module=type(module).__module__, name=what, kind="class")).to_json(
+            recorded
+        ),
+    )
+    request = _Request(
+        subject=subject,
+        destination=destination,
+        devices=devices,
+        device=device,
+        exporter=exporter,
+        opset=opset,
+        tolerances={"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance},
+        tf32=tf32,
+        force=force,
+        weights=None if weights is None else Path(weights),
+        state=None,
+        user_inputs=user_inputs,
+        notes=[],
+    )
+    return _run(request, on_stage)
