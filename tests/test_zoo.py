@@ -186,7 +186,9 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _inputs(io: dict[str, Any], batch: int, seq: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     feeds = {}
     for spec in io["inputs"]:
-        shape = [{"batch": batch, "seq": seq}.get(d, d) if isinstance(d, str) else d for d in spec["shape"]]
+        shape = [
+            int({"batch": batch, "seq": seq}[d]) if isinstance(d, str) else int(d) for d in spec["shape"]
+        ]
         if spec.get("role") == "lengths":
             lengths = rng.integers(1, seq + 1, size=batch)
             lengths[0], lengths[-1] = (seq, 1) if batch > 1 else (seq, seq)
