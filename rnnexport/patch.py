@@ -352,16 +352,29 @@ def _pad_packed_sequence(
     return (data.transpose(0, 1) if batch_first else data), lengths
 
 
-def _namespaces() -> list[ModuleType]:
-    """Every loaded Python module: any of them may hold the packing functions under some name.
+def _namespaces(model: nn.Module | None) -> list[dict[str, Any]]:
+    """Global namespaces that may hold the packing functions under some name.
 
     ``from torch.nn.utils.rnn import pack_padded_sequence`` binds the function in the importing
-    module's globals, where swapping ``torch.nn.utils.rnn``'s attribute cannot reach it; the model's
-    helpers may live in any file. A scan of every module's globals for the two function objects
-    (identity, not name) finds each alias.
+    module's globals, where swapping ``torch.nn.utils.rnn``'s attribute cannot reach it, and the
+    model's helpers may live in any file. So: every loaded module, plus the globals of every
+    function defined on the model's classes (code run by ``exec`` or in a notebook has no module).
+    The scan looks for the two function objects (identity, not name), so every alias is found.
     """
     this = sys.modules[__name__]  # which keeps the originals, to call them
-    return [m for m in list(sys.modules.values()) if isinstance(m, ModuleType) and m is not this]
+    found: dict[int, dict[str, Any]] = {}
+    for module in list(sys.modules.values()):
+        if isinstance(module, ModuleType) and module is not this:
+            namespace = getattr(module, "__dict__", None)
+            if isinstance(namespace, dict):
+                found.setdefault(id(namespace), namespace)
+    classes = {cls for m in model.modules() for cls in type(m).__mro__} if model is not None else set()
+    for cls in classes:
+        for attribute in vars(cls).values():
+            namespace = getattr(attribute, "__globals__", None)
+            if isinstance(namespace, dict) and namespace is not vars(this):
+                found.setdefault(id(namespace), namespace)
+    return list(found.values())
 
 
 _CELLS: tuple[type[nn.Module], ...] = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
@@ -406,17 +419,24 @@ def export_patches(model: nn.Module | None = None) -> Iterator[ExportWatch]:
     names = {id(m): name or "model" for name, m in model.named_modules()} if model is not None else {}
     swaps: list[tuple[Any, str, Any]] = [(cls, "forward", _recurrent_forward) for cls in _ORIGINAL_FORWARD]
     swaps += [(cls, "forward", _counting(cls, watch, names)) for cls in _CELLS]
-    for namespace in _namespaces():
-        for name, value in list(getattr(namespace, "__dict__", {}).items()):
-            if value is _ORIGINAL_PACK:
-                swaps.append((namespace, name, _pack_padded_sequence))
-            elif value is _ORIGINAL_PAD:
-                swaps.append((namespace, name, _pad_packed_sequence))
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
+    # (namespace, name, original, stand-in) for every global name bound to a packing function.
+    stand_ins = {id(_ORIGINAL_PACK): _pack_padded_sequence, id(_ORIGINAL_PAD): _pad_packed_sequence}
+    rebinds = [
+        (namespace, name, value, stand_ins[id(value)])
+        for namespace in _namespaces(model)
+        for name, value in list(namespace.items())
+        if value is _ORIGINAL_PACK or value is _ORIGINAL_PAD
+    ]
     try:
         for owner, name, replacement in swaps:
             setattr(owner, name, replacement)
+        for namespace, name, _, stand_in in rebinds:
+            namespace[name] = stand_in
         yield watch
     finally:
+        for namespace, name, original, stand_in in rebinds:
+            if namespace.get(name) is stand_in:  # unless the code rebound it meanwhile
+                namespace[name] = original
         for owner, name, value in reversed(originals):
             setattr(owner, name, value)

@@ -29,7 +29,7 @@ GOOD: dict[str, Any] = {
 
 
 def _with(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
-    data = json.loads(json.dumps(GOOD))
+    data: dict[str, Any] = json.loads(json.dumps(GOOD))
     target = data
     for key in path[:-1]:
         target = target[key]
