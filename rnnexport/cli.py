@@ -149,8 +149,9 @@ def _print_providers(title: str, providers: dict[str, Any]) -> None:
     notes = []
     for provider, r in providers.items():
         short = provider.removesuffix("ExecutionProvider")
-        # The first input's leading two axes (batch and seq for the built-in architectures).
-        shapes = [next(iter(s.values()))[:2] for s in r.get("shapes", []) if s]
+        # The leading two axes of the first input with two or more (batch and seq for the built-ins).
+        leading = [next((v[:2] for v in s.values() if len(v) >= 2), None) for s in r.get("shapes", [])]
+        shapes = [pair for pair in leading if pair is not None]
         batches, seqs = [b for b, _ in shapes], [q for _, q in shapes]
         table.add_row(
             short,
