@@ -3,13 +3,18 @@
 Every command runs its work inside :func:`_reported`, the one place where the library's
 :class:`~rnnexport.errors.RnnExportError` becomes a one-paragraph message and an exit code. Any
 other exception is a bug and keeps its traceback. Heavy imports (torch, onnxruntime) happen inside
-the commands, so ``rnnexport --help`` answers at once.
+the commands, so ``rnnexport --help`` and ``rnnexport list`` answer at once.
+
+Everything printed that did not come from rnnexport itself (paths, names from files, messages
+that quote them) goes through :func:`_safe`: control characters made visible, Rich markup escaped.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -19,10 +24,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rnnexport._version import __version__
 from rnnexport.errors import RnnExportError, UsageError
+from rnnexport.text import visible
 
 if TYPE_CHECKING:
     from rnnexport.artifact import Manifest
@@ -33,30 +40,65 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain Click help: flags without '<bool>' placeholders, text wrapped at word boundaries.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Progress and tables go to stderr so that --json output on stdout stays machine-readable.
-_err = Console(stderr=True, highlight=False)
-_out = Console(highlight=False)
+# Progress and tables go to stderr so that --json output on stdout stays machine-readable. Rich
+# honours NO_COLOR and drops colour when stderr is not a terminal.
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_INTERRUPTED = 130
+BUILD_EXTRA_MODULES = ("torch", "onnxsim", "safetensors")
 
 
-def _print_error(exc: RnnExportError) -> None:
-    _err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+def _safe(text: object) -> str:
+    """Untrusted text, ready to embed in Rich markup: control characters visible, markup escaped."""
+    return escape(visible(text))
+
+
+def _mark(ok: bool) -> str:
+    """A check mark or a cross, or plain words where the terminal's encoding has no such glyphs."""
+    try:
+        "\u2713\u2717".encode(_err.encoding)
+    except (UnicodeEncodeError, LookupError):
+        return "[green]ok[/]" if ok else "[red]FAILED[/]"
+    return "[green]\u2713[/]" if ok else "[red]\u2717[/]"
+
+
+def _print_error(exc: RnnExportError | str) -> None:
+    _err.print(f"[bold red]error:[/] {_safe(exc)}")
+
+
+def _error_json(exc: RnnExportError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
 
 
 @contextmanager
-def _reported() -> Iterator[None]:
-    """Turn library errors and Ctrl-C into a message on stderr and an exit code."""
+def _reported(*, as_json: bool = False) -> Iterator[None]:
+    """Turn library errors and Ctrl-C into a message on stderr (and JSON on stdout) and an exit code."""
     try:
         yield
     except RnnExportError as exc:
         _print_error(exc)
+        if as_json:
+            typer.echo(json.dumps({"passed": False, "error": _error_json(exc)}, indent=2))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _err.print("interrupted: stopped before finishing; the destination was left as it was.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _require_build_extra() -> None:
+    """Fail in one sentence where this install can verify artifacts but not build them."""
+    missing = [m for m in BUILD_EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(
+            f"'rnnexport build' needs the build extra, which this install lacks ({', '.join(missing)} "
+            "not found): install it with pip install 'rnnexport[build,cpu]' (or 'rnnexport[build,gpu]' "
+            "on an NVIDIA GPU machine); without it rnnexport can list architectures and verify artifacts."
+        )
 
 
 def _version(value: bool) -> None:
@@ -74,6 +116,12 @@ def _root(
     """Export recurrent PyTorch models to ONNX and prove them on ONNX Runtime before shipping."""
 
 
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Print every detail, including why a provider is unavailable.")
+]
+
+
 @app.command("list")
 def list_command(
     as_json: Annotated[
@@ -82,10 +130,8 @@ def list_command(
 ) -> None:
     """List the supported architectures with their I/O contracts (default sizes)."""
     from rnnexport.registry import list_architectures
-    from rnnexport.spec import ArchConfig
 
     with _reported():
-        config = ArchConfig()
         specs = list_architectures()
         if as_json:
             data = [
@@ -94,30 +140,43 @@ def list_command(
                     "summary": s.summary,
                     "source": s.source,
                     "notes": list(s.notes),
-                    "sizes": config.subset(s.sizes),
+                    "sizes": s.default_sizes,
                     "templates": {
                         "inputs": [t.to_json() for t in s.inputs],
                         "outputs": [t.to_json() for t in s.outputs],
                     },
-                    **s.contract(config).to_json(),
+                    **s.contract(s.default_config).to_json(),
                 }
                 for s in specs
             ]
-            typer.echo(json.dumps(data, indent=2))
+            _write_stdout(json.dumps(data, indent=2))
             return
-        table = Table(title="rnnexport architectures (symbolic dims are dynamic axes)")
-        for column in ("name", "inputs", "outputs", "sizes (defaults)", "description"):
+        table = Table(title="rnnexport architectures (symbolic dims are dynamic axes)", title_justify="left")
+        table.add_column("name", no_wrap=True, min_width=max(len(s.name) for s in specs))
+        for column in ("inputs", "outputs", "sizes (defaults)", "description"):
             table.add_column(column, overflow="fold")
         for s in specs:
-            contract = s.contract(config)
+            contract = s.contract(s.default_config)
             table.add_row(
                 s.name,
                 escape("\n".join(f"{t.name}: {t.shape_str()}" for t in contract.inputs)),
                 escape("\n".join(f"{t.name}: {t.shape_str()}" for t in contract.outputs)),
-                "\n".join(f"{k}={v}" for k, v in config.subset(s.sizes).items()),
-                "\n".join([s.summary, *(f"note: {n}" for n in s.notes)]),
+                "\n".join(f"{k}={v}" for k, v in s.default_sizes.items()),
+                escape("\n".join([s.summary, f"from: {s.source}", *(f"note: {n}" for n in s.notes)])),
             )
-        _out.print(table)
+        Console(highlight=False).print(table)
+
+
+def _write_stdout(text: str) -> None:
+    """Print to stdout; a closed or full stdout (``> /dev/full``, a closed pipe) is a usage error."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        raise UsageError(
+            f"Cannot write the output to stdout: {exc.strerror or exc}. Redirect it to a file or "
+            "pipe that can take it."
+        ) from None
 
 
 class DeviceChoice(str, Enum):
@@ -135,42 +194,113 @@ class ExporterChoice(str, Enum):
     dynamo = "dynamo"
 
 
-def _stage_line(stage: str, ok: bool, detail: str, seconds: float) -> None:
-    mark = "[green]\u2713[/]" if ok else "[red]\u2717[/]"
-    _err.print(f"{mark} {stage:<11} {seconds:6.2f}s  {escape(detail)}", soft_wrap=True)
+class _Reporter:
+    """How a command talks while it works: a live display on a terminal, plain lines elsewhere.
 
+    Implements the library's progress protocol (:class:`rnnexport.progress.Progress`).
+    """
 
-def _print_providers(title: str, providers: dict[str, Any]) -> None:
-    """Summary table (per provider: status, errors, shapes tried), then the reasons below it."""
-    table = Table(title=title, title_justify="left")
-    for column in ("provider", "status", "max abs err", "max rel err", "cases", "shapes"):
-        table.add_column(column, no_wrap=column != "shapes")
-    colours = {"passed": "green", "failed": "red", "unavailable": "yellow", "skipped": "dim"}
-    notes = []
-    for provider, r in providers.items():
-        short = provider.removesuffix("ExecutionProvider")
-        # The leading two axes of the first input with two or more (batch and seq for the built-ins).
-        leading = [next((v[:2] for v in s.values() if len(v) >= 2), None) for s in r.get("shapes", [])]
-        shapes = [pair for pair in leading if pair is not None]
-        batches, seqs = [b for b, _ in shapes], [q for _, q in shapes]
-        table.add_row(
-            short,
-            f"[{colours[r['status']]}]{r['status']}[/]",
-            f"{r['max_abs_error']:.2e}" if "max_abs_error" in r else "-",
-            f"{r['max_rel_error']:.2e}" if "max_rel_error" in r else "-",
-            str(r.get("cases", "-")),
-            f"batch {min(batches)}-{max(batches)}, seq {min(seqs)}-{max(seqs)}" if shapes else "-",
-        )
-        if "tolerance" in r:
-            notes.append(
-                f"{short}: tolerance atol {r['tolerance']['atol']:g}, rtol {r['tolerance']['rtol']:g}"
+    def __init__(self, *, quiet: bool, verbose: bool) -> None:
+        self.quiet = quiet
+        self.verbose = verbose
+        self.live = _err.is_terminal and not quiet
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def headline(self, text: str) -> None:
+        if not self.quiet:
+            _err.print(f"[bold]{_safe(text)}[/]")
+
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            _err.print(f"  {_safe(text)}")
+
+    def stage_started(self, stage: str, total: int | None = None) -> None:
+        if not self.live:
+            return
+        if self._progress is None:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TextColumn("{task.fields[count]}"),
+                TimeElapsedColumn(),
+                console=_err,
+                transient=True,
             )
-        if r.get("reason"):
-            notes.append(f"{short} {r['status']}: {r['reason']}")
-        notes += [f"{short} failure: {line}" for line in r.get("failures", [])[:5]]
-    _err.print(table)
-    for note in notes:
-        _err.print(f"  {escape(note)}", soft_wrap=True)
+            self._progress.start()
+        self._task = self._progress.add_task(f"{stage:<11}", total=total, count=self._count(0, total))
+
+    @staticmethod
+    def _count(done: int, total: int | None) -> str:
+        return f"{done}/{total} cases" if total else ""
+
+    def advanced(self, done: int) -> None:
+        if self._progress is not None and self._task is not None:
+            total = self._progress.tasks[-1].total
+            self._progress.update(self._task, completed=done, count=self._count(done, int(total or 0)))
+
+    def stage_finished(self, stage: str, ok: bool, detail: str, seconds: float) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.remove_task(self._task)
+            self._task = None
+        if self.quiet:
+            return
+        _err.print(f"{_mark(ok)} {stage:<11} {seconds:6.2f}s  {_safe(detail)}")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def providers(self, title: str, providers: dict[str, Any], *, requested: str) -> None:
+        """Summary table: one row per provider that ran (or was asked for), then the notes below it."""
+        if self.quiet:
+            return
+        shown = {
+            p: r
+            for p, r in providers.items()
+            if self.verbose or r["status"] in ("passed", "failed") or requested == r.get("device")
+        }
+        table = Table(title=_safe(title), title_justify="left")
+        for column in ("provider", "status", "max abs err", "worst err/allowed", "cases", "shapes"):
+            table.add_column(column, no_wrap=column != "shapes")
+        colours = {"passed": "green", "failed": "red", "unavailable": "yellow", "skipped": "dim"}
+        notes = []
+        for provider, r in shown.items():
+            short = provider.removesuffix("ExecutionProvider")
+            # The leading two axes of the first input with two or more (batch and seq for the
+            # built-in architectures), whatever the inputs are called.
+            leading = [next((v[:2] for v in s.values() if len(v) >= 2), None) for s in r.get("shapes", [])]
+            shapes = [pair for pair in leading if pair is not None]
+            batches, seqs = [s[0] for s in shapes], [s[-1] for s in shapes]
+            table.add_row(
+                _safe(short),
+                f"[{colours.get(r['status'], 'red')}]{_safe(r['status'])}[/]",
+                f"{r['max_abs_error']:.2e}" if "max_abs_error" in r else "-",
+                f"{r['max_error_ratio']:.3f}" if "max_error_ratio" in r else "-",
+                str(r.get("cases", "-")),
+                f"batch {min(batches)}-{max(batches)}, seq {min(seqs)}-{max(seqs)}" if shapes else "-",
+            )
+            if "tolerance" in r:
+                tol = r["tolerance"]
+                notes.append(
+                    f"{short}: passes when |ort - ref| <= atol + rtol*|ref| everywhere, i.e. worst "
+                    f"err/allowed <= 1 (atol {tol['atol']:g}, rtol {tol['rtol']:g})"
+                )
+            if r.get("reason") and (self.verbose or r["status"] != "unavailable" or r["device"] == requested):
+                notes.append(f"{short} {r['status']}: {r['reason']}")
+            notes += [
+                f"{short} failure: {line}" for line in r.get("failures", [])[: 20 if self.verbose else 5]
+            ]
+        hidden = [p.removesuffix("ExecutionProvider") for p in providers if p not in shown]
+        _err.print(table)
+        for note in notes:
+            _err.print(f"  {_safe(note)}")
+        if hidden:
+            _err.print(
+                f"  [dim]{_safe(', '.join(hidden))} not available here (not requested; -v or "
+                "manifest.json says why)[/]"
+            )
 
 
 @app.command()
@@ -202,17 +332,20 @@ def build(
     ] = DeviceChoice.auto,
     exporter: Annotated[
         ExporterChoice,
-        typer.Option(help="torch.onnx exporter (dynamo freezes RNN sequence axes on torch 2.13)."),
+        typer.Option(
+            help="torch.onnx exporter. dynamo is known not to keep RNN sequence axes dynamic on "
+            "torch 2.13: such a build is refused by the contract check."
+        ),
     ] = ExporterChoice.torchscript,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset (7 to 21).")] = 17,
     weights: Annotated[
         Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")
     ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
-            help="JSON file of sizes (input_size, hidden_size, output_size, branches); with --model, "
-            "the keyword arguments NAME is called with."
+            help="JSON file of sizes, e.g. {\"hidden_size\": 64}; 'rnnexport list' shows which. With "
+            "--model: the keyword arguments NAME is called with."
         ),
     ] = None,
     input_size: Annotated[int | None, typer.Option(help="Input features (overrides --config).")] = None,
@@ -220,33 +353,39 @@ def build(
     output_size: Annotated[int | None, typer.Option(help="Output features (overrides --config).")] = None,
     branches: Annotated[int | None, typer.Option(help="Parallel branches (overrides --config).")] = None,
     inputs: Annotated[
-        Path | None,
-        typer.Option(help="Extra verification inputs (.npz or .safetensors, keyed by input name)."),
+        list[Path] | None,
+        typer.Option(
+            help="Extra verification cases: an .npz or .safetensors file (one array per model input), "
+            "or a folder of test_data_set_N/ folders. Repeatable; each ships in the artifact."
+        ),
     ] = None,
     atol: Annotated[float | None, typer.Option(help="Absolute tolerance (default 1e-5).")] = None,
     rtol: Annotated[float | None, typer.Option(help="Relative tolerance (default 1e-4).")] = None,
     tf32: Annotated[
         bool, typer.Option("--tf32", help="Let the CUDA provider use TF32; verified at a looser tolerance.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact completely.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing rnnexport artifact completely.")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
     ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Export, simplify, verify and package an architecture into a deployable folder.
 
     Exit codes: 0 every requested provider passed; 1 export or verification failure; 2 usage error.
     """
-    from rnnexport.registry import list_architectures
-
     sizes = {
         "input_size": input_size,
         "hidden_size": hidden_size,
         "output_size": output_size,
         "branches": branches,
     }
+    reporter = _Reporter(quiet=quiet, verbose=verbose)
     if model is not None or io_file is not None or name is not None:
-        with _reported():
+        with _reported(as_json=as_json):
             if arch is not None or build_all or model is None or io_file is None:
                 raise UsageError(
                     "--model FILE.py:NAME (or package.module:NAME) goes with --io io.json, and not with "
@@ -257,6 +396,7 @@ def build(
                     "--input-size/--hidden-size/--output-size/--branches are sizes of the built-in "
                     "architectures; a --model takes its keyword arguments from --config kwargs.json."
                 )
+            _require_build_extra()
             _build_user_model(
                 model,
                 io_file,
@@ -273,64 +413,76 @@ def build(
                 inputs=inputs,
                 force=force,
                 as_json=as_json,
+                reporter=reporter,
             )
         return
-    with _reported():
+    with _reported(as_json=as_json):
+        _require_build_extra()
+        from rnnexport.registry import list_architectures
+
         if (arch is None) == (not build_all):
             raise UsageError(
                 "Give exactly one of --arch NAME, --all or --model FILE.py:NAME. Run 'rnnexport list' to "
                 "see the architectures' names."
             )
-        per_arch = [weights, config, inputs, *sizes.values()]
+        per_arch = [weights, config, inputs or None, *sizes.values()]
         if build_all and any(v is not None for v in per_arch):
             raise UsageError(
                 "--all builds every architecture at its defaults; --weights, --config, --inputs and sizes "
                 "go with --arch NAME."
             )
         names = [s.name for s in list_architectures()] if build_all else [arch or ""]
+        given = {k: v for k, v in sizes.items() if v is not None}
         if config is not None:
             from rnnexport.pipeline import read_config_file
 
-            sizes = {**read_config_file(config), **{k: v for k, v in sizes.items() if v is not None}}
+            given = {**read_config_file(config), **given}
 
     from rnnexport.pipeline import build as run_build
 
     summaries: list[dict[str, Any]] = []
     exit_code = 0
-    with _reported():  # Ctrl-C stops the whole run, not just the current architecture
-        for name in names:
-            if not as_json or _err.is_terminal:
-                _err.print(f"[bold]building {name}[/]")
-            try:
-                manifest: Manifest = run_build(
-                    name,
-                    out=out,
-                    weights=weights,
-                    config=sizes,
-                    device=device.value,
-                    exporter=exporter.value,
-                    opset=opset,
-                    atol=atol,
-                    rtol=rtol,
-                    tf32=tf32,
-                    inputs=inputs,
-                    force=force,
-                    on_stage=_stage_line,
+    with _reported(as_json=as_json):  # Ctrl-C stops the whole run, not just the current architecture
+        try:
+            for name in names:
+                if not as_json or _err.is_terminal:
+                    reporter.headline(f"building {name}")
+                try:
+                    manifest: Manifest = run_build(
+                        name,
+                        out=out,
+                        weights=weights,
+                        config=given,
+                        device=device.value,
+                        exporter=exporter.value,
+                        opset=opset,
+                        atol=atol,
+                        rtol=rtol,
+                        tf32=tf32,
+                        inputs=inputs or None,
+                        force=force,
+                        progress=reporter,
+                    )
+                except RnnExportError as exc:  # report it, then go on with the other architectures
+                    reporter.close()
+                    _print_error(exc)
+                    exit_code = max(exit_code, exc.exit_code)
+                    summaries.append({"arch": name, "passed": False, **_error_json(exc), "error": str(exc)})
+                    continue
+                reporter.close()
+                providers = manifest.verification["providers"]
+                destination = out / name
+                reporter.providers(
+                    f"{name}: verified artifact in {destination}", providers, requested=device.value
                 )
-            except RnnExportError as exc:  # report it, then go on with the other architectures
-                _print_error(exc)
-                exit_code = max(exit_code, exc.exit_code)
                 summaries.append(
-                    {"arch": name, "passed": False, "exit_code": exc.exit_code, "error": str(exc)}
+                    {"arch": name, "passed": True, "artifact": str(destination), "providers": providers}
                 )
-                continue
-            providers = manifest.verification["providers"]
-            _print_providers(f"{name}: verified artifact in {out / name}", providers)
-            summaries.append(
-                {"arch": name, "passed": True, "artifact": str(out / name), "providers": providers}
-            )
+        finally:
+            reporter.close()
     if as_json:
-        typer.echo(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
+        with _reported():
+            _write_stdout(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
     if exit_code:
         raise typer.Exit(exit_code)
 
@@ -343,7 +495,10 @@ def _build_user_model(
     out: Path,
     weights: Path | None,
     config: Path | None,
+    inputs: list[Path] | None,
     as_json: bool,
+    reporter: _Reporter,
+    device: str,
     **options: Any,
 ) -> None:
     """``build --model``: import, instantiate with --config's kwargs, build, report."""
@@ -355,23 +510,29 @@ def _build_user_model(
     module = instantiate(factory, kwargs, what=source.name)
     artifact = name if name is not None else source.name.lower()
     if not as_json or _err.is_terminal:
-        _err.print(f"[bold]building {escape(artifact)}[/] from {escape(target)}")
-    manifest = build_model_artifact(
-        module,
-        io=io_file,
-        name=artifact,
-        out=out,
-        weights=weights,
-        source=source,
-        config=kwargs,
-        on_stage=_stage_line,
-        **options,
-    )
+        reporter.headline(f"building {artifact} from {target}")
+    try:
+        manifest = build_model_artifact(
+            module,
+            io=io_file,
+            name=artifact,
+            out=out,
+            weights=weights,
+            source=source,
+            config=kwargs,
+            inputs=inputs or None,
+            device=device,
+            progress=reporter,
+            **options,
+        )
+    finally:
+        reporter.close()
     providers = manifest.verification["providers"]
-    _print_providers(f"{artifact}: verified artifact in {out / artifact}", providers)
+    destination = out / artifact
+    reporter.providers(f"{artifact}: verified artifact in {destination}", providers, requested=device)
     if as_json:
-        summary = {"arch": artifact, "passed": True, "artifact": str(out / artifact), "providers": providers}
-        typer.echo(json.dumps({"passed": True, "artifacts": [summary]}, indent=2))
+        summary = {"arch": artifact, "passed": True, "artifact": str(destination), "providers": providers}
+        _write_stdout(json.dumps({"passed": True, "artifacts": [summary]}, indent=2))
 
 
 @app.command()
@@ -383,29 +544,38 @@ def verify(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable report on stdout.")
     ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Re-check a shipped artifact on this machine (needs onnxruntime, not torch).
 
     Checks every file's sha256 against the manifest, the model's I/O contract, and the outputs on the
     artifact's test data within the recorded tolerance, on the provider that actually ran.
+    Exit codes: 0 passed; 1 the artifact or its outputs failed a check; 2 usage error.
     """
     from rnnexport.artifact import verify_artifact
 
-    with _reported():
+    reporter = _Reporter(quiet=quiet, verbose=verbose)
+    started = time.perf_counter()
+    with _reported(as_json=as_json):
         report = verify_artifact(directory, device=device.value)
     providers = {r.provider: r.to_json() for r in report.results.values()}
-    _err.print("[green]\u2713[/] files      sha256 of every file matches the manifest; no extra files")
-    _err.print("[green]\u2713[/] contract   names, dtypes and dynamic axes match the manifest")
-    _print_providers(f"{report.manifest.arch}: {directory}", providers)
+    if not quiet:
+        _err.print(f"{_mark(True)} files      sha256 of every file matches the manifest; no extra files")
+        _err.print(f"{_mark(True)} contract   names, dtypes and dynamic axes match the manifest")
+    reporter.providers(f"{report.manifest.arch}: {directory}", providers, requested=device.value)
+    if verbose:
+        reporter.line(f"took {time.perf_counter() - started:.2f}s")
     if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=2))
+        with _reported():
+            _write_stdout(json.dumps(report.to_json(), indent=2))
     if not report.passed:
         failed = ", ".join(
             f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "")
             for r in report.results.values()
             if r.status != "passed"
         )
-        _err.print(f"[bold red]error:[/] verification did not pass: {escape(failed)}.", soft_wrap=True)
+        _print_error(f"verification did not pass: {failed or 'no provider could run here'}.")
         raise typer.Exit(1)
 
 

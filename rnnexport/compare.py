@@ -7,7 +7,7 @@ Checks run in the order count, shape, dtype, values, and every case of every out
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +50,8 @@ class OutputComparison:
     shape: list[int]
     max_abs: float = 0.0
     max_rel: float = 0.0
+    # max(|actual - expected| / (atol + rtol*|expected|)): the figure the rule decides on; <= 1 passes.
+    max_ratio: float = 0.0
     worst_index: list[int] | None = None
     mismatched: int = 0
     nonfinite: int = 0
@@ -67,6 +69,7 @@ class OutputComparison:
             "shape": self.shape,
             "max_abs": self.max_abs,
             "max_rel": self.max_rel,
+            "max_ratio": self.max_ratio,
             "worst_index": self.worst_index,
             "mismatched": self.mismatched,
             "nonfinite": self.nonfinite,
@@ -96,6 +99,9 @@ def _compare_one(name: str, actual: np.ndarray, expected: np.ndarray, tol: Toler
     finite_diff = np.where(np.isfinite(diff), diff, 0.0)
     # Point at the worst offender: the first non-finite element, else the largest excess over tolerance.
     excess = np.where(np.isfinite(diff), diff - allowed, np.inf)
+    # A zero tolerance allows only exact equality: 0/0 counts as 0, anything else over 0 as infinite.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, np.where(np.isfinite(diff), diff / allowed, np.inf))
     worst = [int(i) for i in np.unravel_index(int(np.argmax(excess)), a.shape)]
     mismatched = int(bad.sum())
     problem = None
@@ -112,6 +118,7 @@ def _compare_one(name: str, actual: np.ndarray, expected: np.ndarray, tol: Toler
         list(actual.shape),
         max_abs=float(finite_diff.max()),
         max_rel=float(np.nanmax(rel)),
+        max_ratio=float(ratio.max()),
         worst_index=worst,
         mismatched=mismatched,
         nonfinite=nonfinite,
@@ -175,6 +182,11 @@ class ProviderResult:
         return max((o.max_rel for c in self.cases for o in c.outputs), default=0.0)
 
     @property
+    def max_ratio(self) -> float:
+        """Largest error as a fraction of what the tolerance allows there; at most 1 means passed."""
+        return max((o.max_ratio for c in self.cases for o in c.outputs), default=0.0)
+
+    @property
     def worst(self) -> dict[str, Any] | None:
         """Where the largest absolute error happened: case, input shapes, output and element index."""
         located = [(o.max_abs, c, o) for c in self.cases for o in c.outputs if o.worst_index is not None]
@@ -202,6 +214,7 @@ class ProviderResult:
             data |= {
                 "max_abs_error": self.max_abs,
                 "max_rel_error": self.max_rel,
+                "max_error_ratio": self.max_ratio,
                 "tolerance": self.tolerance.to_json(),
                 "worst": self.worst,
                 "cases": len(self.cases),
@@ -215,10 +228,17 @@ class ProviderResult:
 
 
 def verify_on_device(
-    model: bytes | Path, cases: Sequence[Case], *, device: Device, tol: Tolerance, tf32: bool = False
+    model: bytes | Path,
+    cases: Sequence[Case],
+    *,
+    device: Device,
+    tol: Tolerance,
+    tf32: bool = False,
+    on_case: Callable[[int], None] | None = None,
 ) -> ProviderResult:
     """Run every case through ONNX Runtime on ``device`` and compare with the cases' expected outputs.
 
+    ``on_case(done)`` is called after each case, for progress displays.
     Never raises for a verification outcome: an unusable provider gives status ``unavailable`` with
     the reason, a mismatch or a run-time error gives ``failed`` with the details.
     """
@@ -236,5 +256,7 @@ def verify_on_device(
             results.append(CaseResult(case.name, case.shapes, outputs))
         except Exception as exc:  # a run-time failure at one shape must not hide the others
             results.append(CaseResult(case.name, case.shapes, [], error=f"{type(exc).__name__}: {exc}"))
+        if on_case is not None:
+            on_case(len(results))
     status: Status = "passed" if results and all(r.passed for r in results) else "failed"
     return ProviderResult(device, provider, status, tol, tf32, cases=results)

@@ -39,13 +39,28 @@ from rnnexport.feeds import make_feeds
 from rnnexport.patch import TracerWarning, export_patches, frozen_trace_values
 from rnnexport.spec import Contract
 
-__all__ = ["DEFAULT_OPSET", "EXPORTERS", "TRACE_BATCH", "TRACE_SEQ", "Exporter", "export_onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "DYNAMO_RNN_NOTE",
+    "EXPORTERS",
+    "TRACE_BATCH",
+    "TRACE_SEQ",
+    "Exporter",
+    "export_onnx",
+]
 
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17
 TRACE_BATCH = 2
 TRACE_SEQ = 3
+# What every failure of the dynamo path says: the known cause, and the one option that helps.
+DYNAMO_RNN_NOTE = (
+    "The dynamo exporter is known not to keep RNN sequence axes dynamic on torch "
+    f"{torch.__version__.split('+')[0]} "
+    "(it specialises nn.LSTM / nn.GRU to the example length, so the graph fails or misbehaves at other "
+    "lengths); use the default '--exporter torchscript'."
+)
 
 
 _FROZEN_HINT = (
@@ -132,11 +147,15 @@ def export_onnx(
                 proto = program.model_proto
     except Exception as exc:  # any exporter failure is reported the same way
         summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        other = "dynamo" if exporter == "torchscript" else "torchscript"
+        advice = (
+            DYNAMO_RNN_NOTE
+            if exporter == "dynamo"
+            else "Try another '--opset' (17 is the tested default), and check that the model runs in "
+            "eager PyTorch on inputs of the declared shapes."
+        )
         raise ExportError(
             f"torch.onnx could not export the model with the {exporter} exporter at opset {opset}: "
-            f"{type(exc).__name__}: {summary}. Try '--exporter {other}' or another '--opset' "
-            "(17 is the tested default)."
+            f"{type(exc).__name__}: {summary}. {advice}"
         ) from exc
     stepped = watch.stepped_cells() if exporter == "torchscript" else []
     if stepped:

@@ -70,8 +70,9 @@ def validate_feeds(contract: Contract, feeds: Mapping[str, np.ndarray], *, origi
     """Raise :class:`InputError` unless ``feeds`` fit ``contract`` and hold sane values.
 
     Checks, in order: names, dtypes, ranks, fixed sizes, agreement of each dynamic axis across
-    inputs, no empty axis, finite floats, integers within a declared ``range``, and
-    ``1 <= lengths[b] <= seq`` for the input with the lengths role. ``origin`` names where the
+    inputs, no empty axis, integers within a declared ``range``, ``1 <= lengths[b] <= seq`` for the
+    input with the lengths role, and finite floats at every valid step (steps past a row's length
+    are padding and may hold anything). ``origin`` names where the
     tensors came from, for the message.
     """
     expected = contract.input_names
@@ -114,17 +115,12 @@ def validate_feeds(contract: Contract, feeds: Mapping[str, np.ndarray], *, origi
                         f"Inputs in {origin} disagree on '{want}': '{seen[1]}' has {seen[0]}, "
                         f"'{spec.name}' has {got}. Every input must share the same {want} size."
                     )
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            bad = int((~np.isfinite(array)).sum())
-            raise InputError(
-                f"Input '{spec.name}' in {origin} holds {bad} NaN or infinite value(s); expected finite "
-                "numbers. Replace them (pad with zeros, not NaN) before building or verifying."
-            )
         if spec.range is not None and spec.role is None:
             _check_range(spec, array, origin)
     lengths_spec = contract.lengths_input
-    if lengths_spec is not None and SEQ in axes:
-        lengths, seq = feeds[lengths_spec.name], axes[SEQ][0]
+    lengths = feeds[lengths_spec.name] if lengths_spec is not None and SEQ in axes else None
+    if lengths_spec is not None and lengths is not None:
+        seq = axes[SEQ][0]
         bad_rows = np.flatnonzero((lengths < 1) | (lengths > seq))
         if bad_rows.size:
             row = int(bad_rows[0])
@@ -132,6 +128,22 @@ def validate_feeds(contract: Contract, feeds: Mapping[str, np.ndarray], *, origi
                 f"Input '{lengths_spec.name}' in {origin} must satisfy 1 <= lengths[b] <= seq ({seq}); "
                 f"row {row} has {int(lengths[row])} ({bad_rows.size} bad row(s)). Give each row's count "
                 "of valid (unpadded) steps; an empty sequence cannot be run, drop it from the batch."
+            )
+    for spec in contract.inputs:
+        array = feeds[spec.name]
+        if array.dtype.kind != "f":
+            continue
+        nonfinite = ~np.isfinite(array)
+        if lengths is not None and BATCH in spec.shape and SEQ in spec.shape:
+            # Steps past a row's length are padding, which the model ignores: anything may be there.
+            steps = np.moveaxis(nonfinite, (spec.shape.index(BATCH), spec.shape.index(SEQ)), (0, 1))
+            padded = np.arange(steps.shape[1])[None, :] >= lengths[:, None]
+            nonfinite = steps & ~padded.reshape(padded.shape + (1,) * (steps.ndim - 2))
+        if nonfinite.any():
+            raise InputError(
+                f"Input '{spec.name}' in {origin} holds {int(nonfinite.sum())} NaN or infinite value(s) "
+                "at valid steps; expected finite numbers there (padded steps past a row's length may "
+                "hold anything). Replace them before building or verifying."
             )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +33,27 @@ from rnnexport.artifact import (
 )
 from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
-from rnnexport.errors import ContractError, InputError, RnnExportError, UsageError, VerificationError
-from rnnexport.export import DEFAULT_OPSET, EXPORTERS, TRACE_BATCH, TRACE_SEQ, Exporter, export_onnx
+from rnnexport.errors import (
+    ContractError,
+    ExportError,
+    InputError,
+    RnnExportError,
+    UsageError,
+    VerificationError,
+)
+from rnnexport.export import (
+    DEFAULT_OPSET,
+    DYNAMO_RNN_NOTE,
+    EXPORTERS,
+    TRACE_BATCH,
+    TRACE_SEQ,
+    Exporter,
+    export_onnx,
+)
 from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
 from rnnexport.iospec import check_signature, read_io
+from rnnexport.progress import Progress, SilentProgress
 from rnnexport.reference import ModuleRunner, TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
@@ -50,7 +66,6 @@ __all__ = [
     "SWEEP_BATCHES",
     "SWEEP_SEQS",
     "TF32_TOLERANCE",
-    "StageCallback",
     "build",
     "build_model_artifact",
     "read_config_file",
@@ -68,8 +83,6 @@ SWEEP_SEED = 0
 # TF32 keeps 10 mantissa bits: about 1e-3 relative error per product, which recurrences compound.
 TF32_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-2)
 
-StageCallback = Callable[[str, bool, str, float], None]
-
 
 class _Stage:
     """What a running stage reports: details to show and whether it succeeded."""
@@ -80,13 +93,13 @@ class _Stage:
 
 
 @contextmanager
-def _stage(callback: StageCallback | None, name: str) -> Iterator[_Stage]:
-    """Time a stage and report it to ``callback`` (stage, ok, detail, seconds) once it finished."""
+def _stage(progress: Progress, name: str, total: int | None = None) -> Iterator[_Stage]:
+    """Time a stage and report its start and (when it did not raise) its end to ``progress``."""
     start = time.perf_counter()
     stage = _Stage()
+    progress.stage_started(name, total)
     yield stage
-    if callback is not None:
-        callback(name, stage.ok, "; ".join(stage.details), time.perf_counter() - start)
+    progress.stage_finished(name, stage.ok, "; ".join(stage.details), time.perf_counter() - start)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -116,29 +129,115 @@ def resolve_config(
         return config, []
     if isinstance(config, (str, Path)):
         config = read_config_file(Path(config))
-    explicit = {k: v for k, v in (config or {}).items() if v is not None}
+    explicit = dict(config or {})
+    unused = sorted(set(explicit) - set(spec.sizes))
+    if unused:
+        takes = ", ".join(f"{k} (default {v})" for k, v in spec.default_sizes.items())
+        raise UsageError(
+            f"'{spec.name}' does not take {', '.join(unused)}: its sizes are {takes}. Remove "
+            f"{'it' if len(unused) == 1 else 'them'} from the command line or --config."
+        )
     inferred = spec.infer_sizes(state_shapes) if state_shapes else {}
     notes = [f"inferred {k}={v} from the checkpoint" for k, v in inferred.items() if k not in explicit]
     return ArchConfig.from_mapping(inferred | explicit, origin="the sizes given"), notes
 
 
+# File signatures of the formats --inputs reads: an .npz is a zip archive; safetensors starts with
+# the little-endian length of its JSON header, whose first byte is '{'.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _inputs_format(path: Path) -> str:
+    """``npz`` or ``safetensors``, from the file's first bytes (never from its name alone)."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head.startswith(_ZIP_MAGIC):
+        return "npz"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    raise InputError(
+        f"--inputs {path} is neither an .npz archive (np.savez) nor a safetensors file: its first bytes "
+        f"are {head[:8]!r}. Save the inputs with np.savez(path, **{{name: array}}), or pass a folder of "
+        "test_data_set_N/input_K.pb files."
+    )
+
+
 def _read_inputs_file(path: Path, contract: Contract) -> Feeds:
-    """User-supplied verification inputs: ``.npz`` (no pickles) or ``.safetensors``, keyed by input name."""
+    """One case from an ``.npz`` (no pickles) or ``.safetensors`` file, keyed by input name."""
+    kind = _inputs_format(path)
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.numpy import load_file
 
             feeds = dict(load_file(str(path)))
         else:
             with np.load(path, allow_pickle=False) as archive:
                 feeds = {k: archive[k] for k in archive.files}
-    except Exception as exc:  # OSError, ValueError (pickled arrays), SafetensorError, zip errors
+    except ValueError as exc:  # numpy's refusal of object arrays, which need pickle
         raise InputError(
-            f"Cannot read --inputs {path}: {exc}. Expected an .npz (np.savez, no object arrays) or a "
-            f".safetensors file with one tensor per model input ({contract.input_names})."
+            f"Cannot read --inputs {path}: it holds object arrays, which only pickle can load, and "
+            "rnnexport never unpickles inputs. Save plain numeric arrays (np.savez with float32 / int64 "
+            f"arrays named {contract.input_names})."
         ) from exc
-    validate_feeds(contract, feeds, origin=str(path))
+    except Exception as exc:  # OSError, SafetensorError, zip errors: a damaged file
+        raise InputError(
+            f"Cannot read --inputs {path} as {kind}: {exc}. It looks truncated or corrupt; save it again "
+            f"with one tensor per model input ({contract.input_names})."
+        ) from exc
     return feeds
+
+
+def _read_inputs_folder(folder: Path, contract: Contract) -> list[tuple[str, Feeds]]:
+    """Cases from ``test_data_set_N/input_K.pb`` folders (the ONNX test-data layout), inputs only."""
+    from onnx import TensorProto, numpy_helper
+
+    sets = sorted(
+        (p for p in folder.iterdir() if p.name.startswith("test_data_set_") and p.is_dir()),
+        key=lambda p: p.name,
+    )
+    if not sets:
+        raise InputError(
+            f"--inputs {folder} is a folder without test_data_set_N/ folders. Expected the ONNX test-data "
+            "layout (test_data_set_0/input_0.pb, ...), or pass an .npz / .safetensors file instead."
+        )
+    cases = []
+    for directory in sets:
+        feeds: Feeds = {}
+        for k, spec in enumerate(contract.inputs):
+            tensor_path = directory / f"input_{k}.pb"
+            tensor = TensorProto()
+            try:
+                tensor.ParseFromString(tensor_path.read_bytes())
+                if tensor.data_location == TensorProto.EXTERNAL:
+                    raise ValueError("it refers to external data, which --inputs does not follow")
+                feeds[tensor.name or spec.name] = numpy_helper.to_array(tensor).copy()  # writable
+            except Exception as exc:  # OSError, DecodeError, ValueError: unreadable tensor file
+                raise InputError(
+                    f"Cannot read --inputs {tensor_path}: {exc}. Expected a TensorProto for input "
+                    f"'{spec.name}' ({spec.shape_str()})."
+                ) from exc
+        cases.append((f"{folder.name}/{directory.name}", feeds))
+    return cases
+
+
+def read_user_cases(paths: Sequence[Path], contract: Contract) -> list[tuple[str, Feeds]]:
+    """Verification inputs the user supplied: one case per ``.npz`` / ``.safetensors`` file, and one per
+    ``test_data_set_N`` folder under a folder. Each is validated against ``contract``."""
+    cases: list[tuple[str, Feeds]] = []
+    for path in paths:
+        if path.is_dir():
+            found = _read_inputs_folder(path, contract)
+        elif path.is_file():
+            found = [(path.name, _read_inputs_file(path, contract))]
+        else:
+            raise InputError(
+                f"--inputs {path} does not exist. Pass an .npz / .safetensors file or a folder of "
+                "test_data_set_N/ folders."
+            )
+        for name, feeds in found:
+            validate_feeds(contract, feeds, origin=f"--inputs {name}")
+        cases += found
+    return cases
 
 
 def _sweep_name(batch: int, seq: int) -> str:
@@ -233,7 +332,7 @@ class _Request:
     force: bool
     weights: Path | None
     state: dict[str, torch.Tensor] | None
-    user_inputs: tuple[str, Feeds] | None
+    user_cases: list[tuple[str, Feeds]]
     notes: list[str]
 
 
@@ -274,7 +373,7 @@ def _resolve(
     atol: float | None,
     rtol: float | None,
     tf32: bool,
-    inputs: Path | None,
+    inputs: Sequence[Path],
     force: bool,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
@@ -288,7 +387,7 @@ def _resolve(
     contract = spec.contract(config_)
     if state is not None:
         check_state_dict(spec, config_, state, origin=str(weights))
-    user_inputs = (inputs.name, _read_inputs_file(inputs, contract)) if inputs is not None else None
+    user_cases = read_user_cases(inputs, contract)
     tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
     subject = _Subject(
         name=spec.name,
@@ -308,7 +407,7 @@ def _resolve(
         force=force,
         weights=weights,
         state=state,
-        user_inputs=user_inputs,
+        user_cases=user_cases,
         notes=notes,
     )
 
@@ -357,9 +456,7 @@ def _model_and_references(
         }
     runner = TorchRunner(spec, model)
     cases = golden_cases + _sweep(request.subject.contract, runner)
-    if request.user_inputs is not None:
-        name, feeds = request.user_inputs
-        cases.append(Case(f"user:{name}", feeds, runner.infer(feeds)))
+    cases += [Case(f"user:{name}", feeds, runner.infer(feeds)) for name, feeds in request.user_cases]
     origin["references"] = (
         ("committed golden cases + " if golden_cases else "")
         + f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED})"
@@ -397,17 +494,19 @@ def build(
     atol: float | None = None,
     rtol: float | None = None,
     tf32: bool = False,
-    inputs: str | Path | None = None,
+    inputs: str | Path | Sequence[str | Path] | None = None,
     force: bool = False,
-    on_stage: StageCallback | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
     ``config`` gives sizes (an :class:`ArchConfig`, a mapping, or a JSON file); sizes it leaves out
     are read off ``weights`` where possible, else defaulted. ``device`` is ``cpu``, ``cuda`` or
-    ``auto`` (every provider that really works here). ``on_stage(stage, ok, detail, seconds)`` is
-    called after each stage. Raises an :class:`~rnnexport.errors.RnnExportError` subclass on any
-    failure, and on failure or interruption leaves ``out`` exactly as it was.
+    ``auto`` (every provider that really works here). ``inputs`` adds verification cases (files or
+    test-data folders, see :func:`read_user_cases`); they ship in the artifact's test data.
+    ``progress`` receives each stage's start, progress and end. Raises an
+    :class:`~rnnexport.errors.RnnExportError` subclass on any failure, and on failure or interruption
+    leaves ``out`` exactly as it was.
     """
     request = _resolve(
         arch,
@@ -420,13 +519,13 @@ def build(
         atol=atol,
         rtol=rtol,
         tf32=tf32,
-        inputs=None if inputs is None else Path(inputs),
+        inputs=[Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()],
         force=force,
     )
-    return _run(request, on_stage)
+    return _run(request, progress)
 
 
-def _run(request: _Request, on_stage: StageCallback | None) -> Manifest:
+def _run(request: _Request, progress: Progress | None) -> Manifest:
     """The stages, top to bottom, for any subject: model -> export -> simplify -> verify -> package."""
     subject, exporter, opset, tf32, force = (
         request.subject,
@@ -435,9 +534,10 @@ def _run(request: _Request, on_stage: StageCallback | None) -> Manifest:
         request.tf32,
         request.force,
     )
+    progress = progress or SilentProgress()
     contract = subject.contract
     with staging_folder(request.destination) as staging:
-        with _stage(on_stage, "model") as stage:
+        with _stage(progress, "model") as stage:
             model, cases, weights_origin = subject.load(request)
             stage.details += [
                 *request.notes,
@@ -445,28 +545,38 @@ def _run(request: _Request, on_stage: StageCallback | None) -> Manifest:
             ]
 
         trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
-        with _stage(on_stage, "export") as stage:
-            exported = export_onnx(model, contract, exporter=exporter, opset=opset)
-            try:
-                check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
-            except ContractError as exc:
-                if exporter != "torchscript":
-                    raise
-                raise ContractError(f"{exc}{_FROZEN_TRACE}") from exc
-            stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
-        with _stage(on_stage, "simplify") as stage:
-            simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
-            check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
-            stage.details.append(f"{stats.nodes_before} -> {stats.nodes_after} nodes")
+        try:
+            with _stage(progress, "export") as stage:
+                exported = export_onnx(model, contract, exporter=exporter, opset=opset)
+                try:
+                    check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
+                except ContractError as exc:
+                    if exporter != "torchscript":
+                        raise
+                    raise ContractError(f"{exc}{_FROZEN_TRACE}") from exc
+                stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
+            with _stage(progress, "simplify") as stage:
+                simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
+                check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
+                stage.details.append(stats.describe())
+        except ExportError as exc:
+            if exporter != "dynamo" or DYNAMO_RNN_NOTE in str(exc):
+                raise
+            raise type(exc)(f"{exc} {DYNAMO_RNN_NOTE}") from exc
         model_bytes = _finalise_model(simplified, subject).SerializeToString()
         (staging / MODEL).write_bytes(model_bytes)
 
         # Verify the bytes that will ship, on every requested provider; all must pass.
         results: dict[Device, ProviderResult] = {}
         for d in request.devices:
-            with _stage(on_stage, f"verify {d}") as stage:
+            with _stage(progress, f"verify {d}", total=len(cases)) as stage:
                 result = results[d] = verify_on_device(
-                    model_bytes, cases, device=d, tol=request.tolerances[d], tf32=tf32
+                    model_bytes,
+                    cases,
+                    device=d,
+                    tol=request.tolerances[d],
+                    tf32=tf32,
+                    on_case=progress.advanced,
                 )
                 stage.ok = result.status == "passed"
                 stage.details.append(
@@ -487,9 +597,10 @@ def _run(request: _Request, on_stage: StageCallback | None) -> Manifest:
                 )
             )
 
-        with _stage(on_stage, "package") as stage:
+        with _stage(progress, "package") as stage:
             names = [_sweep_name(batch, seq) for batch, seq in TEST_DATA_SHAPES]
-            shipped = sorted((c for c in cases if c.name in names), key=lambda c: names.index(c.name))
+            shipped = [c for c in cases if c.name.startswith("user:")]
+            shipped += sorted((c for c in cases if c.name in names), key=lambda c: names.index(c.name))
             test_data = write_test_data(staging, shipped, contract)
             manifest = Manifest(
                 arch=subject.name,
@@ -562,9 +673,7 @@ def _module_references(
         for batch in SWEEP_BATCHES
         for seq in SWEEP_SEQS
     ]
-    if request.user_inputs is not None:
-        name, feeds = request.user_inputs
-        cases.append(reference(f"user:{name}", feeds))
+    cases += [reference(f"user:{name}", feeds) for name, feeds in request.user_cases]
     origin["references"] = f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED}): {what}.forward"
     return model, cases, origin
 
@@ -584,9 +693,9 @@ def build_model_artifact(
     atol: float | None = None,
     rtol: float | None = None,
     tf32: bool = False,
-    inputs: str | Path | None = None,
+    inputs: str | Path | Sequence[str | Path] | None = None,
     force: bool = False,
-    on_stage: StageCallback | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package any recurrent ``module`` into ``out/name``.
 
@@ -618,9 +727,8 @@ def build_model_artifact(
         origin = {"source": "user", "file": path.name, "sha256": sha256_file(path)}
     else:
         origin = {"source": "module", "state_sha256": state_sha256(module)}
-    user_inputs = None
-    if inputs is not None:
-        user_inputs = (Path(inputs).name, _read_inputs_file(Path(inputs), contract))
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()]
+    user_cases = read_user_cases(paths, contract)
     tolerance = Tolerance(atol=1e-5 if atol is None else atol, rtol=1e-4 if rtol is None else rtol)
     recorded = dict(config or {})
     subject = _Subject(
@@ -644,7 +752,7 @@ def build_model_artifact(
         force=force,
         weights=None if weights is None else Path(weights),
         state=None,
-        user_inputs=user_inputs,
+        user_cases=user_cases,
         notes=[],
     )
-    return _run(request, on_stage)
+    return _run(request, progress)

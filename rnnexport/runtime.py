@@ -32,6 +32,7 @@ __all__ = [
     "ProviderProbe",
     "ProviderUnavailableError",
     "create_session",
+    "onnxruntime_module",
     "probe_provider",
     "resolve_devices",
 ]
@@ -82,9 +83,47 @@ def _cuda_library_problem(ort: Any) -> str:
 
 
 @functools.cache
+def onnxruntime_module() -> Any:
+    """``import onnxruntime``, refusing an environment where it is missing or installed twice.
+
+    ``onnxruntime`` and ``onnxruntime-gpu`` install the same module; with both present, the files
+    of whichever was installed last win one by one, and the module reports the GPU wheel's version
+    whatever it really runs. Nothing verified with such an install could be trusted.
+    """
+    from importlib import metadata
+
+    installed = sorted(
+        name for name in ("onnxruntime", "onnxruntime-gpu") if _distribution_present(metadata, name)
+    )
+    if len(installed) > 1:
+        raise UsageError(
+            "Both onnxruntime and onnxruntime-gpu are installed in this environment; they install the "
+            "same 'onnxruntime' module and overwrite each other's files, so neither can be trusted. Keep "
+            "one: pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'rnnexport[cpu]' (or "
+            "'rnnexport[gpu]' on an NVIDIA GPU machine)."
+        )
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise UsageError(
+            f"ONNX Runtime is not installed here ({exc}). Install rnnexport with one runtime: "
+            "pip install 'rnnexport[cpu]', or 'rnnexport[gpu]' on an NVIDIA GPU machine."
+        ) from None
+    return onnxruntime
+
+
+def _distribution_present(metadata: Any, name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@functools.cache
 def probe_provider(device: Device) -> ProviderProbe:
     """Create a one-node session on ``device``'s provider and report whether it really ran there."""
-    import onnxruntime as ort
+    ort = onnxruntime_module()
 
     provider = PROVIDERS[device]
     if provider not in ort.get_available_providers():
@@ -142,7 +181,7 @@ def create_session(model: bytes | Path, device: Device, *, tf32: bool = False) -
     newer GPUs unless told otherwise, which costs about three decimal digits; rnnexport turns it off
     unless asked. Raises :class:`ProviderUnavailableError` when the provider cannot be used.
     """
-    import onnxruntime as ort
+    ort = onnxruntime_module()
 
     probe = probe_provider(device)
     if not probe.available:

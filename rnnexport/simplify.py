@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
+import tempfile
 import warnings
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 import onnxsim
@@ -18,14 +24,73 @@ __all__ = ["SimplifyStats", "simplify_onnx"]
 
 @dataclass(frozen=True)
 class SimplifyStats:
-    """Node counts before and after simplification (recorded in the manifest)."""
+    """What simplification did: node counts before and after, and the change per operator type.
+
+    The node count alone misleads: the exporter stores weights as ``Constant`` nodes that onnxsim
+    turns into initializers (fewer nodes), while onnxsim's shape inference may split one fused node
+    into several simpler ones (more nodes). The per-operator change says which happened.
+    """
 
     nodes_before: int
     nodes_after: int
+    removed: dict[str, int]
+    added: dict[str, int]
 
-    def to_json(self) -> dict[str, int]:
+    @classmethod
+    def between(cls, before: onnx.ModelProto, after: onnx.ModelProto) -> SimplifyStats:
+        """Compare two graphs' nodes by operator type."""
+        a = Counter(n.op_type for n in before.graph.node)
+        b = Counter(n.op_type for n in after.graph.node)
+        return cls(
+            sum(a.values()), sum(b.values()), dict(sorted((a - b).items())), dict(sorted((b - a).items()))
+        )
+
+    def describe(self) -> str:
+        """``35 -> 27 nodes (removed 6 Constant, 2 Unsqueeze; added 1 Reshape)``."""
+
+        def listing(counts: dict[str, int]) -> str:
+            return ", ".join(f"{n} {op}" for op, n in counts.items())
+
+        changes = [
+            f"{verb} {listing(c)}" for verb, c in (("removed", self.removed), ("added", self.added)) if c
+        ]
+        return f"{self.nodes_before} -> {self.nodes_after} nodes" + (
+            f" ({'; '.join(changes)})" if changes else ""
+        )
+
+    def to_json(self) -> dict[str, Any]:
         """The manifest's ``simplification`` section."""
-        return {"nodes_before": self.nodes_before, "nodes_after": self.nodes_after}
+        return {
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "removed_by_op": self.removed,
+            "added_by_op": self.added,
+        }
+
+
+@contextlib.contextmanager
+def _native_stderr_discarded() -> Iterator[None]:
+    """Send whatever native code writes to file descriptor 2 during the block to a discarded file.
+
+    onnxsim checks the simplified graph in ONNX Runtime with sessions whose log level it sets itself
+    (errors), so a graph that fails there (a frozen ``Reshape``) is logged by ORT's C++ logger straight
+    to the terminal before the failure is raised to us. The raised error is what gets reported.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 at all: nothing can leak to it
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.ModelProto, SimplifyStats]:
@@ -38,20 +103,22 @@ def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.M
     """
     log = io.StringIO()
     try:
-        # onnxsim prints progress and may warn; neither belongs on the user's terminal.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+        # onnxsim prints progress and may warn, and its check runs ONNX Runtime, whose C++ logger
+        # writes straight to the terminal; none of it belongs on the user's terminal.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), _native_stderr_discarded():
             warnings.simplefilter("ignore")
             simplified, check_ok = onnxsim.simplify(model, check_n=1, input_data=dict(check_feeds))
     except Exception as exc:  # onnxsim raises many unrelated types; all mean "could not simplify"
+        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
         raise SimplifyError(
-            f"onnxsim failed to simplify the exported graph: {type(exc).__name__}: {exc}. "
+            f"onnxsim failed to simplify the exported graph: {type(exc).__name__}: {summary}. "
             "The unsimplified export is not shipped either; report the model and the versions of "
-            "onnx and onnxsim, or try another --opset."
+            "onnx and onnxsim."
         ) from exc
     if not check_ok:
         raise SimplifyError(
             "onnxsim simplified the graph, but its own check found that the simplified graph computes "
-            "different outputs from the original. Nothing was shipped; try another --opset, or report "
-            "the model with the versions of onnx and onnxsim."
+            "different outputs from the original. Nothing was shipped; report the model with the "
+            "versions of onnx and onnxsim."
         )
-    return simplified, SimplifyStats(len(model.graph.node), len(simplified.graph.node))
+    return simplified, SimplifyStats.between(model, simplified)

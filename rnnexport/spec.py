@@ -227,6 +227,16 @@ class ArchSpec:
         assert set(self.sizes) <= config_fields, self.sizes
 
     @property
+    def default_config(self) -> ArchConfig:
+        """The sizes used when none are given (the reference articles' defaults)."""
+        return ArchConfig()
+
+    @property
+    def default_sizes(self) -> dict[str, int]:
+        """The sizes this architecture takes, with their defaults (what ``rnnexport list`` shows)."""
+        return self.default_config.subset(self.sizes)
+
+    @property
     def masked(self) -> bool:
         """True when the model takes an input with the lengths role (padded batches)."""
         return any(t.role == LENGTHS for t in self.inputs)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install rnnexport with its test tools into it. Safe to run again.
+# Create .venv (if missing) and install rnnexport for building, with its test tools. Safe to run again.
 #
-#   bash scripts/setup.sh                 # uses python3 (3.10 or newer)
+#   bash scripts/setup.sh                          # python3 (3.10 or newer); ONNX Runtime picked for this machine
 #   PYTHON=python3.12 bash scripts/setup.sh
+#   RNNEXPORT_RUNTIME=cpu bash scripts/setup.sh    # force the CPU wheel (or gpu for onnxruntime-gpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,10 +12,33 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-.venv/bin/python -m pip install --quiet --upgrade pip
-# torch first, at the exact pin: installing it alone lets a wheel already on the machine (a CPU
-# build, or the CUDA build you chose) satisfy it, instead of the resolver fetching the default
-# build and its several GB of CUDA packages as a side effect of installing rnnexport.
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
-echo "rnnexport installed in .venv: $(.venv/bin/rnnexport --version)"
+pip() { .venv/bin/python -m pip "$@"; }
+
+# onnxruntime-gpu only where it is published and a GPU answers; the CPU wheel everywhere else.
+runtime=${RNNEXPORT_RUNTIME:-}
+if [ -z "$runtime" ]; then
+    runtime=cpu
+    if [ "$(uname -s)" = Linux ] && [ "$(uname -m)" = x86_64 ] && command -v nvidia-smi >/dev/null 2>&1 \
+        && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+        runtime=gpu
+    fi
+fi
+case "$runtime" in
+    cpu) wanted=onnxruntime other=onnxruntime-gpu ;;
+    gpu) wanted=onnxruntime-gpu other=onnxruntime ;;
+    *) echo "RNNEXPORT_RUNTIME must be cpu or gpu, got '$runtime'." >&2; exit 2 ;;
+esac
+# Both wheels install the same 'onnxruntime' module; with both present, whichever was installed last
+# wins file by file. Remove the other one before installing ours.
+if pip show --quiet "$other" >/dev/null 2>&1; then
+    pip uninstall --quiet --yes "$other"
+    pip uninstall --quiet --yes "$wanted" >/dev/null 2>&1 || true  # its files were overwritten: reinstall
+fi
+
+pip install --quiet --upgrade pip
+# torch first and alone, at the release the suite is tested on: that lets a wheel already on the
+# machine (a CPU build, or the CUDA build you chose) satisfy it, instead of the resolver fetching the
+# default build and its several GB of CUDA packages as a side effect of installing rnnexport.
+pip install --quiet "torch==2.13.0"
+pip install --quiet -e ".[build,$runtime,dev]"
+echo "rnnexport installed in .venv with $wanted: $(.venv/bin/rnnexport --version)"

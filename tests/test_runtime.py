@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from rnnexport import runtime
 from rnnexport.cli import app
 from rnnexport.compare import Tolerance, verify_on_device
+from rnnexport.errors import UsageError
 from rnnexport.feeds import Case
 from rnnexport.runtime import create_session, probe_provider
 
@@ -92,3 +93,32 @@ def test_device_cuda_exits_1_when_cuda_falls_back(cuda_falls_back: None, tmp_pat
     assert "CUDA is unavailable here" in result.output
     assert "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_both_onnxruntime_wheels_in_one_environment_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    real = metadata.distribution
+
+    def both(name: str) -> object:
+        return object() if name in ("onnxruntime", "onnxruntime-gpu") else real(name)
+
+    monkeypatch.setattr(metadata, "distribution", both)
+    runtime.onnxruntime_module.cache_clear()
+    try:
+        with pytest.raises(UsageError, match="Both onnxruntime and onnxruntime-gpu are installed"):
+            runtime.onnxruntime_module()
+    finally:
+        runtime.onnxruntime_module.cache_clear()
+
+
+def test_missing_onnxruntime_names_the_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    runtime.onnxruntime_module.cache_clear()
+    try:
+        with pytest.raises(UsageError, match=r"rnnexport\[cpu\]"):
+            runtime.onnxruntime_module()
+    finally:
+        runtime.onnxruntime_module.cache_clear()

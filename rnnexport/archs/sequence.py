@@ -109,13 +109,14 @@ _LENGTHS = TensorSpec(
     "lengths", "int64", (BATCH,), "valid steps per row, 1 <= lengths[b] <= seq", role=LENGTHS
 )
 _SIZES = ("input_size", "hidden_size", "output_size")
-_SOURCE = "003_b1e4274b19d9071a.txt"
+# The reference article (shared/seeds/003_b1e4274b19d9071a.txt), by its title.
+_SOURCE = "How can a many-to-many LSTM be implemented in PyTorch?"
 
 register(
     ArchSpec(
         name="many-to-many",
         summary="LSTM with a per-step linear head",
-        source=f"{_SOURCE}, example 1",
+        source=f"{_SOURCE} (example 1)",
         build_model=ManyToManyLSTM,
         inputs=(_X,),
         outputs=(TensorSpec("y", "float32", (BATCH, SEQ, "output_size"), "per-step output"),),
@@ -127,7 +128,7 @@ register(
     ArchSpec(
         name="many-to-many-masked",
         summary="many-to-many LSTM over padded batches, packed; padded steps are zero",
-        source=f"{_SOURCE}, example 2",
+        source=f"{_SOURCE} (example 2)",
         build_model=MaskedManyToManyLSTM,
         inputs=(_X, _LENGTHS),
         outputs=(
@@ -144,7 +145,7 @@ register(
     ArchSpec(
         name="attention",
         summary="LSTM + additive attention pooling over the valid steps (many-to-one)",
-        source=f"{_SOURCE}, example 3",
+        source=f"{_SOURCE} (example 3)",
         build_model=AttentionLSTM,
         inputs=(_X, _LENGTHS),
         outputs=(TensorSpec("y", "float32", (BATCH, "output_size"), "one vector per sequence"),),
