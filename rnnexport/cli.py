@@ -341,6 +341,18 @@ def build(
     weights: Annotated[
         Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")
     ] = None,
+    state_dict_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint entry holding the state dict (e.g. model_state_dict); detected if unset."
+        ),
+    ] = None,
+    strip_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefix to strip from the weights' keys (e.g. 'module.'; '' for none); detected if unset."
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -412,6 +424,8 @@ def build(
                 tf32=tf32,
                 inputs=inputs,
                 force=force,
+                state_dict_key=state_dict_key,
+                strip_prefix=strip_prefix,
                 as_json=as_json,
                 reporter=reporter,
             )
@@ -425,7 +439,7 @@ def build(
                 "Give exactly one of --arch NAME, --all or --model FILE.py:NAME. Run 'rnnexport list' to "
                 "see the architectures' names."
             )
-        per_arch = [weights, config, inputs or None, *sizes.values()]
+        per_arch = [weights, config, inputs or None, state_dict_key, strip_prefix, *sizes.values()]
         if build_all and any(v is not None for v in per_arch):
             raise UsageError(
                 "--all builds every architecture at its defaults; --weights, --config, --inputs and sizes "
@@ -462,6 +476,8 @@ def build(
                         inputs=inputs or None,
                         force=force,
                         progress=reporter,
+                        state_dict_key=state_dict_key,
+                        strip_prefix=strip_prefix,
                     )
                 except RnnExportError as exc:  # report it, then go on with the other architectures
                     reporter.close()

@@ -60,7 +60,7 @@ from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
 from rnnexport.usermodel import ModelSource, check_outputs, load_user_weights, state_sha256
-from rnnexport.weights import check_state_dict, load_state_dict
+from rnnexport.weights import check_state_dict, read_checkpoint
 
 __all__ = [
     "SWEEP_BATCHES",
@@ -332,6 +332,7 @@ class _Request:
     force: bool
     weights: Path | None
     state: dict[str, torch.Tensor] | None
+    weights_read: dict[str, Any]  # how the checkpoint was read (entry, prefix, dtypes), for the manifest
     user_cases: list[tuple[str, Feeds]]
     notes: list[str]
 
@@ -375,18 +376,32 @@ def _resolve(
     tf32: bool,
     inputs: Sequence[Path],
     force: bool,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
     _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
     destination = prepare_destination(out, spec.name, force=force)
     devices = _requested_devices(device)
-    state = load_state_dict(weights) if weights is not None else None
-    shapes = {k: tuple(v.shape) for k, v in state.items()} if state else None
-    config_, notes = resolve_config(spec, config, shapes)
+    if weights is None and (state_dict_key is not None or strip_prefix is not None):
+        raise UsageError(
+            "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was "
+            "given. Pass --weights FILE, or leave them out."
+        )
+    # Names, dtypes and shapes first (for safetensors, from the header alone); data once they fit.
+    checkpoint = (
+        read_checkpoint(weights, spec, state_dict_key=state_dict_key, strip_prefix=strip_prefix)
+        if weights is not None
+        else None
+    )
+    config_, notes = resolve_config(spec, config, checkpoint.shapes if checkpoint else None)
     contract = spec.contract(config_)
-    if state is not None:
-        check_state_dict(spec, config_, state, origin=str(weights))
+    state = None
+    if checkpoint is not None:
+        check_state_dict(spec, config_, checkpoint.shapes, origin=checkpoint.origin)
+        state = checkpoint.load()
+        notes = [*checkpoint.notes, *notes]
     user_cases = read_user_cases(inputs, contract)
     tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
     subject = _Subject(
@@ -407,6 +422,7 @@ def _resolve(
         force=force,
         weights=weights,
         state=state,
+        weights_read=checkpoint.manifest_entry() if checkpoint else {},
         user_cases=user_cases,
         notes=notes,
     )
@@ -439,7 +455,12 @@ def _model_and_references(
     origin: dict[str, Any]
     if request.state is not None and request.weights is not None:
         model = build_model(spec, config, state_dict=request.state)
-        origin = {"source": "user", "file": request.weights.name, "sha256": sha256_file(request.weights)}
+        origin = {
+            "source": "user",
+            "file": request.weights.name,
+            "sha256": sha256_file(request.weights),
+            **request.weights_read,
+        }
     elif config == ArchConfig():
         golden = load_golden(spec)
         model = build_model(
@@ -497,6 +518,8 @@ def build(
     inputs: str | Path | Sequence[str | Path] | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
@@ -504,9 +527,10 @@ def build(
     are read off ``weights`` where possible, else defaulted. ``device`` is ``cpu``, ``cuda`` or
     ``auto`` (every provider that really works here). ``inputs`` adds verification cases (files or
     test-data folders, see :func:`read_user_cases`); they ship in the artifact's test data.
-    ``progress`` receives each stage's start, progress and end. Raises an
-    :class:`~rnnexport.errors.RnnExportError` subclass on any failure, and on failure or interruption
-    leaves ``out`` exactly as it was.
+    ``progress`` receives each stage's start, progress and end. ``state_dict_key`` (the checkpoint
+    entry holding the state dict) and ``strip_prefix`` (removed from its keys; ``""`` for none) are
+    detected when left ``None``. Raises an :class:`~rnnexport.errors.RnnExportError` subclass on any
+    failure, and on failure or interruption leaves ``out`` exactly as it was.
     """
     request = _resolve(
         arch,
@@ -521,6 +545,8 @@ def build(
         tf32=tf32,
         inputs=[Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()],
         force=force,
+        state_dict_key=state_dict_key,
+        strip_prefix=strip_prefix,
     )
     return _run(request, progress)
 
@@ -685,6 +711,8 @@ def build_model_artifact(
     name: str | None = None,
     out: str | Path = "dist",
     weights: str | Path | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
     source: ModelSource | None = None,
     config: Mapping[str, Any] | None = None,
     device: str = "auto",
@@ -702,10 +730,11 @@ def build_model_artifact(
     ``io`` is the I/O description (a mapping in the ``io.json`` format, or the path of such a file;
     see :mod:`rnnexport.iospec`): ``forward`` is called with the declared inputs positionally, and
     must return the declared outputs (a nested tuple counts leaf by leaf). ``name`` defaults to the
-    lowercased class name. ``weights`` (a checkpoint file) is loaded into ``module`` strictly;
-    without it the module's current weights are used. ``source`` and ``config`` are what the
-    manifest records about where the module came from (the CLI fills them from ``--model`` and
-    ``--config``). The rest is as for :func:`build`; so is the verification: the same shape sweep,
+    lowercased class name. ``weights`` (a checkpoint file) is loaded into ``module`` strictly, keys
+    as saved unless ``strip_prefix`` names a prefix (``state_dict_key`` picks the entry holding the
+    state dict, as for :func:`build`); without it the module's current weights are used.
+    ``source`` and ``config`` are what the manifest records about where the module came from (the
+    CLI fills them from ``--model`` and ``--config``). The rest is as for :func:`build`; so is the verification: the same shape sweep,
     lengths-aware inputs, tolerance rule and report, against ``forward`` in eager PyTorch.
     """
     if not isinstance(module, torch.nn.Module):
@@ -721,10 +750,22 @@ def build_model_artifact(
     devices = _requested_devices(device)
     module = module.eval()
     origin: dict[str, Any]
+    weights_read: dict[str, Any] = {}
     if weights is not None:
         path = Path(weights)
-        load_user_weights(module, load_state_dict(path), origin=str(path))
-        origin = {"source": "user", "file": path.name, "sha256": sha256_file(path)}
+        # Keys as saved unless a prefix is named: the expected names are the module's own, not
+        # an architecture's that a prefix could be guessed against.
+        checkpoint = read_checkpoint(
+            path, state_dict_key=state_dict_key, strip_prefix="" if strip_prefix is None else strip_prefix
+        )
+        load_user_weights(module, checkpoint.load(), origin=checkpoint.origin)
+        weights_read = checkpoint.manifest_entry()
+        origin = {"source": "user", "file": path.name, "sha256": sha256_file(path), **weights_read}
+    elif state_dict_key is not None or strip_prefix is not None:
+        raise UsageError(
+            "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was "
+            "given. Pass --weights FILE, or leave them out."
+        )
     else:
         origin = {"source": "module", "state_sha256": state_sha256(module)}
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()]
@@ -752,6 +793,7 @@ def build_model_artifact(
         force=force,
         weights=None if weights is None else Path(weights),
         state=None,
+        weights_read=weights_read,
         user_cases=user_cases,
         notes=[],
     )

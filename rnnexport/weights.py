@@ -5,15 +5,36 @@ which are pickles. Those are read with ``torch.load(weights_only=True)`` and not
 the argument explicitly means ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` cannot loosen it, and the
 restricted unpickler refuses any global it does not know (a class, ``os.system``, ...) before
 calling it.
+
+Reading happens in two steps, so that nothing big is loaded before it is known to fit:
+
+1. :func:`read_checkpoint` finds the state dict and what every tensor *is* (name, dtype, shape).
+   For safetensors that is the file's JSON header alone; no tensor data is read. It unwraps
+   training checkpoints (``{"state_dict": ...}``, ``{"model_state_dict": ..., "optimizer_...":
+   ...}``, ``{"model": ...}``) and strips a key prefix common to every key (``module.`` from
+   DataParallel/DDP, ``model.`` from Lightning) when exactly one choice makes the key names fit
+   the architecture, and says what it did.
+2. After the names and shapes were checked (:func:`check_state_dict`), :meth:`Checkpoint.load`
+   refuses what cannot be weights (integer, boolean or complex dtypes; sparse, meta or quantized
+   tensors), reads the data, casts it to float32 and checks that the float32 values are finite.
+
+Every key from a file is quoted with ``repr()`` in messages: a key may hold control characters,
+and nothing raw from a file may reach the terminal.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import pickle
 import re
+import struct
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,24 +42,708 @@ from rnnexport.errors import UsageError, WeightsError
 from rnnexport.reference import build_model
 from rnnexport.spec import ArchConfig, ArchSpec
 
-__all__ = ["check_state_dict", "load_state_dict"]
+__all__ = [
+    "MAX_SAFETENSORS_HEADER",
+    "Checkpoint",
+    "TensorInfo",
+    "check_state_dict",
+    "load_state_dict",
+    "read_checkpoint",
+]
 
 _SAVE_HINT = (
     "Save only the weights: safetensors.torch.save_file(model.state_dict(), 'model.safetensors') "
     "(preferred) or torch.save(model.state_dict(), 'model.pt')."
 )
 
+# A header describes names, dtypes and shapes only: a few kB for these architectures, a few MB for
+# the largest public models. Anything bigger is not a checkpoint we should parse.
+MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+# safetensors dtype code -> (torch dtype name, bytes per element).
+_SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "F8_E5M2FNUZ": ("float8_e5m2fnuz", 1),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U64": ("uint64", 8),
+    "U32": ("uint32", 4),
+    "U16": ("uint16", 2),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "C64": ("complex64", 8),
+}
+
+# float32 and narrower floats become float32 exactly; float64 is rounded (and may overflow to inf).
+_UPCAST_EXACT = frozenset(
+    {"float16", "bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"}
+)
+_FLOATING = _UPCAST_EXACT | {"float32", "float64"}
+
+_RNN_KEY = re.compile(
+    r"^(?P<module>.+)\.(?:weight|bias)_(?P<kind>ih|hh|hr)_l(?P<layer>\d+)(?P<rev>_reverse)?$"
+)
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a checkpoint says one tensor is, known before (safetensors) or without reading its data.
+
+    ``problem`` says why the tensor cannot be used as a weight whatever its dtype (sparse, on the
+    meta device, quantized), or is ``None``.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    problem: str | None = None
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> TensorInfo:
+        """Describe an in-memory tensor (from a pickled checkpoint)."""
+        problem = None
+        if tensor.layout != torch.strided:
+            problem = f"sparse ({str(tensor.layout).removeprefix('torch.')})"
+        elif tensor.device.type == "meta":
+            problem = "on the meta device (a shape without data)"
+        elif tensor.is_quantized:
+            problem = f"quantized ({str(tensor.dtype).removeprefix('torch.')})"
+        return cls(str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), problem)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint's state dict, described but not yet loaded (see :func:`read_checkpoint`).
+
+    ``tensors`` is keyed by the names the architecture sees (prefix stripped); ``entry`` is the
+    checkpoint entry that held the state dict (``None``: the file is the state dict) and
+    ``prefix`` what was stripped from the keys that had it.
+    """
+
+    path: Path
+    tensors: dict[str, TensorInfo]
+    # Name the architecture sees -> key as stored in the file.
+    stored_keys: dict[str, str]
+    # Reads the named tensors (stored keys) in their stored dtype.
+    read: Callable[[list[str]], dict[str, torch.Tensor]] = field(repr=False)
+    entry: str | None = None
+    prefix: str = ""
+    ignored_entries: tuple[str, ...] = ()
+
+    @property
+    def stripped(self) -> int:
+        """How many keys lost the prefix."""
+        return sum(name != key for name, key in self.stored_keys.items())
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape, what sizes are read off and fitted against."""
+        return {k: v.shape for k, v in self.tensors.items()}
+
+    @property
+    def origin(self) -> str:
+        """The file, and how its state dict was found, for messages: ``m.pt (entry 'model', ...)``."""
+        how = []
+        if self.entry is not None:
+            how.append(f"entry {self.entry!r}")
+        if self.prefix:
+            how.append(f"prefix {self.prefix!r} stripped")
+        return f"{self.path}" + (f" ({', '.join(how)})" if how else "")
+
+    @property
+    def source_dtypes(self) -> dict[str, int]:
+        """How many tensors the checkpoint stores in each dtype."""
+        counts: dict[str, int] = {}
+        for info in self.tensors.values():
+            counts[info.dtype] = counts.get(info.dtype, 0) + 1
+        return dict(sorted(counts.items()))
+
+    @property
+    def notes(self) -> list[str]:
+        """What was done to the checkpoint on the way in, for the build output."""
+        notes = []
+        if self.entry is not None:
+            note = f"used entry {self.entry!r} of the checkpoint"
+            if self.ignored_entries:
+                note += f" (ignored: {_quoted(self.ignored_entries)})"
+            notes.append(note)
+        if self.prefix:
+            where = "every key" if self.stripped == len(self.tensors) else f"{self.stripped} keys"
+            notes.append(f"stripped prefix {self.prefix!r} from {where}")
+        for dtype, count in self.source_dtypes.items():
+            if dtype == "float32" or dtype not in _FLOATING:
+                continue
+            tensors = f"{count} {dtype} tensor{'s' if count != 1 else ''}"
+            if dtype in _UPCAST_EXACT:
+                notes.append(f"upcast {tensors} to float32 (exact)")
+            else:
+                notes.append(f"downcast {tensors} to float32 (rounded to float32 precision)")
+        return notes
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """What the manifest's ``weights`` section records about how the file was read."""
+        entry: dict[str, Any] = {"source_dtypes": self.source_dtypes, "loaded_as": "float32"}
+        if self.entry is not None:
+            entry["state_dict_key"] = self.entry
+        if self.prefix:
+            entry["stripped_prefix"] = self.prefix
+        return entry
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """Read the tensors as float32; raise :class:`WeightsError` for anything that is not a weight.
+
+        Refuses non-floating dtypes and sparse, meta or quantized tensors before reading any data,
+        then refuses values that are not finite in float32 (a float64 1e300 becomes inf).
+        """
+        unusable = {k: v.problem for k, v in sorted(self.tensors.items()) if v.problem}
+        if unusable:
+            raise WeightsError(
+                f"{self.path} holds tensors that cannot be used as weights: "
+                + "; ".join(_first([f"{k!r} is {why}" for k, why in unusable.items()]))
+                + ". Expected dense float tensors that hold their data. Save the trained float weights: "
+                "call .to_dense() on sparse tensors and .dequantize() on quantized ones; a meta tensor "
+                "is only a placeholder (a model built on torch.device('meta') and never loaded). "
+                + _SAVE_HINT
+            )
+        not_floating = {k: v.dtype for k, v in sorted(self.tensors.items()) if v.dtype not in _FLOATING}
+        if not_floating:
+            raise WeightsError(
+                f"{self.path} holds non-floating weights: "
+                + ", ".join(_first([f"{k!r} ({dtype})" for k, dtype in not_floating.items()]))
+                + ". Expected floating-point tensors (float32; float16, bfloat16 and float64 are cast "
+                "to float32). Casting integer, boolean or complex values would ship other weights than "
+                "the ones trained. " + _SAVE_HINT
+            )
+        stored = self.read(list(self.stored_keys.values()))
+        state: dict[str, torch.Tensor] = {}
+        overflow: list[str] = []
+        non_finite: list[str] = []
+        for name, key in self.stored_keys.items():
+            tensor = stored[key]
+            info = self.tensors[name]
+            if str(tensor.dtype).removeprefix("torch.") != info.dtype or tuple(tensor.shape) != info.shape:
+                raise WeightsError(
+                    f"{self.path} changed while it was read: {name!r} was {info.dtype} {list(info.shape)}, "
+                    f"then {str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}. Expected a "
+                    "file that is not being written; build again once it is complete."
+                )
+            as_float32 = tensor.detach().to(torch.float32).contiguous()
+            if not torch.isfinite(as_float32).all():
+                # Only float64 can be finite in its own dtype and not in float32 (beyond its range);
+                # every narrower float converts exactly, so its NaN or inf was in the file.
+                overflowed = info.dtype == "float64" and bool(torch.isfinite(tensor).all())
+                (overflow if overflowed else non_finite).append(name)
+            state[name] = as_float32
+        if non_finite or overflow:
+            parts = []
+            if non_finite:
+                parts.append(f"NaN or infinite values in {sorted(non_finite)}")
+            if overflow:
+                parts.append(
+                    f"values beyond float32's range (+-{_FLOAT32_MAX:.3g}), which become infinite when "
+                    f"cast to float32, in {sorted(overflow)}"
+                )
+            raise WeightsError(
+                f"{self.path} holds " + "; and ".join(parts) + ". Expected weights that are finite in "
+                "float32; the model cannot be verified with them. Check the training run that produced "
+                "this checkpoint."
+            )
+        return state
+
+
+def read_checkpoint(
+    path: Path,
+    spec: ArchSpec | None = None,
+    *,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
+) -> Checkpoint:
+    """Find the state dict in ``path`` and describe its tensors, reading no safetensors data.
+
+    ``state_dict_key`` names the checkpoint entry that holds the state dict and ``strip_prefix``
+    the key prefix to remove (``""``: none); left ``None``, both are detected: the state dict is
+    the file itself or the one entry that is a mapping of tensors, and a prefix common to every
+    key is stripped when that is what makes the key names fit ``spec`` (any registered
+    architecture when ``spec`` is ``None``). Raises :class:`WeightsError` for unreadable or unsafe
+    files and ambiguous checkpoints, :class:`UsageError` for an option that does not apply.
+    """
+    _require_file(path)
+    tensor_maps: dict[str | None, dict[str, torch.Tensor]] | None = None
+    ignored: list[str] = []
+    if path.suffix == ".safetensors":
+        if state_dict_key is not None:
+            raise UsageError(
+                f"--state-dict-key {state_dict_key!r} does not apply to {path}: a safetensors file is one "
+                "flat mapping of names to tensors, with no entries to choose from. Drop --state-dict-key "
+                "(use --strip-prefix if its keys carry a prefix)."
+            )
+        candidates: dict[str | None, dict[str, TensorInfo]] = {None: _read_safetensors_header(path)}
+    else:
+        tensor_maps, ignored = _tensor_mappings(path, _load_pickle(path), state_dict_key)
+        candidates = {k: {n: TensorInfo.of(t) for n, t in v.items()} for k, v in tensor_maps.items()}
+
+    # What the key names should look like: this architecture's, else any architecture's.
+    patterns = [(repr(spec.name), _key_pattern(build_model(spec, ArchConfig()).state_dict()))] if spec else []
+    patterns.append(("any rnnexport architecture", _all_patterns()))
+    entry, prefix = _choose(path, candidates, patterns, strip_prefix)
+    tensors: dict[str, TensorInfo] = {}
+    stored_keys: dict[str, str] = {}
+    for key, info in candidates[entry].items():
+        name = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+        if name in tensors or not name:
+            raise UsageError(
+                f"--strip-prefix {prefix!r} cannot be applied to {path}: stripping it from {key!r} gives "
+                f"{name!r}, which is empty or another key's name. Pass a prefix that every key of the state "
+                "dict carries (or --strip-prefix '' to strip nothing)."
+            )
+        tensors[name] = info
+        stored_keys[name] = key
+
+    if tensor_maps is None:
+        read: Callable[[list[str]], dict[str, torch.Tensor]] = functools.partial(_read_safetensors, path)
+    else:
+        chosen = tensor_maps[entry]
+
+        def read(keys: list[str]) -> dict[str, torch.Tensor]:
+            return {k: chosen[k] for k in keys}
+
+    return Checkpoint(
+        path=path,
+        tensors=tensors,
+        stored_keys=stored_keys,
+        read=read,
+        entry=entry,
+        prefix=prefix,
+        ignored_entries=tuple(sorted(n for n in ignored if n != entry)),
+    )
+
+
+def load_state_dict(
+    path: Path,
+    spec: ArchSpec | None = None,
+    *,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint into a flat ``{name: float32 tensor}`` dict, safely.
+
+    The state dict is found and its keys fitted as :func:`read_checkpoint` describes; the tensors
+    are checked and cast as :meth:`Checkpoint.load` describes. Raises :class:`WeightsError` (or
+    :class:`UsageError` for a missing file or an option that does not apply).
+    """
+    checkpoint = read_checkpoint(path, spec, state_dict_key=state_dict_key, strip_prefix=strip_prefix)
+    return checkpoint.load()
+
+
+def check_state_dict(
+    spec: ArchSpec,
+    config: ArchConfig,
+    state: Mapping[str, torch.Tensor] | Mapping[str, tuple[int, ...]],
+    *,
+    origin: str,
+) -> None:
+    """Raise :class:`WeightsError` listing every missing, unexpected and wrongly shaped key.
+
+    ``state`` maps names to tensors or to shapes (so a safetensors header is checked before any
+    data is read). An RNN with more layers, or more directions, than the architecture's gets a
+    message saying exactly that: no size option can fix it.
+    """
+    model = build_model(spec, config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
+    _check_rnn_structure(spec, model, got, origin=origin)
+    missing = [f"{k!r} {list(s)}" for k, s in expected.items() if k not in got]
+    unexpected = [f"{k!r} {list(s)}" for k, s in got.items() if k not in expected]
+    wrong = [
+        f"{k!r}: expected {list(expected[k])}, got {list(s)}"
+        for k, s in got.items()
+        if k in expected and s != expected[k]
+    ]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} ({len(items)}): " + "; ".join(items)
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if items
+        ]
+        used = config.subset(spec.sizes)
+        sizes = ", ".join(f"{k}={v}" for k, v in used.items())
+        matching = _architectures_with_keys(got)
+        advice = (
+            " Check that the checkpoint was trained with this architecture, and pass the sizes it was "
+            "trained with (--config or --input-size/--hidden-size/--output-size/--branches)."
+        )
+        if spec.name in matching:  # the right architecture, other sizes (or shapes that disagree)
+            read_sizes = spec.infer_sizes(got)
+            read = ", ".join(f"{k}={v}" for k, v in read_sizes.items())
+            if all(used.get(k) == v for k, v in read_sizes.items()) and not missing and not unexpected:
+                hint = (
+                    f" The key names fit '{spec.name}' and its sizes read off the checkpoint are {read}, "
+                    "but the shapes listed disagree with those sizes: the file was not saved from this "
+                    "architecture, or was edited after saving. No size option makes it fit; save the "
+                    "trained model's state_dict again."
+                )
+                advice = ""
+            else:
+                hint = f" The key names fit '{spec.name}'; the checkpoint's shapes say {read}."
+        elif matching:
+            hint = (
+                f" The keys look like weights of {', '.join(map(repr, matching))}: try --arch {matching[0]}."
+            )
+        else:
+            hint = ""
+        raise WeightsError(
+            f"The weights in {origin} do not fit '{spec.name}' with {sizes}. "
+            + ". ".join(parts)
+            + "."
+            + hint
+            + advice
+        )
+
+
+# --- checkpoint structure -------------------------------------------------------------------------
+
+
+def _check_rnn_structure(
+    spec: ArchSpec, model: torch.nn.Module, got: Mapping[str, tuple[int, ...]], *, origin: str
+) -> None:
+    """Refuse stacked, bidirectional or projected RNN weights given to an architecture without them."""
+    expected = {
+        name: (m.mode, m.num_layers, m.bidirectional, getattr(m, "proj_size", 0) > 0)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.RNNBase)
+    }
+    if not expected:
+        return
+    kinds = set(expected.values())
+    # Where module names differ (another architecture's checkpoint), compare with this one's RNNs
+    # when they are all alike; the generic key listing covers the rest.
+    typical = next(iter(kinds)) if len(kinds) == 1 else None
+    found: dict[str, dict[str, int]] = {}  # module -> {key: layer}
+    for key in got:
+        match = _RNN_KEY.match(key)
+        if match:
+            found.setdefault(match["module"], {})[key] = int(match["layer"])
+    problems = []
+    for module, keys in found.items():
+        want = expected.get(module, typical)
+        if want is None:
+            continue
+        _, layers, bidirectional, projected = want
+        deeper = [k for k, layer in keys.items() if layer >= layers]
+        reverse = [k for k in keys if k.endswith("_reverse")]
+        projections = [k for k in keys if "_hr_l" in k]
+        facts = []
+        if deeper:
+            facts.append(f"has {1 + max(keys.values())} layers (keys {_quoted(deeper, 4)})")
+        if reverse and not bidirectional:
+            facts.append(f"is bidirectional (keys {_quoted(reverse, 4)})")
+        if projections and not projected:
+            facts.append(f"has output projections, proj_size > 0 (keys {_quoted(projections, 4)})")
+        if facts:
+            problems.append(f"{module!r} " + " and ".join(facts))
+    if problems:
+        mode, layers, bidirectional, _ = typical or next(iter(kinds))
+        rnns = (
+            f"{'one' if layers == 1 else layers}-layer, "
+            f"{'bidirectional' if bidirectional else 'unidirectional'} {mode}s"
+        )
+        raise WeightsError(
+            f"The weights in {origin} come from a different kind of RNN than '{spec.name}' has: "
+            + "; ".join(_first(problems, 4))
+            + f". '{spec.name}' is built from {rnns} (num_layers={layers}, bidirectional={bidirectional}), "
+            "so no size option makes these weights fit. Export a model trained with "
+            f"num_layers={layers} and bidirectional={bidirectional}."
+        )
+
+
+def _tensor_mappings(
+    path: Path, loaded: object, state_dict_key: str | None
+) -> tuple[dict[str | None, dict[str, torch.Tensor]], list[str]]:
+    """The state-dict candidates in a pickled checkpoint, and the names of its top-level entries.
+
+    The file itself is a candidate when it is a mapping of names to tensors; otherwise each
+    top-level entry that is one (``state_dict``, ``model_state_dict``, ``model``, an EMA copy, ...).
+    An optimizer state is not: its ``state`` is keyed by parameter number.
+    """
+    if not isinstance(loaded, Mapping):
+        raise WeightsError(
+            f"{path} holds a {type(loaded).__name__}, expected a state_dict (name -> tensor). {_SAVE_HINT}"
+        )
+    if _is_tensor_mapping(loaded):
+        if state_dict_key is not None:
+            raise UsageError(
+                f"--state-dict-key {state_dict_key!r} does not apply to {path}: the file is itself a state "
+                "dict (every entry is a tensor). Drop --state-dict-key."
+            )
+        return {None: {str(k): v for k, v in loaded.items()}}, []
+    entries = [k for k in loaded if isinstance(k, str)]
+    found = {k: {str(n): t for n, t in loaded[k].items()} for k in entries if _is_tensor_mapping(loaded[k])}
+    if state_dict_key is not None:
+        if state_dict_key not in found:
+            what = (
+                f"its entry {state_dict_key!r} holds a {type(loaded[state_dict_key]).__name__}, not a "
+                "mapping of names to tensors"
+                if state_dict_key in entries
+                else f"it has no entry {state_dict_key!r}"
+            )
+            raise UsageError(
+                f"--state-dict-key {state_dict_key!r} does not name a state dict in {path}: {what}. "
+                + (
+                    f"Entries that are state dicts: {_quoted(sorted(found))}."
+                    if found
+                    else f"None of its entries ({_quoted(sorted(entries))}) is a state dict."
+                )
+            )
+        return {state_dict_key: found[state_dict_key]}, entries
+    if not found:
+        not_tensors = sorted(repr(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor))
+        raise WeightsError(
+            f"{path} is not a plain state_dict and holds none: entries {', '.join(_first(not_tensors))} "
+            "are not tensors, and no entry is a mapping of names to tensors (such as 'state_dict', "
+            f"'model_state_dict' or 'model'). {_SAVE_HINT}"
+        )
+    return {k: v for k, v in found.items()}, entries  # widen the key type to str | None
+
+
+def _is_tensor_mapping(value: object) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
+
+
+def _choose(
+    path: Path,
+    candidates: Mapping[str | None, Mapping[str, TensorInfo]],
+    patterns: list[tuple[str, frozenset[str]]],
+    strip_prefix: str | None,
+) -> tuple[str | None, str]:
+    """The candidate entry and key prefix whose stripped names fit the expected key names best.
+
+    ``patterns`` (a label and key names) are tried in order: this architecture's key names, then
+    any architecture's, so that a DDP checkpoint of another architecture still loses its prefix
+    and gets the right "try --arch" hint. Ties are refused: only the user knows which to export.
+    """
+    fits: dict[str | None, tuple[int, str]] = {}
+    for label, expected in patterns:
+        fits = {}
+        for entry, infos in candidates.items():
+            prefixes = [strip_prefix] if strip_prefix is not None else _common_prefixes(infos)
+            scored = sorted(((_score(infos, p, expected), p) for p in prefixes), reverse=True)
+            best_score, best_prefix = scored[0]
+            tied = [p for score, p in scored if score == best_score]
+            if best_score and len(tied) > 1:
+                raise WeightsError(
+                    f"The keys of {path} fit {label} after stripping any of the prefixes "
+                    f"{_quoted(sorted(tied))}. Pass --strip-prefix with the one to strip."
+                )
+            fits[entry] = (best_score, best_prefix if best_score else "")
+        if any(score for score, _ in fits.values()):
+            break
+    top = max(score for score, _ in fits.values())
+    best = sorted((e for e, (score, _) in fits.items() if score == top), key=str)
+    if len(best) > 1:
+        which = f"whose key names fit {label}" if top else f"and none has the key names of {patterns[0][0]}"
+        raise WeightsError(
+            f"{path} holds several state dicts {which}: entries {_quoted(str(e) for e in best)}. Expected "
+            f"one; pass --state-dict-key with the entry to export (for example --state-dict-key {best[0]!r})."
+        )
+    entry = best[0]
+    if strip_prefix and not any(k.startswith(strip_prefix) for k in candidates[entry]):
+        where = f"entry {entry!r} of {path}" if entry is not None else str(path)
+        raise UsageError(
+            f"--strip-prefix {strip_prefix!r} matches no key of {where}; its keys begin "
+            f"{_quoted(sorted(candidates[entry])[:3])}. Pass the prefix the keys carry (for example "
+            "'module.' or 'model.'), or leave --strip-prefix out to detect it."
+        )
+    return entry, fits[entry][1] if strip_prefix is None else strip_prefix
+
+
+def _common_prefixes(keys: Iterable[str]) -> list[str]:
+    """``""`` and every dot-terminated prefix that all keys share and that leaves each key a name."""
+    keys = list(keys)
+    shortest, longest = min(keys), max(keys)
+    # The sorted extremes share exactly the prefix that all keys share.
+    length = next(
+        (i for i, (a, b) in enumerate(zip(shortest, longest, strict=False)) if a != b), len(shortest)
+    )
+    common = shortest[:length]
+    prefixes = [""]
+    for end, char in enumerate(common):
+        if char == "." and all(len(k) > end + 1 for k in keys):
+            prefixes.append(common[: end + 1])
+    return prefixes
+
+
+def _score(keys: Iterable[str], prefix: str, expected: frozenset[str]) -> int:
+    """How many of the architecture's key names the keys give once ``prefix`` is stripped."""
+    stripped = (k[len(prefix) :] if k.startswith(prefix) else k for k in keys)
+    return len(_key_pattern(stripped) & expected)
+
+
+def _key_pattern(keys: Iterable[str]) -> frozenset[str]:
+    return frozenset(re.sub(r"\.\d+\.", ".{i}.", k) for k in keys)
+
+
+def _all_patterns() -> frozenset[str]:
+    from rnnexport.registry import list_architectures
+
+    return frozenset().union(
+        *(_key_pattern(build_model(s, ArchConfig()).state_dict()) for s in list_architectures())
+    )
+
+
+def _architectures_with_keys(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Registered architectures whose state-dict key names (branch indices aside) match these."""
+    from rnnexport.registry import list_architectures
+
+    pattern = _key_pattern(shapes)
+    return [
+        s.name
+        for s in list_architectures()
+        if _key_pattern(build_model(s, ArchConfig()).state_dict()) == pattern
+    ]
+
+
+def _quoted(items: Iterable[str], limit: int = 6) -> str:
+    """``'a', 'b', 'c' and 4 more``: names from a file, escaped, and never a wall of text."""
+    return ", ".join(_first([repr(i) for i in items], limit))
+
+
+def _first(items: Iterable[str], limit: int = 8) -> list[str]:
+    items = list(items)
+    return items[:limit] + ([f"and {len(items) - limit} more"] if len(items) > limit else [])
+
+
+def _visible(text: str, limit: int = 300) -> str:
+    """A library's message, which may quote bytes of the file: control characters made visible."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit].rstrip(" .,;") + " [...]"
+
+
+# --- file formats ---------------------------------------------------------------------------------
+
+
+def _require_file(path: Path) -> None:
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise UsageError(
+            f"Weights file {path} cannot be looked up: {exc.strerror}. Pass the path of a checkpoint."
+        ) from None
+    if not is_file:
+        raise UsageError(
+            f"Weights file {path} does not exist (or is not a file). Pass the path of a checkpoint."
+        )
+
+
+def _corrupt_safetensors(path: Path, detail: str) -> WeightsError:
+    return WeightsError(
+        f"Cannot read {path} as safetensors: {detail}. Expected a complete safetensors file; it looks "
+        f"truncated or corrupt. Save it again with safetensors.torch.save_file(model.state_dict(), ...)."
+    )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"the key {key!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Names, dtypes and shapes from a safetensors header: an 8-byte little-endian length, then JSON.
+
+    Reads at most :data:`MAX_SAFETENSORS_HEADER` bytes and no tensor data, so a multi-gigabyte file
+    with a wrong shape is refused at once. Offsets are checked against the file's size.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(8)
+            if len(head) < 8:
+                raise _corrupt_safetensors(path, f"it has {size} bytes, fewer than the 8 of a header length")
+            (length,) = struct.unpack("<Q", head)
+            if length > MAX_SAFETENSORS_HEADER:
+                raise _corrupt_safetensors(
+                    path, f"its header claims {length} bytes, more than the {MAX_SAFETENSORS_HEADER} accepted"
+                )
+            if 8 + length > size:
+                raise _corrupt_safetensors(
+                    path, f"its header claims {length} bytes, but only {size - 8} follow the length"
+                )
+            raw = handle.read(length)
+    except OSError as exc:
+        raise WeightsError(
+            f"Cannot read {path}: {exc.strerror}. Check the file and its permissions."
+        ) from None
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _corrupt_safetensors(path, f"its header is not valid JSON ({_visible(str(exc))})") from None
+    if not isinstance(header, dict):
+        raise _corrupt_safetensors(path, f"its header is a JSON {type(header).__name__}, not an object")
+    data_bytes = size - 8 - length
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _corrupt_safetensors(path, f"the header entry {name!r} is not a tensor description")
+        code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if code not in _SAFETENSORS_DTYPES:
+            raise _corrupt_safetensors(
+                path,
+                f"{name!r} has the dtype code {code!r}, which is none of {', '.join(_SAFETENSORS_DTYPES)}",
+            )
+        if not (isinstance(shape, list) and all(_whole(d) for d in shape)):
+            raise _corrupt_safetensors(path, f"{name!r} has the shape {shape!r}, not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_whole(o) for o in offsets)):
+            raise _corrupt_safetensors(path, f"{name!r} has the data offsets {offsets!r}, not [begin, end]")
+        dtype, itemsize = _SAFETENSORS_DTYPES[code]
+        begin, end = offsets
+        numel = 1
+        for d in shape:
+            numel *= d
+        if not begin <= end <= data_bytes or end - begin != numel * itemsize:
+            raise _corrupt_safetensors(
+                path,
+                f"{name!r} ({dtype} {shape}, {numel * itemsize} bytes) claims bytes {begin}-{end} of a data "
+                f"section of {data_bytes}",
+            )
+        tensors[name] = TensorInfo(dtype, tuple(shape))
+    if not tensors:
+        raise _corrupt_safetensors(path, "its header lists no tensors")
+    return tensors
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _read_safetensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
 
     try:
-        return dict(load_file(str(path), device="cpu"))
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {name: handle.get_tensor(name) for name in names}
     except Exception as exc:  # SafetensorError, OSError, ValueError: all mean "not a usable file"
         raise WeightsError(
-            f"Cannot read {path} as safetensors: {exc}. Expected a complete safetensors file; it looks "
-            f"truncated or corrupt. Save it again with safetensors.torch.save_file(model.state_dict(), ...)."
-        ) from exc
+            f"Cannot read {path} as safetensors: {_visible(str(exc))}. Expected a complete safetensors "
+            "file; it looks truncated or corrupt. Save it again with "
+            "safetensors.torch.save_file(model.state_dict(), ...)."
+        ) from None
 
 
 def _load_pickle(path: Path) -> object:
@@ -52,11 +757,12 @@ def _load_pickle(path: Path) -> object:
         if found:
             what = (
                 f"asks to import {found.group(1)}: a whole pickled module, or some other object whose "
-                "unpickling could run code"
+                "unpickling could run code (a training checkpoint that pickles objects of its own, such as "
+                "hyperparameters or callbacks, is refused the same way: save its state dict alone)"
             )
         else:
             detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", str(exc))
-            refused = detail.group(1).strip() if detail else "an instruction it does not allow"
+            refused = _visible(detail.group(1).strip()) if detail else "an instruction it does not allow"
             what = (
                 f"holds something other than plain tensors (the restricted unpickler refused: {refused}), "
                 "which could run code if loaded without restriction"
@@ -67,95 +773,7 @@ def _load_pickle(path: Path) -> object:
         ) from None
     except Exception as exc:  # zip/pickle corruption: RuntimeError, EOFError, ...
         raise WeightsError(
-            f"Cannot read {path} as a PyTorch state_dict: {type(exc).__name__}: {exc}. Expected a file "
-            f"written by torch.save(model.state_dict(), ...); it looks truncated or corrupt. {_SAVE_HINT}"
+            f"Cannot read {path} as a PyTorch state_dict: {type(exc).__name__}: {_visible(str(exc))}. "
+            "Expected a file written by torch.save(model.state_dict(), ...); it looks truncated or "
+            f"corrupt. {_SAVE_HINT}"
         ) from None
-
-
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint into a flat ``{name: tensor}`` dict, safely; raise :class:`WeightsError` otherwise.
-
-    ``.safetensors`` files are read as safetensors; anything else as a ``torch.save`` pickle with the
-    restricted unpickler. A ``{"state_dict": {...}}`` wrapper is unwrapped. Non-finite weights are
-    refused: a NaN in a checkpoint makes every comparison meaningless.
-    """
-    if not path.is_file():
-        raise UsageError(
-            f"Weights file {path} does not exist (or is not a file). Pass the path of a checkpoint."
-        )
-    loaded = _load_safetensors(path) if path.suffix == ".safetensors" else _load_pickle(path)
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping):
-        raise WeightsError(
-            f"{path} holds a {type(loaded).__name__}, expected a state_dict (name -> tensor). {_SAVE_HINT}"
-        )
-    not_tensors = sorted(str(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        raise WeightsError(
-            f"{path} is not a plain state_dict: entries {not_tensors[:8]} are not tensors. {_SAVE_HINT}"
-        )
-    state = {str(k): v for k, v in loaded.items()}
-    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
-    if bad:
-        raise WeightsError(
-            f"{path} holds NaN or infinite values in {bad}. Expected finite weights; the model cannot be "
-            "verified with them. Check the training run that produced this checkpoint."
-        )
-    return state
-
-
-def check_state_dict(
-    spec: ArchSpec, config: ArchConfig, state: Mapping[str, torch.Tensor], *, origin: str
-) -> None:
-    """Raise :class:`WeightsError` listing every missing, unexpected and wrongly shaped key."""
-    expected = {k: tuple(v.shape) for k, v in build_model(spec, config).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    missing = [f"{k} {list(s)}" for k, s in expected.items() if k not in got]
-    unexpected = [f"{k} {list(s)}" for k, s in got.items() if k not in expected]
-    wrong = [
-        f"{k}: expected {list(expected[k])}, got {list(s)}"
-        for k, s in got.items()
-        if k in expected and s != expected[k]
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} ({len(items)}): " + "; ".join(items)
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if items
-        ]
-        sizes = ", ".join(f"{k}={v}" for k, v in config.subset(spec.sizes).items())
-        matching = _architectures_with_keys(got)
-        if spec.name in matching:  # the right architecture, other sizes
-            read = ", ".join(f"{k}={v}" for k, v in spec.infer_sizes(got).items())
-            hint = f" The key names fit '{spec.name}'; the checkpoint's shapes say {read}."
-        elif matching:
-            hint = (
-                f" The keys look like weights of {', '.join(map(repr, matching))}: try --arch {matching[0]}."
-            )
-        else:
-            hint = ""
-        raise WeightsError(
-            f"The weights in {origin} do not fit '{spec.name}' with {sizes}. "
-            + ". ".join(parts)
-            + "."
-            + hint
-            + " Check that the checkpoint was trained with this architecture, and pass the sizes "
-            "it was trained with (--config or --input-size/--hidden-size/--output-size/--branches)."
-        )
-
-
-def _key_pattern(keys: Iterable[str]) -> frozenset[str]:
-    return frozenset(re.sub(r"\.\d+\.", ".{i}.", k) for k in keys)
-
-
-def _architectures_with_keys(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
-    """Registered architectures whose state-dict key names (branch indices aside) match these."""
-    from rnnexport.registry import list_architectures
-
-    pattern = _key_pattern(shapes)
-    return [
-        s.name
-        for s in list_architectures()
-        if _key_pattern(build_model(s, ArchConfig()).state_dict()) == pattern
-    ]

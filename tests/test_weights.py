@@ -87,10 +87,10 @@ def test_gru_checkpoint_for_lstm_architecture_lists_every_key(tmp_path: Path) ->
     result = _invoke("--arch", "parallel-lstm", "--weights", str(checkpoint), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
     output = result.output
-    assert "missing (14): lstms.0.weight_ih_l0 [80, 10];" in output
+    assert "missing (14): 'lstms.0.weight_ih_l0' [80, 10];" in output
     assert "unexpected (14):" in output
-    assert "grus.0.weight_ih_l0 [60, 10]" in output
-    assert "linear.weight [20, 60]" in output
+    assert "'grus.0.weight_ih_l0' [60, 10]" in output
+    assert "'linear.weight' [20, 60]" in output
     assert "The keys look like weights of 'parallel-gru': try --arch parallel-gru." in output
     assert not (tmp_path / "out").exists()
 
@@ -111,8 +111,8 @@ def test_wrong_hidden_size_reports_expected_and_actual_shapes(tmp_path: Path) ->
     )
     assert result.exit_code == 1
     output = " ".join(result.output.split())
-    assert "lstm.weight_hh_l0: expected [80, 20], got [128, 32]" in output
-    assert "fc.weight: expected [5, 20], got [5, 32]" in output
+    assert "'lstm.weight_hh_l0': expected [80, 20], got [128, 32]" in output
+    assert "'fc.weight': expected [5, 20], got [5, 32]" in output
     assert "hidden_size=20" in output
     assert (
         "The key names fit 'many-to-many'; the checkpoint's shapes say input_size=10, hidden_size=32"
