@@ -734,8 +734,9 @@ def build_model_artifact(
     as saved unless ``strip_prefix`` names a prefix (``state_dict_key`` picks the entry holding the
     state dict, as for :func:`build`); without it the module's current weights are used.
     ``source`` and ``config`` are what the manifest records about where the module came from (the
-    CLI fills them from ``--model`` and ``--config``). The rest is as for :func:`build`; so is the verification: the same shape sweep,
-    lengths-aware inputs, tolerance rule and report, against ``forward`` in eager PyTorch.
+    CLI fills them from ``--model`` and ``--config``). The rest is as for :func:`build`; so is the
+    verification: the same shape sweep, lengths-aware inputs, tolerance rule and report, against
+    ``forward`` in eager PyTorch.
     """
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"build_model_artifact needs an nn.Module, got a {type(module).__name__}.")
