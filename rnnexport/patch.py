@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 from torch.onnx import symbolic_helper
 
-__all__ = ["ExportWatch", "PaddedBatch", "TracerWarning", "export_patches", "frozen_trace_values", "tracing"]
+__all__ = ["ExportWatch", "PaddedBatch", "TracerWarning", "export_patches", "frozen_trace_values"]
 
 # torch.jit's stubs do not re-export it; the tracer warns with it whenever a trace freezes a value.
 TracerWarning: type[Warning] = getattr(torch.jit, "TracerWarning")  # noqa: B009
@@ -57,11 +57,6 @@ def frozen_trace_values(caught: list[warnings.WarningMessage]) -> list[str]:
             if entry not in found:
                 found.append(entry)
     return found
-
-
-def tracing() -> bool:
-    """True while torch.jit traces a model (``torch.jit.is_tracing`` reads the same state, untyped)."""
-    return torch._C._get_tracing_state() is not None
 
 
 @dataclass(frozen=True)

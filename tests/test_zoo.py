@@ -21,7 +21,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import rnnexport
+from rnnexport.artifact import verify_artifact
 from rnnexport.cli import app
+from rnnexport.runtime import probe_provider
 
 from .conftest import REPO
 from .zoo import models
@@ -346,3 +348,17 @@ def test_data_dependent_branch_is_refused(tmp_path: Path) -> None:
         rnnexport.build_model_artifact(Branchy(), io=io, out=tmp_path, device="cpu")
     assert "torch.where" in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+_CUDA = probe_provider("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _CUDA.available, reason=f"no working CUDA provider here: {_CUDA.reason}")
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_artifact_verifies_on_cuda(zoo: Path, name: str) -> None:
+    # sequence_lens, bidirectional and stacked nodes on the CUDA provider, against the CPU references.
+    report = verify_artifact(zoo / name, device="cuda")
+    [result] = report.results.values()
+    assert result.provider == "CUDAExecutionProvider"
+    assert report.passed, result.failures
