@@ -1,7 +1,7 @@
 """Export rewrites for recurrent models, applied to any module while the TorchScript exporter traces it.
 
-The model stays plain eager PyTorch. Inside ``with export_patches(model):`` three things are swapped,
-and restored on exit:
+The model stays plain eager PyTorch. Inside ``with export_patches(model) as watch:`` these are
+swapped, and restored on exit:
 
 - ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` ``forward``: every call on a batched (3-D) tensor or on a
   packed batch becomes one custom autograd Function whose ``symbolic`` emits ONNX ``LSTM`` / ``GRU``
@@ -18,8 +18,12 @@ and restored on exit:
   ``(padded, lengths)``, padded to ``total_length`` or, without it, cut to ``max(lengths)`` steps
   (a data-dependent axis, which the I/O contract declares under a name of its own).
 
-The packing functions are swapped wherever a loaded module's globals hold them, so
-``from torch.nn.utils.rnn import pack_padded_sequence`` in the user's file is covered too.
+- ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` ``forward``: unchanged, but counted in ``watch``,
+  so that a cell stepped by a Python loop (which a trace unrolls at the example's length) is refused.
+
+The packing functions are swapped wherever a loaded module's globals, or the globals of the model's
+own methods, hold them, so ``from torch.nn.utils.rnn import pack_padded_sequence`` in the user's
+file (or notebook) is covered too.
 
 Every private torch API rnnexport uses lives in this file.
 """
