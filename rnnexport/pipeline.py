@@ -436,6 +436,16 @@ _FROZEN_TRACE = (
 )
 
 
+def _check_traced(model: onnx.ModelProto, contract: Contract, exporter: Exporter, *, stage: str) -> None:
+    """:func:`check_contract`, whose failure after a trace gets the usual cause and fix added."""
+    try:
+        check_contract(model, contract, stage=stage, trace_sizes=f"batch {TRACE_BATCH}, seq {TRACE_SEQ}")
+    except ContractError as exc:
+        if exporter != "torchscript":
+            raise
+        raise ContractError(f"{exc}{_FROZEN_TRACE}") from exc
+
+
 def _frozen_shape_hint(results: Mapping[Device, ProviderResult]) -> str:
     """Why a graph may fail only at other shapes: a trace that froze the sequence length."""
     text = " ".join(line for r in results.values() for line in r.failures)
@@ -570,20 +580,14 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
             ]
 
-        trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
         try:
             with _stage(progress, "export") as stage:
                 exported = export_onnx(model, contract, exporter=exporter, opset=opset)
-                try:
-                    check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
-                except ContractError as exc:
-                    if exporter != "torchscript":
-                        raise
-                    raise ContractError(f"{exc}{_FROZEN_TRACE}") from exc
+                _check_traced(exported, contract, exporter, stage=f"after export ({exporter})")
                 stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
             with _stage(progress, "simplify") as stage:
                 simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
-                check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
+                _check_traced(simplified, contract, exporter, stage="after simplification")
                 stage.details.append(stats.describe())
         except ExportError as exc:
             if exporter != "dynamo" or DYNAMO_RNN_NOTE in str(exc):

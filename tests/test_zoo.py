@@ -330,6 +330,20 @@ def test_lstmcell_loop_is_refused_with_cause_and_fix(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_a_loop_without_cells_is_caught_by_the_contract_check(tmp_path: Path) -> None:
+    io = {
+        "inputs": [_t("x", "float32", ["batch", "seq", 5])],
+        "outputs": [{"name": "h", "shape": ["batch", "seq", 16]}],
+    }
+    with pytest.raises(rnnexport.RnnExportError) as info:
+        rnnexport.build_model_artifact(models.ManualLoop(), io=io, out=tmp_path, device="cpu")
+    message = str(info.value)
+    assert "should be the dynamic axis 'seq' but is the fixed size 3" in message
+    assert "Python loop over the time steps" in message
+    assert "Use nn.LSTM" in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_data_dependent_branch_is_refused(tmp_path: Path) -> None:
     class Branchy(torch.nn.Module):
         def __init__(self) -> None:

@@ -153,3 +153,20 @@ class PooledClassifier(nn.Module):
         scores = self.score(keys).squeeze(2).masked_fill(~valid, torch.finfo(x.dtype).min)
         pooled = (torch.softmax(scores, dim=1).unsqueeze(2) * keys).sum(dim=1)
         return self.head(torch.cat([pooled, extra], dim=1)), encoded
+
+
+class ManualLoop(nn.Module):
+    """A hand-written recurrence stepped by a Python loop, no cell module: nothing to count, and no
+    tensor value read; the trace still unrolls it, so the sequence axis freezes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = nn.Linear(5 + 16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.new_zeros(x.shape[0], 16)
+        steps = []
+        for t in range(x.shape[1]):
+            h = torch.tanh(self.step(torch.cat([x[:, t], h], dim=1)))
+            steps.append(h)
+        return torch.stack(steps, dim=1)
