@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 import torch
 
-from rnnexport.errors import ExportError
+from rnnexport.errors import ExportError, RnnExportError
 from rnnexport.feeds import make_feeds
 from rnnexport.patch import TracerWarning, export_patches, frozen_trace_values
 from rnnexport.spec import Contract
@@ -145,6 +145,8 @@ def export_onnx(
                 if program is None:  # pragma: no cover - dynamo=True always returns a program
                     raise RuntimeError("torch.onnx.export returned no program")
                 proto = program.model_proto
+    except RnnExportError:  # the export patches' own refusals already say what to do
+        raise
     except Exception as exc:  # any exporter failure is reported the same way
         summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         advice = (

@@ -44,6 +44,8 @@ from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 from torch.onnx import symbolic_helper
 
+from rnnexport.errors import ExportError
+
 __all__ = ["ExportWatch", "PaddedBatch", "TracerWarning", "export_patches", "frozen_trace_values"]
 
 # torch.jit's stubs do not re-export it; the tracer warns with it whenever a trace freezes a value.
@@ -305,7 +307,16 @@ def _recurrent_forward(self: nn.RNNBase, input: Any, hx: Any = None) -> Any:
         x, lengths, batch_first = input.data, input.lengths, False
     elif isinstance(input, torch.Tensor) and input.dim() == 3:
         x, lengths, batch_first = input, None, self.batch_first
-    else:  # an unbatched input, or a PackedSequence built by hand: left to torch.onnx's own symbolics
+    elif isinstance(input, rnn_utils.PackedSequence):
+        # torch.onnx would export it with the trace's sort order and batch sizes baked in.
+        raise ExportError(
+            f"An nn.{_base_class(self).__name__} received a PackedSequence that was not made by "
+            "pack_padded_sequence (one built by hand, for example): exporting it would bake the "
+            "example's sort order and batch sizes into the graph, which gives wrong answers at other "
+            "batch sizes. Pad the batch and call "
+            "torch.nn.utils.rnn.pack_padded_sequence(padded, lengths, ...) in forward instead."
+        )
+    else:  # an unbatched (2-D) input: left to torch.onnx's own symbolics
         return _ORIGINAL_FORWARD[_base_class(self)](self, input, hx)
     h0, c0 = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
     results = _RecurrentOp.apply(self, batch_first, x, lengths, h0, c0)  # type: ignore[no-untyped-call]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 
+from rnnexport.errors import ExportError
 from rnnexport.export import export_onnx
 from rnnexport.patch import export_patches
 from rnnexport.spec import Contract, TensorSpec
@@ -169,3 +170,23 @@ def test_patches_are_restored() -> None:
         assert nn.utils.rnn.pack_padded_sequence is not pack
     assert nn.LSTM.forward is forward
     assert rnn_utils.pack_padded_sequence is pack
+
+
+def test_a_packed_sequence_not_from_pack_padded_sequence_is_refused() -> None:
+    class HandPacked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(5, 7)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seq, batch = x.shape[0], x.shape[1]
+            packed = rnn_utils.PackedSequence(x.reshape(-1, 5), torch.full((int(seq),), int(batch)))
+            y: torch.Tensor = self.gru(packed)[1]
+            return y
+
+    contract = Contract(
+        (TensorSpec("x", "float32", ("seq", "batch", 5)),), (TensorSpec("h", "float32", (1, "batch", 7)),)
+    )
+    with pytest.raises(ExportError, match="not made by pack_padded_sequence") as info:
+        export_onnx(HandPacked().eval(), contract)
+    assert "bake" in str(info.value)
