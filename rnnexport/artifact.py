@@ -4,18 +4,29 @@ An artifact folder holds ``model.onnx`` (one file, no external data), ONNX test-
 (``test_data_set_N/input_K.pb`` / ``output_K.pb``, the layout ``onnx_test_runner`` and
 ``onnxruntime_perf_test`` read) and ``manifest.json``, which lists the sha256 of every other file.
 
-Everything here is torch-free: :func:`verify_artifact` runs on the target machine with only
-ONNX Runtime, onnx and numpy installed.
+:func:`verify_artifact` treats the folder as untrusted: every file is a regular file checked with
+``lstat`` before it is opened, read once within a size bound, hashed and parsed from those same
+bytes; no tensor is ever read from outside the folder; everything the manifest claims about the
+model is checked against the graph and its metadata; and the model runs in a child process with a
+time bound. Everything here is torch-free: it runs on the target machine with only ONNX Runtime,
+onnx and numpy installed.
+
+Folders rnnexport creates beside a destination carry their owner in their name
+(``.NAME.partial-PID-START-XXXX`` while building, ``.NAME.old-PID-START`` while ``--force`` swaps),
+where START is the owner's process start time, so a later run can tell a live build's folder from
+a dead one's even when the PID has been reused, and clean up or finish what the dead one left.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
 import itertools
-import json
+import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,12 +39,14 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
-from rnnexport.contract import check_contract
-from rnnexport.errors import ArtifactError, InputError, RnnExportError, UsageError
+from rnnexport.compare import ProviderResult, Tolerance
+from rnnexport.contract import check_contract, read_contract
+from rnnexport.errors import ArtifactError, RnnExportError, UsageError
 from rnnexport.feeds import Case, validate_feeds
+from rnnexport.limits import DEFAULT_LIMITS, Limits, check_tolerance, format_bytes
 from rnnexport.runtime import DEVICES, Device, resolve_devices
-from rnnexport.spec import Contract
+from rnnexport.safeio import check_path, describe_os_error, file_kind, loads_strict, read_bounded, write_file
+from rnnexport.spec import DTYPES, DYNAMIC_AXES, ROLES, ArchConfig, Contract
 
 __all__ = [
     "MANIFEST",
@@ -43,9 +56,11 @@ __all__ = [
     "Manifest",
     "check_files",
     "hash_files",
+    "parse_manifest",
     "prepare_destination",
     "publish",
     "read_test_data",
+    "recover_destination",
     "sha256_file",
     "staging_folder",
     "verify_artifact",
@@ -55,6 +70,13 @@ __all__ = [
 MODEL = "model.onnx"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+
+_REBUILD = "Rebuild the artifact, or copy it again from the build machine."
+_TEST_SET = re.compile(r"test_data_set_(0|[1-9][0-9]{0,5})")
+# A dynamic axis named in a contract (as io descriptions allow: an identifier).
+_AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TEST_FILE = re.compile(r"(input|output)_(0|[1-9][0-9]{0,3})\.pb")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,10 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
-        """Inverse of :meth:`to_json`; raises KeyError/TypeError on a malformed document."""
+        """Inverse of :meth:`to_json`; raises KeyError/TypeError on a malformed document.
+
+        It does not validate; :func:`parse_manifest` does, for documents from elsewhere.
+        """
         return cls(
             arch=data["arch"],
             config=dict(data["config"]),
@@ -116,20 +141,199 @@ class Manifest:
 
     def write(self, folder: Path) -> None:
         """Write ``manifest.json`` into ``folder``."""
-        (folder / MANIFEST).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        import json
+
+        text = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
+        write_file(folder / MANIFEST, text.encode("utf-8"))
+
+
+# -- the manifest, validated ---------------------------------------------------------------------
+
+
+def _tensor_specs(doc: Mapping[str, Any], key: str, need: Any) -> None:
+    entries = doc.get(key)
+    if not isinstance(entries, list) or not entries:
+        need(False, f"'{key}' must be a non-empty list of tensors")
+        return
+    names = []
+    for t in entries:
+        need(isinstance(t, dict), f"every entry of '{key}' must be an object")
+        name, dtype, shape = t.get("name"), t.get("dtype"), t.get("shape")
+        need(isinstance(name, str) and name, f"a tensor in '{key}' has no name")
+        need(dtype in DTYPES, f"'{key}' tensor {name!r} has dtype {dtype!r}; expected one of {DTYPES}")
+        need(isinstance(shape, list) and shape, f"'{key}' tensor {name!r} has no shape")
+        for d in shape:
+            fixed = isinstance(d, int) and not isinstance(d, bool) and d >= 1
+            # A null (or any other) dim would switch the contract check off for that axis. A user
+            # model's contract may name further dynamic axes ("steps" for max(lengths)).
+            named = d in DYNAMIC_AXES or (isinstance(d, str) and _AXIS_NAME.fullmatch(d) is not None)
+            need(
+                fixed or named,
+                f"'{key}' tensor {name!r} has the dim {d!r}; every dim must be a size >= 1 or the name "
+                f"of a dynamic axis such as {DYNAMIC_AXES}",
+            )
+        need(t.get("role") in (None, *ROLES), f"'{key}' tensor {name!r} has the role {t.get('role')!r}")
+        bounds = t.get("range")
+        need(
+            bounds is None
+            or (
+                isinstance(bounds, list)
+                and len(bounds) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+            ),
+            f"'{key}' tensor {name!r} has the range {bounds!r}",
+        )
+        names.append(name)
+    need(len(set(names)) == len(names), f"'{key}' names a tensor twice")
+
+
+def parse_manifest(data: bytes, *, path: Path) -> Manifest:
+    """Parse and validate ``manifest.json`` bytes; raise :class:`ArtifactError` on anything malformed.
+
+    The manifest is not hashed itself, so every part that verification relies on is type- and
+    range-checked here: the format, the sizes, the contract (no null dims), the tolerances (the same
+    bounds ``build`` applies), the test-data sets and the file list.
+    """
+
+    def need(condition: object, what: str) -> None:
+        if not condition:
+            raise ArtifactError(f"{path} is not a valid rnnexport manifest: {what}. {_REBUILD}")
+
+    doc = loads_strict(data, what=str(path), error=ArtifactError, fix=_REBUILD)
+    need(isinstance(doc, dict), f"expected a JSON object, got {type(doc).__name__}")
+    fmt = doc.get("format")
+    need(isinstance(fmt, int) and not isinstance(fmt, bool), f"'format' must be a whole number, got {fmt!r}")
+    if fmt != MANIFEST_FORMAT:
+        raise ArtifactError(
+            f"{path} has manifest format {fmt}; this rnnexport reads format {MANIFEST_FORMAT}. "
+            "Verify it with the rnnexport version that built it, or rebuild it."
+        )
+    for key in ("config", "versions", "export", "simplification", "weights", "verification", "files"):
+        need(isinstance(doc.get(key), dict), f"'{key}' must be an object")
+    need(isinstance(doc.get("arch"), str) and doc["arch"], "'arch' must be a name")
+    need(isinstance(doc.get("test_data"), list), "'test_data' must be a list")
+    # A user model's config is its keyword arguments (recorded beside its 'source'), not sizes.
+    need(doc.get("source") is None or isinstance(doc["source"], dict), "'source' must be an object")
+    if doc.get("source") is None:
+        try:
+            ArchConfig.from_mapping(doc["config"], origin=f"the 'config' of {path}")
+        except UsageError as exc:
+            need(False, f"its config is invalid ({exc})")
+    _tensor_specs(doc, "inputs", need)
+    _tensor_specs(doc, "outputs", need)
+    tolerance = doc["verification"].get("tolerance")
+    need(isinstance(tolerance, dict), "'verification.tolerance' must be an object")
+    for device in DEVICES:
+        entry = tolerance.get(device)
+        need(
+            isinstance(entry, dict) and set(entry) == {"atol", "rtol"},
+            f"tolerance[{device!r}] must be {{atol, rtol}}",
+        )
+        for name in ("atol", "rtol"):
+            try:
+                check_tolerance(
+                    name, entry[name], origin=f"{device}, as build bounds it", error=ArtifactError
+                )
+            except ArtifactError as exc:
+                need(False, str(exc).removesuffix(". The defaults are atol 1e-5, rtol 1e-4."))
+            entry[name] = float(entry[name])
+    need(
+        isinstance(doc["verification"].get("tf32", False), bool), "'verification.tf32' must be true or false"
+    )
+    dirs = []
+    for entry in doc["test_data"]:
+        need(
+            isinstance(entry, dict) and isinstance(entry.get("dir"), str),
+            "every 'test_data' entry needs a 'dir'",
+        )
+        need(_TEST_SET.fullmatch(entry["dir"]), f"'test_data' names the folder {entry['dir']!r}")
+        dirs.append(entry["dir"])
+    need(len(set(dirs)) == len(dirs), "'test_data' lists a folder twice")
+    for name, digest in doc["files"].items():
+        need(
+            isinstance(digest, str) and _SHA256.fullmatch(digest),
+            f"the sha256 of {name!r} is not 64 hex digits",
+        )
+    return Manifest.from_json(doc)
 
 
 # -- test data -------------------------------------------------------------------------------------
 
+_DTYPE_CODES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "int32": TensorProto.INT32}
+# The TensorProto field that holds each dtype's values when they are not in raw_data.
+_TYPED_FIELDS = {
+    TensorProto.FLOAT: "float_data",
+    TensorProto.INT64: "int64_data",
+    TensorProto.INT32: "int32_data",
+}
+
 
 def _write_tensor(path: Path, name: str, array: np.ndarray) -> None:
-    path.write_bytes(numpy_helper.from_array(np.ascontiguousarray(array), name=name).SerializeToString())
+    write_file(path, numpy_helper.from_array(np.ascontiguousarray(array), name=name).SerializeToString())
 
 
-def _read_tensor(path: Path) -> tuple[str, np.ndarray]:
+def _parse_tensor(data: bytes, *, origin: str, name: str, dtype: str) -> np.ndarray:
+    """A ``TensorProto`` from ``data``, checked field by field, as an array; :class:`ArtifactError` otherwise.
+
+    ``numpy_helper.to_array`` is never used on untrusted bytes: it resolves external-data references
+    against the current directory. Here they are refused, as is any dtype other than the contract's,
+    dims that disagree with the amount of data, and data in a field the dtype does not use.
+    """
     tensor = TensorProto()
-    tensor.ParseFromString(path.read_bytes())
-    return tensor.name, numpy_helper.to_array(tensor)
+    try:
+        tensor.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ArtifactError(f"{origin} is not a TensorProto ({exc}). {_REBUILD}") from None
+    if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+        raise ArtifactError(
+            f"{origin} refers to external data {location!r} instead of holding its values; test data "
+            f"must be self-contained, and the reference was not followed. {_REBUILD}"
+        )
+    want = _DTYPE_CODES[dtype]
+    if tensor.data_type != want:
+        got = (
+            TensorProto.DataType.Name(tensor.data_type)
+            if tensor.data_type in TensorProto.DataType.values()
+            else str(tensor.data_type)
+        )
+        raise ArtifactError(
+            f"{origin} holds a tensor of type {got}; the contract says '{name}' is {dtype} "
+            f"({TensorProto.DataType.Name(want)}). {_REBUILD}"
+        )
+    if tensor.name != name:
+        raise ArtifactError(f"{origin} holds the tensor {tensor.name!r}, expected {name!r}. {_REBUILD}")
+    if tensor.HasField("segment"):
+        raise ArtifactError(f"{origin} is a segmented tensor, which rnnexport never writes. {_REBUILD}")
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ArtifactError(f"{origin} has negative dims {dims}. {_REBUILD}")
+    count = math.prod(dims)
+    np_dtype = np.dtype(dtype).newbyteorder("<")
+    typed = getattr(tensor, _TYPED_FIELDS[want])
+    others = [
+        f.name
+        for f, _ in tensor.ListFields()
+        if f.name.endswith("_data") and f.name not in ("raw_data", _TYPED_FIELDS[want])
+    ]
+    if others:
+        raise ArtifactError(
+            f"{origin} carries values in {others}, which a {dtype} tensor does not use. {_REBUILD}"
+        )
+    if tensor.HasField("raw_data"):
+        if len(typed) or len(tensor.raw_data) != count * np_dtype.itemsize:
+            raise ArtifactError(
+                f"{origin} declares dims {dims} ({count} values, {count * np_dtype.itemsize} bytes) "
+                f"but holds {len(tensor.raw_data)} bytes of data. {_REBUILD}"
+            )
+        array = np.frombuffer(tensor.raw_data, dtype=np_dtype).astype(np.dtype(dtype))
+    else:
+        if len(typed) != count:
+            raise ArtifactError(
+                f"{origin} declares dims {dims} ({count} values) but holds {len(typed)} values. {_REBUILD}"
+            )
+        array = np.asarray(typed, dtype=np.dtype(dtype))
+    return array.reshape(dims)
 
 
 def write_test_data(folder: Path, cases: Sequence[Case], contract: Contract) -> list[dict[str, Any]]:
@@ -146,16 +350,50 @@ def write_test_data(folder: Path, cases: Sequence[Case], contract: Contract) -> 
     return entries
 
 
-def read_test_data(folder: Path, contract: Contract) -> list[Case]:
-    """Read every ``test_data_set_N`` folder back into cases (sorted by N)."""
+def _cases_from(
+    contents: Mapping[str, bytes], dirs: Sequence[str], contract: Contract, *, folder: Path
+) -> list[Case]:
+    """Parse the test-data sets ``dirs`` out of file contents already read and hashed."""
     cases = []
-    sets = sorted(folder.glob("test_data_set_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
-    for directory in sets:
-        inputs = dict(_read_tensor(directory / f"input_{k}.pb") for k in range(len(contract.inputs)))
-        outputs = dict(_read_tensor(directory / f"output_{k}.pb") for k in range(len(contract.outputs)))
-        validate_feeds(contract, inputs, origin=str(directory))
-        cases.append(Case(directory.name, inputs, outputs))
+    for directory in dirs:
+        tensors: dict[str, dict[str, np.ndarray]] = {"input": {}, "output": {}}
+        for kind, specs in (("input", contract.inputs), ("output", contract.outputs)):
+            for k, spec in enumerate(specs):
+                name = f"{directory}/{kind}_{k}.pb"
+                if name not in contents:
+                    raise ArtifactError(
+                        f"The test-data set {folder / directory} has no {kind}_{k}.pb. {_REBUILD}"
+                    )
+                tensors[kind][spec.name] = _parse_tensor(
+                    contents[name], origin=str(folder / name), name=spec.name, dtype=spec.dtype
+                )
+        try:
+            validate_feeds(contract, tensors["input"], origin=str(folder / directory))
+        except UsageError as exc:
+            raise ArtifactError(f"{exc} {_REBUILD}") from None
+        for spec in contract.outputs:
+            got = tensors["output"][spec.name]
+            if got.ndim != len(spec.shape):
+                raise ArtifactError(
+                    f"{folder / directory}: output '{spec.name}' has shape {list(got.shape)}, expected rank "
+                    f"{len(spec.shape)} {spec.shape_str()}. {_REBUILD}"
+                )
+        cases.append(Case(directory, tensors["input"], tensors["output"]))
     return cases
+
+
+def read_test_data(folder: Path, contract: Contract, *, limits: Limits = DEFAULT_LIMITS) -> list[Case]:
+    """Read every ``test_data_set_N`` folder back into cases (sorted by N), with the checks of ``verify``."""
+    sets = sorted(
+        (p.name for p in folder.iterdir() if _TEST_SET.fullmatch(p.name)),
+        key=lambda n: int(n.rsplit("_", 1)[1]),
+    )
+    contents = {
+        f"{d}/{f.name}": read_bounded(f, limit=limits.test_data_bytes, what="test data", error=ArtifactError)
+        for d in sets
+        for f in sorted((folder / d).iterdir())
+    }
+    return _cases_from(contents, sets, contract, folder=folder)
 
 
 # -- files and hashes ------------------------------------------------------------------------------
@@ -179,49 +417,166 @@ def hash_files(folder: Path) -> dict[str, str]:
     }
 
 
-def check_files(folder: Path, listed: Mapping[str, str]) -> list[str]:
-    """Every way the folder departs from the manifest's file list. Symlinks are reported, never followed."""
-    problems = []
-    for name in listed:
-        pure = PurePosixPath(name)
-        if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-            problems.append(f"the manifest lists '{name}', a path outside the artifact folder (refused)")
-    if problems:
-        return problems
-    present: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        for entry in dirs + files:
-            path = Path(root) / entry
+@dataclass
+class _Scan:
+    """What a folder holds, read with lstat only: regular files with sizes, folders, and problems."""
+
+    files: dict[str, int] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)  # links, pipes, devices: reported, never opened
+    problems: list[str] = field(default_factory=list)
+
+
+def _scan(folder: Path, limits: Limits) -> _Scan:
+    """Walk ``folder`` without following links or opening anything; refuse what is not a plain file."""
+    scan = _Scan()
+    pending = [folder]
+    entries = 0
+    while pending:
+        current = pending.pop()
+        try:
+            listing = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as exc:
+            scan.problems.append(
+                f"'{current.relative_to(folder).as_posix()}' cannot be listed ({describe_os_error(exc)})"
+            )
+            continue
+        for entry in listing:
+            entries += 1
+            if entries > limits.artifact_entries:
+                scan.problems.append(f"more than {limits.artifact_entries} files and folders (refused)")
+                return scan
+            path = Path(entry.path)
             relative = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                problems.append(f"'{relative}' is a symbolic link (refused: artifacts hold plain files only)")
-            elif entry in files and relative != MANIFEST:
-                present.add(relative)
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as exc:  # removed or replaced while listing
+                scan.problems.append(f"'{relative}' cannot be examined ({describe_os_error(exc)})")
+                scan.refused.add(relative)
+                continue
+            mode = info.st_mode
+            if stat.S_ISDIR(mode):
+                scan.dirs.add(relative)
+                pending.append(path)
+            elif stat.S_ISREG(mode):
+                if relative != MANIFEST:
+                    scan.files[relative] = info.st_size
+            elif stat.S_ISLNK(mode):
+                scan.refused.add(relative)
+                scan.problems.append(
+                    f"'{relative}' is a symbolic link (refused: artifacts hold plain files only)"
+                )
+            else:
+                scan.refused.add(relative)
+                scan.problems.append(
+                    f"'{relative}' is {file_kind(mode)} (refused: artifacts hold plain files only; "
+                    "it was not opened)"
+                )
+    return scan
+
+
+def _listed_name_problem(name: str) -> str | None:
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        return f"the manifest lists '{name}', a path outside the artifact folder (refused)"
+    if pure.as_posix() != name or "\\" in name or name == MANIFEST:
+        return f"the manifest lists '{name}', which is not a plain relative file name (refused)"
+    return None
+
+
+def _read_listed(
+    folder: Path, listed: Mapping[str, str], limits: Limits
+) -> tuple[dict[str, bytes], list[str]]:
+    """Read every listed file once, within the size bounds, and hash those bytes.
+
+    Returns the contents of the files whose hash matched and every problem found: paths outside
+    the folder, links, pipes and devices, extra, missing, oversized or modified files, and folders
+    the manifest does not account for (an empty ``test_data_set_x/`` included).
+    """
+    problems = [p for p in map(_listed_name_problem, listed) if p]
+    if problems:
+        return {}, problems
+    scan = _scan(folder, limits)
+    problems += scan.problems
+    present = set(scan.files)
     for name in sorted(present - set(listed)):
         problems.append(f"'{name}' is in the folder but not in the manifest")
     for name in sorted(set(listed) - present):
-        if not (folder / name).is_symlink():
+        if name not in scan.dirs and name not in scan.refused:
             problems.append(f"'{name}' is listed in the manifest but missing")
+    needed = {PurePosixPath(name).parent.as_posix() for name in listed} | {
+        p.as_posix() for name in listed for p in PurePosixPath(name).parents
+    }
+    for name in sorted(scan.dirs - needed):
+        problems.append(f"'{name}/' is a folder the manifest does not account for (empty or unexpected)")
+    total = 0
     for name in sorted(present & set(listed)):
-        if sha256_file(folder / name) != listed[name]:
+        limit = limits.model_bytes if name == MODEL else limits.test_data_bytes
+        total += scan.files[name]
+        if scan.files[name] > limit:
+            problems.append(
+                f"'{name}' is {scan.files[name]:,} bytes, over the limit of {limit:,} bytes (refused)"
+            )
+    if total > limits.artifact_bytes and not problems:
+        problems.append(
+            f"the files add up to {format_bytes(total)}, over the limit of "
+            f"{format_bytes(limits.artifact_bytes)}"
+        )
+    if problems:
+        return {}, problems
+    contents: dict[str, bytes] = {}
+    for name in sorted(present & set(listed)):
+        limit = limits.model_bytes if name == MODEL else limits.test_data_bytes
+        data = read_bounded(folder / name, limit=limit, what="artifact file", error=ArtifactError)
+        if hashlib.sha256(data).hexdigest() != listed[name]:
             problems.append(f"'{name}' was modified: its sha256 does not match the manifest")
-    return problems
+        else:
+            contents[name] = data
+    return contents, problems
+
+
+def check_files(folder: Path, listed: Mapping[str, str], *, limits: Limits = DEFAULT_LIMITS) -> list[str]:
+    """Every way the folder departs from the manifest's file list. Links are reported, never followed."""
+    return _read_listed(folder, listed, limits)[1]
+
+
+def _tensors_of_nodes(nodes: Sequence[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    """Every tensor in the nodes' attributes, their subgraphs' (Loop, If, Scan bodies) included."""
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sparse in [
+                *attr.sparse_tensors,
+                *([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []),
+            ]:
+                yield sparse.values
+                yield sparse.indices
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                yield from _tensors_of_graph(sub)
+
+
+def _tensors_of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers (sparse ones too) and node attributes, recursively."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _tensors_of_nodes(graph.node)
 
 
 def _external_data_problems(model: onnx.ModelProto, folder: Path) -> list[str]:
+    """Every tensor, anywhere in the model, that refers to data outside the .onnx bytes."""
     problems = []
-    tensors = list(model.graph.initializer) + [
-        attr.t for node in model.graph.node for attr in node.attribute if attr.HasField("t")
-    ]
+    tensors = itertools.chain(
+        _tensors_of_graph(model.graph), *(_tensors_of_nodes(f.node) for f in model.functions)
+    )
     for tensor in tensors:
-        if tensor.data_location == TensorProto.EXTERNAL:
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            target = (folder / location).resolve()
-            where = (
-                "outside the artifact folder"
-                if not target.is_relative_to(folder.resolve())
-                else "a side file"
-            )
+            inside = (folder / location).resolve().is_relative_to(folder.resolve())
+            where = "a side file" if inside else "outside the artifact folder"
             problems.append(
                 f"tensor '{tensor.name}' points at external data '{location}' ({where}); it was not read"
             )
@@ -230,65 +585,229 @@ def _external_data_problems(model: onnx.ModelProto, folder: Path) -> list[str]:
 
 # -- destination handling --------------------------------------------------------------------------
 
+_OWNED = re.compile(
+    r"\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>[0-9]{1,10})"
+    r"(?:-(?P<start>[0-9]{1,20}))?(?:-[A-Za-z0-9_]{1,32})?"
+)
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot, from /proc), or None when unknown."""
+    try:
+        # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        return text.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_token() -> str:
+    """``PID-START`` of this process: unique among live processes, and across PID reuse."""
+    return f"{os.getpid()}-{_start_time(os.getpid()) or 0}"
+
+
+def _owner_alive(pid: int, start: str | None) -> bool:
+    """Whether the process that named a folder ``pid``/``start`` is still running."""
+    if f"{pid}-{start}" == _owner_token():
+        return True  # our own folder
+    if pid == os.getpid():
+        return False  # our PID, but another (earlier) process: the PID was reused
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    current = _start_time(pid)
+    # A recorded start time that differs means the PID now belongs to another process.
+    return not (start is not None and start != "0" and current is not None and current != start)
+
+
+@dataclass(frozen=True)
+class _Leftover:
+    path: Path
+    kind: str
+    pid: int
+    start: str | None
+
+
+def _leftovers(destination: Path) -> list[_Leftover]:
+    """Staging and swap folders of dead processes beside ``destination`` (for its name only)."""
+    found = []
+    try:
+        entries = list(os.scandir(destination.parent))
+    except OSError:
+        return []
+    for entry in entries:
+        match = _OWNED.fullmatch(entry.name)
+        if match is None or match["name"] != destination.name:
+            continue
+        if not entry.is_dir(follow_symlinks=False):
+            continue  # only our own kind of folder, never a link or a file of the same name
+        pid, start = int(match["pid"]), match["start"]
+        if not _owner_alive(pid, start):
+            found.append(_Leftover(Path(entry.path), match["kind"], pid, start))
+    return sorted(found, key=lambda f: f.path.name)
+
+
+def recover_destination(destination: Path, *, clean: bool = True) -> list[str]:
+    """Finish or undo what a killed build left beside ``destination``; return what was done, in words.
+
+    - ``destination`` missing and a dead ``--force`` swap's ``.NAME.old-*`` beside it: the previous
+      artifact is moved back (the swap was interrupted between its two renames);
+    - ``destination`` present and such a folder beside it: the swap had finished; with ``clean``
+      the leftover is removed;
+    - with ``clean``, dead builds' ``.NAME.partial-*`` staging folders are removed.
+
+    Only folders named like rnnexport's own, and only when their owning process is gone.
+    """
+    notes = []
+    leftovers = _leftovers(destination)
+    olds = [f for f in leftovers if f.kind == "old"]
+    if olds and not os.path.lexists(destination):
+        newest = max(olds, key=lambda f: f.path.lstat().st_mtime)
+        newest.path.rename(destination)
+        olds.remove(newest)
+        notes.append(
+            f"restored the previous artifact {destination} from {newest.path.name}: a --force rebuild "
+            f"(pid {newest.pid}) was interrupted after moving it aside and before moving the new one in"
+        )
+    if clean:
+        for leftover in olds:
+            shutil.rmtree(leftover.path, ignore_errors=True)
+            notes.append(
+                f"removed {leftover.path.name}, the old artifact a finished but interrupted --force rebuild "
+                f"(pid {leftover.pid}) left behind"
+            )
+        for leftover in leftovers:
+            if leftover.kind != "partial":
+                continue
+            if not _holds_only_build_output(leftover.path):
+                notes.append(
+                    f"left {leftover.path.name} in place: it is named like a staging folder of a dead "
+                    "build, but holds files rnnexport does not write"
+                )
+                continue
+            shutil.rmtree(leftover.path, ignore_errors=True)
+            notes.append(
+                f"removed the staging folder {leftover.path.name} of a build (pid {leftover.pid}) "
+                "that is no longer running"
+            )
+    return notes
+
+
+def _holds_only_build_output(folder: Path) -> bool:
+    """True when ``folder`` holds nothing but what a build writes into its staging folder."""
+    try:
+        for entry in os.scandir(folder):
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if entry.name in (MODEL, MANIFEST) and stat.S_ISREG(mode):
+                continue
+            if not (_TEST_SET.fullmatch(entry.name) and stat.S_ISDIR(mode)):
+                return False
+            for inner in os.scandir(entry.path):
+                if not (_TEST_FILE.fullmatch(inner.name) and inner.is_file(follow_symlinks=False)):
+                    return False
+    except OSError:
+        return False
+    return True
+
 
 def _first_existing(path: Path) -> Path:
     """``path`` itself or its nearest ancestor that exists."""
-    while not path.exists():
+    while not os.path.lexists(path):
         path = path.parent
     return path
 
 
-def prepare_destination(out: Path, name: str, *, force: bool) -> Path:
-    """Check that ``out/name`` can receive an artifact, before any work is done; return it."""
-    if out.exists() and not out.is_dir():
+def _replaceable_problem(destination: Path) -> str | None:
+    """Why ``--force`` must not replace ``destination``, or None when it holds an rnnexport artifact."""
+    mode = destination.lstat().st_mode
+    if not stat.S_ISDIR(mode):
+        return f"it is {file_kind(mode)}, not an artifact folder"
+    if not os.path.lexists(destination / MANIFEST):
+        return f"it has no {MANIFEST}"
+    try:
+        data = read_bounded(
+            destination / MANIFEST, limit=DEFAULT_LIMITS.manifest_bytes, what="manifest", error=ArtifactError
+        )
+        parse_manifest(data, path=destination / MANIFEST)
+    except ArtifactError as exc:
+        reason = str(exc).removesuffix(f" {_REBUILD}").rstrip(".")
+        return f"its {MANIFEST} is not valid ({reason})"
+    return None
+
+
+def prepare_destination(out: Path, name: str, *, force: bool) -> tuple[Path, list[str]]:
+    """Check that ``out/name`` can receive an artifact, before any work is done.
+
+    Returns the destination and notes on what a killed earlier build left there and this one
+    restored or removed (see :func:`recover_destination`).
+    """
+    check_path(out / name, what="--out")
+    if os.path.lexists(out) and not out.is_dir():
         raise UsageError(
             f"--out must be a folder, but {out} is a file. Pass a folder path (it is created if missing)."
         )
     destination = out / name
+    notes = recover_destination(destination) if out.is_dir() else []
     if destination.is_symlink():
         raise UsageError(
             f"{destination} is a symbolic link; refusing to write through it. "
             "Remove it or choose another --out."
         )
-    if destination.exists() and not force:
-        raise UsageError(
-            f"{destination} already exists. rnnexport never overwrites silently: pass --force to replace it "
-            "completely, or choose another --out."
-        )
+    if os.path.lexists(destination):
+        if not force:
+            done = "".join(f" (Before this check, rnnexport {note}.)" for note in notes)
+            raise UsageError(
+                f"{destination} already exists. rnnexport never overwrites silently: pass --force to "
+                f"replace it completely, or choose another --out.{done}"
+            )
+        problem = _replaceable_problem(destination)
+        if problem:
+            raise UsageError(
+                f"--force replaces only an rnnexport artifact, and {destination} is not one: {problem}. "
+                "Nothing was deleted. Move it away yourself, or choose another --out."
+            )
     probe = _first_existing(out)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"Cannot write under {out}: {probe} is not writable. Choose another --out.")
-    return destination
+    return destination, notes
 
 
 @contextmanager
 def staging_folder(destination: Path) -> Iterator[Path]:
     """A temporary folder beside ``destination``, removed on exit unless it was published.
 
-    On any exit, including Ctrl-C, folders this created on the way (a missing ``--out``) are removed
-    again if they are still empty, so a failed build leaves the disk as it was.
+    Its name records this process (``.NAME.partial-PID-START-XXXX``) so that, if this process is
+    killed outright, the next build can tell it is stale. On any exit, including Ctrl-C and the
+    signals :mod:`rnnexport.signals` handles, folders this created on the way (a missing ``--out``)
+    are removed again if they are still empty, so a failed build leaves the disk as it was.
     """
     existing = _first_existing(destination.parent)
     # Folders this creates on the way, innermost first, so they can be removed again.
     created = list(
         itertools.takewhile(lambda p: p != existing, [destination.parent, *destination.parent.parents])
     )
+    staging: Path | None = None
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
-    except OSError as exc:
-        for folder in created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise UsageError(
-            f"Cannot write under {destination.parent}: {exc.strerror or exc}. "
-            "Choose an --out folder you can write to."
-        ) from exc
-    staging.chmod(0o755)  # mkdtemp makes it private; the published artifact should read like any folder
-    try:
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{destination.name}.partial-{_owner_token()}-", dir=destination.parent
+                )
+            )
+        except OSError as exc:
+            raise UsageError(
+                f"Cannot write under {destination.parent}: {describe_os_error(exc)}. "
+                "Choose an --out folder you can write to."
+            ) from None
+        staging.chmod(0o755)  # mkdtemp makes it private; the published artifact should read like any folder
         yield staging
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for folder in created:  # innermost first
             try:
                 folder.rmdir()
@@ -296,29 +815,43 @@ def staging_folder(destination: Path) -> Iterator[Path]:
                 break
 
 
+def _aside_name(destination: Path) -> Path:
+    """A free ``.NAME.old-PID-START`` name beside ``destination`` (a suffix added if it is taken)."""
+    base = f".{destination.name}.old-{_owner_token()}"
+    for n in itertools.count():
+        candidate = destination.with_name(base if n == 0 else f"{base}-{n}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def publish(staging: Path, destination: Path, *, force: bool) -> None:
     """Move a complete artifact into place; with ``force`` the old one is replaced as a whole.
 
     Each step is a rename within one folder, so a reader sees the old artifact or the new one, never
-    a mix, and an interruption leaves the old artifact in place.
+    a mix. An interruption leaves the old artifact in place; a kill between the two renames leaves it
+    in ``.NAME.old-PID-START``, which the next build or verify moves back.
     """
-    if destination.exists() and not force:  # checked again: someone may have written it meanwhile
-        raise UsageError(f"{destination} appeared while building; pass --force to replace it.")
     old = None
-    if destination.exists():
-        old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-        destination.rename(old)
+    if os.path.lexists(destination):  # checked again: someone may have written it meanwhile
+        problem = _replaceable_problem(destination) if force else "pass --force to replace it"
+        if problem:
+            raise UsageError(
+                f"{destination} appeared or changed while building ({problem}); nothing was replaced."
+            )
+        old = _aside_name(destination)
+    # Both renames inside one try: Ctrl-C (or a handled signal) can only strike between statements,
+    # and wherever it does, the old artifact goes back unless the new one is already in place.
     try:
+        if old is not None:
+            destination.rename(old)
         staging.rename(destination)
     except BaseException:
-        if old is not None:
+        if old is not None and os.path.lexists(old) and not os.path.lexists(destination):
             old.rename(destination)
         raise
     if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- re-verification -------------------------------------------------------------------------------
@@ -331,6 +864,8 @@ class ArtifactReport:
     directory: Path
     manifest: Manifest
     results: dict[Device, ProviderResult]
+    notes: list[str] = field(default_factory=list)
+    manifest_sha256: str = ""
 
     @property
     def passed(self) -> bool:
@@ -344,93 +879,204 @@ class ArtifactReport:
             "arch": self.manifest.arch,
             "passed": self.passed,
             "files": "ok",
+            "manifest_sha256": self.manifest_sha256,
+            "notes": self.notes,
+            "tolerance": {d: r.tolerance.to_json() for d, r in self.results.items()},
             "providers": {r.provider: r.to_json() for r in self.results.values()},
         }
 
 
-def _read_manifest(folder: Path) -> Manifest:
+def _read_manifest(folder: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Manifest, bytes]:
     path = folder / MANIFEST
-    if path.is_symlink() or not path.is_file():
-        raise ArtifactError(
-            f"{folder} is not an rnnexport artifact: expected a plain file {MANIFEST} in it. Pass the folder "
-            "that 'rnnexport build' wrote (for example dist/attention)."
-        )
     try:
-        manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
-        # The manifest is not hashed itself, so the parts that verification reads are type-checked.
-        tolerances = [manifest.tolerance(device) for device in DEVICES]
-        if not all(isinstance(v, float) for t in tolerances for v in (t.atol, t.rtol)):
-            raise TypeError("tolerances must be numbers")
-        if not all(isinstance(v, str) for v in manifest.files.values()):
-            raise TypeError("file hashes must be strings")
-    except (ValueError, KeyError, TypeError) as exc:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is None or not stat.S_ISREG(mode):
         raise ArtifactError(
-            f"{path} is not a valid rnnexport manifest ({type(exc).__name__}: {exc}). Rebuild the artifact."
-        ) from exc
-    if manifest.format != MANIFEST_FORMAT:
-        raise ArtifactError(
-            f"{path} has manifest format {manifest.format}; this rnnexport reads {MANIFEST_FORMAT}."
+            f"{folder} is not an rnnexport artifact: expected a plain file {MANIFEST} in it"
+            + (f", found {file_kind(mode)}" if mode is not None else "")
+            + ". Pass the folder that 'rnnexport build' wrote (for example dist/attention)."
         )
-    return manifest
+    data = read_bounded(path, limit=limits.manifest_bytes, what="manifest", error=ArtifactError, fix=_REBUILD)
+    return parse_manifest(data, path=path), data
 
 
-def verify_artifact(folder: Path | str, *, device: str = "auto") -> ArtifactReport:
+def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
+    """Every way the model's own metadata, its graph, and the manifest disagree."""
+    problems = []
+    props: dict[str, str] = {}
+    for prop in model.metadata_props:
+        if prop.key in props:
+            problems.append(f"metadata key '{prop.key}' appears twice")
+        props[prop.key] = prop.value
+    expected = {
+        "rnnexport.arch": manifest.arch,
+        "rnnexport.version": manifest.versions.get("rnnexport"),
+        "rnnexport.config": manifest.config,
+        "rnnexport.contract": manifest.contract.to_json(),
+    }
+    for key, want in expected.items():
+        if key not in props:
+            problems.append(f"the model has no '{key}' metadata")
+            continue
+        got: Any = props[key]
+        if isinstance(want, dict):
+            try:
+                got = loads_strict(got, what=f"metadata '{key}'", error=ArtifactError)
+            except ArtifactError as exc:
+                problems.append(str(exc))
+                continue
+        if got != want:
+            problems.append(f"metadata '{key}' is {got!r}, the manifest says {want!r}")
+    # Contract templates draw every fixed size from the config: a size no config value explains
+    # means the contract and the config describe different models.
+    values = set(manifest.config.values())
+    # A user model's sizes come from its I/O description, not from a config of sizes.
+    templated = manifest.source is None
+    for tensor in manifest.contract.inputs + manifest.contract.outputs:
+        for axis, d in enumerate(tensor.shape):
+            if templated and isinstance(d, int) and d not in values:
+                problems.append(
+                    f"'{tensor.name}' axis {axis} is {d}, which none of the manifest's sizes "
+                    f"{manifest.config} explains"
+                )
+    actual = read_contract(model)
+    # Roles and integer ranges are the manifest's alone: a graph carries names, dtypes and shapes.
+    declared = Contract(
+        tuple(dataclasses.replace(t, role=None, range=None) for t in manifest.contract.inputs),
+        manifest.contract.outputs,
+    )
+    if actual != declared:
+        problems.append(
+            f"the graph's inputs/outputs are {actual.to_json()}, "
+            f"the manifest says {manifest.contract.to_json()}"
+        )
+    return problems
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        info = folder.lstat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _read_consistently(
+    folder: Path, limits: Limits, attempts: int = 3
+) -> tuple[Manifest, bytes, dict[str, bytes], list[str]]:
+    """The manifest and every listed file, all read from one and the same folder.
+
+    A ``--force`` rebuild publishes by renaming a new folder into place; if that happens while this
+    reads, the manifest and the files may come from different artifacts. The folder's identity
+    (device, inode) is compared before and after, and everything is read again when it changed.
+    """
+    for _ in range(attempts):
+        before = _folder_identity(folder)
+        manifest, manifest_bytes = _read_manifest(folder, limits)
+        contents, problems = _read_listed(folder, manifest.files, limits)
+        if before is not None and _folder_identity(folder) == before:
+            break
+    return manifest, manifest_bytes, contents, problems
+
+
+def verify_artifact(
+    folder: Path | str,
+    *,
+    device: str = "auto",
+    expect_sha256: str | None = None,
+    time_limit: float | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> ArtifactReport:
     """Re-check a shipped artifact: file hashes, I/O contract, and outputs on the provider that runs.
 
-    Raises :class:`ArtifactError` when the folder itself is wrong (tampered, extra or missing files,
-    symlinks, external data); returns a report with one :class:`ProviderResult` per device otherwise.
-    The caller decides what a non-passing result means.
+    Raises :class:`ArtifactError` when the folder itself is wrong (tampered, extra, missing or
+    oversized files, links, pipes or devices, external data, a manifest that disagrees with the
+    model); returns a report with one :class:`ProviderResult` per device otherwise. The caller
+    decides what a non-passing result means. ``expect_sha256`` pins the manifest (and through its
+    hashes, every file); ``time_limit`` bounds each provider's run in seconds (default: a base plus
+    time in proportion to the model's size, see :class:`~rnnexport.limits.Limits`).
     """
-    folder = Path(folder)
-    if not folder.is_dir() or folder.is_symlink():
-        raise UsageError(f"{folder} is not a folder. Pass the artifact folder that 'rnnexport build' wrote.")
-    manifest = _read_manifest(folder)
-    problems = check_files(folder, manifest.files)
+    from rnnexport.worker import verify_with_deadline
+
+    folder = check_path(Path(folder), what="The artifact folder")
+    notes = []
+    if not os.path.lexists(folder) and folder.parent.is_dir():
+        # A --force rebuild killed between its two renames leaves the artifact aside: put it back.
+        notes = recover_destination(folder, clean=False)
+    notes += [
+        f"{leftover.path.name} beside it was left by a build (pid {leftover.pid}) that was killed; "
+        "the next 'rnnexport build' into this folder removes it"
+        for leftover in _leftovers(folder)
+    ]
+    try:
+        mode = folder.lstat().st_mode
+    except OSError as exc:
+        raise UsageError(
+            f"{folder} is not a folder ({describe_os_error(exc)}). "
+            "Pass the artifact folder that 'rnnexport build' wrote."
+        ) from None
+    if not stat.S_ISDIR(mode):
+        raise UsageError(
+            f"{folder} is {file_kind(mode)}, not a folder. "
+            "Pass the artifact folder that 'rnnexport build' wrote."
+        )
+    manifest, manifest_bytes, contents, problems = _read_consistently(folder, limits)
+    digest = hashlib.sha256(manifest_bytes).hexdigest()
+    if expect_sha256 is not None and digest != expect_sha256.strip().lower():
+        raise ArtifactError(
+            f"{folder / MANIFEST} has sha256 {digest}, expected {expect_sha256.strip().lower()}: "
+            "this is not the artifact you pinned. Get it again from where it was built."
+        )
     if problems:
         raise ArtifactError(
-            f"The artifact in {folder} does not match its manifest: "
-            + "; ".join(problems)
-            + ". Rebuild it, or copy it again from the build machine."
+            f"The artifact in {folder} does not match its manifest: " + "; ".join(problems) + f". {_REBUILD}"
         )
-    if MODEL not in manifest.files:
-        raise ArtifactError(f"The manifest in {folder} does not list {MODEL}. Rebuild the artifact.")
-    data = (folder / MODEL).read_bytes()
+    if MODEL not in contents:
+        raise ArtifactError(f"The manifest in {folder} does not list {MODEL}. {_REBUILD}")
+    data = contents[MODEL]
     try:
         model = onnx.load_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not a model
-        raise ArtifactError(
-            f"{folder / MODEL} is not a readable ONNX model ({exc}). Rebuild the artifact."
-        ) from exc
+        raise ArtifactError(f"{folder / MODEL} is not a readable ONNX model ({exc}). {_REBUILD}") from None
     external = _external_data_problems(model, folder)
     if external:
         raise ArtifactError(
-            f"{folder / MODEL} is not self-contained: "
-            + "; ".join(external)
-            + ". rnnexport artifacts are a single file; rebuild it."
+            f"{folder / MODEL} is not self-contained: " + "; ".join(external) + ". rnnexport artifacts are a "
+            f"single file. {_REBUILD}"
         )
     try:
         check_contract(model, manifest.contract, stage=f"in {folder / MODEL}")
     except RnnExportError as exc:
-        raise ArtifactError(str(exc)) from exc
-    declared_arch = {p.key: p.value for p in model.metadata_props}.get("rnnexport.arch")
-    if declared_arch != manifest.arch:
+        raise ArtifactError(str(exc)) from None
+    claims = _metadata_problems(model, manifest)
+    if claims:
         raise ArtifactError(
-            f"{folder / MODEL} says it is {declared_arch!r}, the manifest says {manifest.arch!r}. "
-            "Rebuild the artifact."
+            f"The manifest of {folder} does not describe its model: " + "; ".join(claims) + f". {_REBUILD}"
         )
-    try:
-        cases = read_test_data(folder, manifest.contract)
-    except (OSError, DecodeError, InputError) as exc:
+    listed_sets = sorted({n.split("/", 1)[0] for n in manifest.files if n.startswith("test_data_set_")})
+    declared = [e["dir"] for e in manifest.test_data]
+    if sorted(declared) != listed_sets:
         raise ArtifactError(
-            f"The test data in {folder} cannot be read ({exc}). Rebuild the artifact."
-        ) from exc
+            f"The manifest of {folder} declares the test-data sets {sorted(declared)} but lists files for "
+            f"{listed_sets}. {_REBUILD}"
+        )
+    for name in manifest.files:
+        head, _, tail = name.partition("/")
+        if _TEST_SET.fullmatch(head) and not _TEST_FILE.fullmatch(tail):
+            raise ArtifactError(
+                f"The manifest of {folder} lists '{name}', which no test-data set holds. {_REBUILD}"
+            )
+    cases = _cases_from(contents, declared, manifest.contract, folder=folder)
     if not cases:
-        raise ArtifactError(
-            f"{folder} has no test_data_set_N folders to verify against. Rebuild the artifact."
-        )
+        raise ArtifactError(f"{folder} has no test_data_set_N folders to verify against. {_REBUILD}")
     tf32 = bool(manifest.verification.get("tf32", False))
+    seconds = time_limit if time_limit is not None else limits.run_seconds(len(data))
     results = {
-        d: verify_on_device(data, cases, device=d, tol=manifest.tolerance(d), tf32=tf32 and d == "cuda")
+        d: verify_with_deadline(
+            data, cases, device=d, tol=manifest.tolerance(d), tf32=tf32 and d == "cuda", seconds=seconds
+        )
         for d in resolve_devices(device)
     }
-    return ArtifactReport(folder, manifest, results)
+    return ArtifactReport(folder, manifest, results, notes, digest)

@@ -11,12 +11,14 @@ that quote them) goes through :func:`_safe`: control characters made visible, Ri
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -51,6 +53,8 @@ _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_INTERRUPTED = 130
 BUILD_EXTRA_MODULES = ("torch", "onnxsim", "safetensors")
+# Errors writing to an output stream: full device, size limit, quota, broken pipe, I/O error.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EPIPE, errno.EIO})
 
 
 def _safe(text: object) -> str:
@@ -85,9 +89,17 @@ def _reported(*, as_json: bool = False) -> Iterator[None]:
         if as_json:
             typer.echo(json.dumps({"passed": False, "error": _error_json(exc)}, indent=2))
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        _err.print("interrupted: stopped before finishing; the destination was left as it was.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP turned into one by main()
+        from rnnexport import signals
+
+        with suppress(OSError):  # after SIGHUP the terminal may be gone
+            _err.print(
+                f"interrupted: {signals.describe(exc)} stopped the run before it finished; "
+                "the destination was left as it was.",
+                soft_wrap=True,
+            )
+        signals.mark_reported()
+        raise typer.Exit(signals.exit_code(exc)) from None
 
 
 def _require_build_extra() -> None:
@@ -168,15 +180,9 @@ def list_command(
 
 
 def _write_stdout(text: str) -> None:
-    """Print to stdout; a closed or full stdout (``> /dev/full``, a closed pipe) is a usage error."""
-    try:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    except OSError as exc:
-        raise UsageError(
-            f"Cannot write the output to stdout: {exc.strerror or exc}. Redirect it to a file or "
-            "pipe that can take it."
-        ) from None
+    """Print to stdout now; a failed write (``> /dev/full``, a closed pipe) is reported by :func:`main`."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 class DeviceChoice(str, Enum):
@@ -497,8 +503,7 @@ def build(
         finally:
             reporter.close()
     if as_json:
-        with _reported():
-            _write_stdout(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
+        _write_stdout(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
     if exit_code:
         raise typer.Exit(exit_code)
 
@@ -562,6 +567,21 @@ def verify(
     ] = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
+    expect_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-sha256",
+            help="Pin the artifact: the sha256 of its manifest.json, as published by whoever built it.",
+        ),
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--time-limit",
+            min=0.1,
+            help="Seconds each provider may take to run the test data (default: by size).",
+        ),
+    ] = None,
 ) -> None:
     """Re-check a shipped artifact on this machine (needs onnxruntime, not torch).
 
@@ -574,7 +594,11 @@ def verify(
     reporter = _Reporter(quiet=quiet, verbose=verbose)
     started = time.perf_counter()
     with _reported(as_json=as_json):
-        report = verify_artifact(directory, device=device.value)
+        report = verify_artifact(
+            directory, device=device.value, expect_sha256=expect_sha256, time_limit=time_limit
+        )
+    for note in report.notes:
+        reporter.line(f"note: {note}")
     providers = {r.provider: r.to_json() for r in report.results.values()}
     if not quiet:
         _err.print(f"{_mark(True)} files      sha256 of every file matches the manifest; no extra files")
@@ -583,8 +607,7 @@ def verify(
     if verbose:
         reporter.line(f"took {time.perf_counter() - started:.2f}s")
     if as_json:
-        with _reported():
-            _write_stdout(json.dumps(report.to_json(), indent=2))
+        _write_stdout(json.dumps(report.to_json(), indent=2))
     if not report.passed:
         failed = ", ".join(
             f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "")
@@ -596,12 +619,49 @@ def verify(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:  # Ctrl-C outside a command body (e.g. during imports)
-        print("interrupted.", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    """Console-script entry point.
+
+    SIGTERM and SIGHUP are handled like Ctrl-C (see :mod:`rnnexport.signals`): the same cleanup, a
+    message, and exit 128+N. Output that cannot be written (``> /dev/full``, a closed pipe) is one
+    message and exit 1, not a traceback.
+    """
+    from rnnexport import signals
+
+    code: int | str | None = 0
+    with signals.signals_as_interrupts():
+        try:
+            try:
+                app()
+            finally:
+                sys.stdout.flush()  # surface a failed write of buffered output here, not at exit
+        except SystemExit as exc:
+            code = exc.code
+        except KeyboardInterrupt as exc:  # outside a command body (e.g. during imports)
+            code = signals.exit_code(exc)
+        except OSError as exc:
+            # The library turns its own file errors into messages (rnnexport.safeio), so a
+            # nameless write error that gets here is stdout or stderr: '> /dev/full', a closed pipe.
+            if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+                raise  # a bug: keep the traceback
+            _abandon_stdout()
+            with suppress(OSError):
+                print(f"error: cannot write the output: {exc.strerror or exc}.", file=sys.stderr)
+            code = 1
+        # Click turns an interruption outside a command body (e.g. during imports) into a silent 130.
+        interrupted = signals.received() is not None or code == EXIT_INTERRUPTED
+        if signals.received() is not None:
+            code = signals.exit_code()  # 143 or 129, even if the signal came after the command's handling
+        if interrupted and not signals.reported():
+            with suppress(OSError):
+                print(f"interrupted ({signals.describe()}).", file=sys.stderr)
+    sys.exit(code)
+
+
+def _abandon_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again."""
+    with suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

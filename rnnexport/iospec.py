@@ -20,17 +20,19 @@ imports torch.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from rnnexport.errors import UsageError
+from rnnexport.safeio import loads_strict, read_bounded
 from rnnexport.spec import BATCH, LENGTHS, ROLES, SEQ, Contract, Dim, TensorSpec
 
 __all__ = ["check_signature", "parse_io", "read_io"]
 
+# An I/O description lists a few tensors: a megabyte is far more than any needs.
+IO_FILE_BYTES = 1 << 20
 _INPUT_DTYPES = ("float32", "int64", "int32")
 _OUTPUT_DTYPES = ("float32", "int64", "int32")
 _KEYS = {
@@ -53,10 +55,10 @@ def read_io(source: Mapping[str, Any] | str | Path) -> tuple[Contract, str]:
     if isinstance(source, Mapping):
         return parse_io(source, origin="the io description"), "the io description"
     path = Path(source)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"Cannot read --io {path}: {exc}. Expected a JSON file such as {_EXAMPLE}.") from exc
+    fix = f"Expected a JSON file such as {_EXAMPLE}."
+    # A small regular file, strict JSON (no duplicate keys, NaN or deep nesting), as for --config.
+    raw = read_bounded(path, limit=IO_FILE_BYTES, what="--io", fix=fix)
+    data = loads_strict(raw, what=f"--io {path}", fix=fix)
     return parse_io(data, origin=f"--io {path.name}"), f"--io {path.name}"
 
 

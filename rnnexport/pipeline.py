@@ -7,6 +7,7 @@ folder beside it and moved into place as the very last step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -53,10 +54,19 @@ from rnnexport.export import (
 from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
 from rnnexport.iospec import check_signature, read_io
+from rnnexport.limits import (
+    DEFAULT_LIMITS,
+    PROTOBUF_LIMIT,
+    Limits,
+    available_memory,
+    check_tolerance,
+    format_bytes,
+)
 from rnnexport.progress import Progress, SilentProgress
 from rnnexport.reference import ModuleRunner, TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
+from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, write_file, writing
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
 from rnnexport.usermodel import ModelSource, check_outputs, load_user_weights, state_sha256
@@ -66,8 +76,10 @@ __all__ = [
     "SWEEP_BATCHES",
     "SWEEP_SEQS",
     "TF32_TOLERANCE",
+    "ResourceEstimate",
     "build",
     "build_model_artifact",
+    "estimate_resources",
     "read_config_file",
     "resolve_config",
 ]
@@ -102,17 +114,43 @@ def _stage(progress: Progress, name: str, total: int | None = None) -> Iterator[
     progress.stage_finished(name, stage.ok, "; ".join(stage.details), time.perf_counter() - start)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+_CONFIG_EXAMPLE = (
+    'Expected a JSON object such as {"input_size": 10, "hidden_size": 20, "output_size": 5, "branches": 3}.'
+)
+
+
+def read_config_file(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """A ``--config`` file's sizes: a bounded read and a strict JSON object of whole numbers.
+
+    Refused: anything but a small regular file (``/dev/zero``, a FIFO, a huge file), invalid or
+    deeply nested JSON, duplicate keys, non-finite numbers, unknown keys and null values.
+    """
+    data = read_bounded(path, limit=limits.config_bytes, what="--config", fix=_CONFIG_EXAMPLE)
+    config = loads_strict(data, what=f"--config {path}", fix=_CONFIG_EXAMPLE)
+    if not isinstance(config, dict):
         raise UsageError(
-            f"Cannot read --config {path}: {exc}. Expected a JSON object such as "
-            '{"input_size": 10, "hidden_size": 20, "output_size": 5, "branches": 3}.'
-        ) from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path} holds a JSON {type(data).__name__}, expected an object of sizes.")
-    return data
+            f"--config {path} holds a JSON {type(config).__name__}, expected an object of sizes. "
+            + _CONFIG_EXAMPLE
+        )
+    _check_config_keys(config, origin=f"--config {path}")
+    nulls = sorted(k for k, v in config.items() if v is None)
+    if nulls:
+        raise UsageError(
+            f"--config {path} gives null for {', '.join(map(repr, nulls))}: expected whole numbers. "
+            "Remove a key to use its default."
+        )
+    return config
+
+
+def _check_config_keys(config: Mapping[str, Any], *, origin: str) -> None:
+    """Unknown keys are refused whatever their value (a misspelt key set to null included)."""
+    known = {f.name for f in dataclasses.fields(ArchConfig)}
+    unknown = sorted(str(k) for k in config if k not in known)
+    if unknown:
+        raise UsageError(
+            f"Unknown key(s) {', '.join(map(repr, unknown))} in {origin}: the valid keys are "
+            f"{', '.join(sorted(known))}. Remove or rename them."
+        )
 
 
 def resolve_config(
@@ -123,13 +161,15 @@ def resolve_config(
     """Sizes from, in order of precedence: ``config`` (a config, a mapping or a JSON file), the
     checkpoint's tensor shapes where the architecture can read them, then the defaults.
 
+    In a mapping, ``None`` means "not given"; unknown keys are errors whatever their value.
     Returns the config and human-readable notes on what was inferred.
     """
     if isinstance(config, ArchConfig):
         return config, []
     if isinstance(config, (str, Path)):
         config = read_config_file(Path(config))
-    explicit = dict(config or {})
+    _check_config_keys(config or {}, origin="the sizes given")
+    explicit = {k: v for k, v in (config or {}).items() if v is not None}
     unused = sorted(set(explicit) - set(spec.sizes))
     if unused:
         takes = ", ".join(f"{k} (default {v})" for k, v in spec.default_sizes.items())
@@ -142,15 +182,68 @@ def resolve_config(
     return ArchConfig.from_mapping(inferred | explicit, origin="the sizes given"), notes
 
 
+@dataclasses.dataclass(frozen=True)
+class ResourceEstimate:
+    """What building a model of given sizes will take, worked out from the sizes alone."""
+
+    parameters: int
+    weight_bytes: int  # float32, as shipped
+    memory_bytes: int  # peak of the whole build, roughly
+
+    # The weights are held about this many times over at the peak: the eager model, the exporter's
+    # graph and its serialized proto, onnxsim's input and output, and an ONNX Runtime session.
+    COPIES = 6
+
+
+def estimate_resources(spec: ArchSpec, config: ArchConfig) -> ResourceEstimate:
+    """Parameters, model bytes and peak memory of building ``spec`` at ``config``, before building.
+
+    The module is constructed on PyTorch's ``meta`` device: parameters get shapes but no storage, so
+    this costs microseconds whatever the sizes.
+    """
+    with torch.device("meta"):
+        model = spec.build_model(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    weight_bytes = 4 * parameters
+    sizes = config.subset(spec.sizes)
+    width = sizes.get("branches", 1) * config.hidden_size
+    # Activations of the largest sweep case, on both sides (gates, states, outputs), float32.
+    largest = max(SWEEP_BATCHES) * max(SWEEP_SEQS)
+    activations = 2 * 4 * largest * (config.input_size + 6 * width + config.output_size)
+    return ResourceEstimate(parameters, weight_bytes, ResourceEstimate.COPIES * weight_bytes + activations)
+
+
+def _check_resources(spec: ArchSpec, config: ArchConfig, *, available: int | None) -> ResourceEstimate:
+    """Refuse, with the numbers, a build whose model cannot be one ONNX file or cannot fit in memory."""
+    estimate = estimate_resources(spec, config)
+    sizes = ", ".join(f"{k}={v}" for k, v in config.subset(spec.sizes).items())
+    what = (
+        f"'{spec.name}' with {sizes} has {estimate.parameters:,} parameters, "
+        f"{format_bytes(estimate.weight_bytes)} of float32 weights"
+    )
+    if estimate.weight_bytes >= PROTOBUF_LIMIT:
+        raise UsageError(
+            f"{what}; a single-file ONNX model must stay under 2 GiB (protobuf's limit on one message), and "
+            "rnnexport ships exactly one model.onnx. Nothing was built. Choose smaller sizes "
+            "(--hidden-size, --input-size" + (", --branches" if "branches" in spec.sizes else "") + ")."
+        )
+    if available is not None and estimate.memory_bytes > available:
+        raise UsageError(
+            f"{what}; building and verifying it needs about {format_bytes(estimate.memory_bytes)} of memory "
+            f"(the weights held about {ResourceEstimate.COPIES} times over, plus the verification sweep's "
+            f"activations), but only {format_bytes(available)} is available here. Nothing was built. Choose "
+            "smaller sizes, or build on a machine with more memory."
+        )
+    return estimate
+
+
 # File signatures of the formats --inputs reads: an .npz is a zip archive; safetensors starts with
 # the little-endian length of its JSON header, whose first byte is '{'.
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _inputs_format(path: Path) -> str:
+def _inputs_format(path: Path, head: bytes) -> str:
     """``npz`` or ``safetensors``, from the file's first bytes (never from its name alone)."""
-    with path.open("rb") as handle:
-        head = handle.read(9)
     if head.startswith(_ZIP_MAGIC):
         return "npz"
     if len(head) == 9 and head[8:9] == b"{":
@@ -162,29 +255,32 @@ def _inputs_format(path: Path) -> str:
     )
 
 
-def _read_inputs_file(path: Path, contract: Contract) -> Feeds:
-    """One case from an ``.npz`` (no pickles) or ``.safetensors`` file, keyed by input name."""
-    kind = _inputs_format(path)
-    try:
-        if kind == "safetensors":
-            from safetensors.numpy import load_file
+def _read_inputs_file(path: Path, contract: Contract, *, limits: Limits = DEFAULT_LIMITS) -> Feeds:
+    """One case from an ``.npz`` (no pickles) or ``.safetensors`` file, keyed by input name.
 
-            feeds = dict(load_file(str(path)))
-        else:
-            with np.load(path, allow_pickle=False) as archive:
-                feeds = {k: archive[k] for k in archive.files}
-    except ValueError as exc:  # numpy's refusal of object arrays, which need pickle
+    Bounded: the file is read once within a size limit, its format is told by its first bytes, and
+    what it decompresses to is capped by the sizes its entries declare, before anything is
+    decompressed.
+    """
+    fix = (
+        "Expected an .npz (np.savez, no object arrays) or a .safetensors file with one tensor per model "
+        f"input ({contract.input_names})."
+    )
+    data = read_bounded(path, limit=limits.inputs_file_bytes, what="--inputs", error=InputError, fix=fix)
+    if _inputs_format(path, data[:9]) == "npz":
+        return load_npz(data, origin=str(path), limit=limits.inputs_bytes, error=InputError)
+    # safetensors is not compressed: its size on disk is what it holds.
+    if len(data) > limits.inputs_bytes:
         raise InputError(
-            f"Cannot read --inputs {path}: it holds object arrays, which only pickle can load, and "
-            "rnnexport never unpickles inputs. Save plain numeric arrays (np.savez with float32 / int64 "
-            f"arrays named {contract.input_names})."
-        ) from exc
-    except Exception as exc:  # OSError, SafetensorError, zip errors: a damaged file
-        raise InputError(
-            f"Cannot read --inputs {path} as {kind}: {exc}. It looks truncated or corrupt; save it again "
-            f"with one tensor per model input ({contract.input_names})."
-        ) from exc
-    return feeds
+            f"--inputs {path} holds {format_bytes(len(data))} of tensors; the limit is "
+            f"{format_bytes(limits.inputs_bytes)}. Pass fewer or smaller cases."
+        )
+    try:
+        from safetensors.numpy import load
+
+        return dict(load(data))
+    except Exception as exc:  # SafetensorError and friends: the bytes are not a safetensors file
+        raise InputError(f"Cannot read --inputs {path}: {exc}. {fix}") from None
 
 
 def _read_inputs_folder(folder: Path, contract: Contract) -> list[tuple[str, Feeds]]:
@@ -206,8 +302,15 @@ def _read_inputs_folder(folder: Path, contract: Contract) -> list[tuple[str, Fee
         for k, spec in enumerate(contract.inputs):
             tensor_path = directory / f"input_{k}.pb"
             tensor = TensorProto()
+            data = read_bounded(
+                tensor_path,
+                limit=DEFAULT_LIMITS.inputs_bytes,
+                what="--inputs",
+                error=InputError,
+                fix=f"Expected a TensorProto for input '{spec.name}' ({spec.shape_str()}).",
+            )
             try:
-                tensor.ParseFromString(tensor_path.read_bytes())
+                tensor.ParseFromString(data)
                 if tensor.data_location == TensorProto.EXTERNAL:
                     raise ValueError("it refers to external data, which --inputs does not follow")
                 feeds[tensor.name or spec.name] = numpy_helper.to_array(tensor).copy()  # writable
@@ -227,13 +330,8 @@ def read_user_cases(paths: Sequence[Path], contract: Contract) -> list[tuple[str
     for path in paths:
         if path.is_dir():
             found = _read_inputs_folder(path, contract)
-        elif path.is_file():
+        else:  # the bounded reader refuses a missing path, a link, a pipe or a device, with the reason
             found = [(path.name, _read_inputs_file(path, contract))]
-        else:
-            raise InputError(
-                f"--inputs {path} does not exist. Pass an .npz / .safetensors file or a folder of "
-                "test_data_set_N/ folders."
-            )
         for name, feeds in found:
             validate_feeds(contract, feeds, origin=f"--inputs {name}")
         cases += found
@@ -344,10 +442,8 @@ def _check_options(*, exporter: str, opset: int, atol: float | None, rtol: float
     if not 7 <= opset <= 21:
         raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
     for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None and not (0 <= value < 1):
-            raise UsageError(
-                f"--{name} must be a number in [0, 1), got {value}. The defaults are atol 1e-5, rtol 1e-4."
-            )
+        if value is not None:
+            check_tolerance(f"--{name}", value)
 
 
 def _requested_devices(device: str) -> list[Device]:
@@ -382,7 +478,10 @@ def _resolve(
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
     _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
-    destination = prepare_destination(out, spec.name, force=force)
+    for option, path in [("--weights", weights), *(("--inputs", p) for p in inputs)]:
+        if path is not None:
+            check_path(path, what=option)
+    destination, recovered = prepare_destination(out, spec.name, force=force)
     devices = _requested_devices(device)
     if weights is None and (state_dict_key is not None or strip_prefix is not None):
         raise UsageError(
@@ -396,6 +495,8 @@ def _resolve(
         else None
     )
     config_, notes = resolve_config(spec, config, checkpoint.shapes if checkpoint else None)
+    estimate = _check_resources(spec, config_, available=available_memory())
+    notes = [*recovered, *notes, f"estimated {format_bytes(estimate.memory_bytes)} of memory at the peak"]
     contract = spec.contract(config_)
     state = None
     if checkpoint is not None:
@@ -594,7 +695,7 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 raise
             raise type(exc)(f"{exc} {DYNAMO_RNN_NOTE}") from exc
         model_bytes = _finalise_model(simplified, subject).SerializeToString()
-        (staging / MODEL).write_bytes(model_bytes)
+        write_file(staging / MODEL, model_bytes, where=request.destination.parent)
 
         # Verify the bytes that will ship, on every requested provider; all must pass.
         results: dict[Device, ProviderResult] = {}
@@ -627,7 +728,7 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 )
             )
 
-        with _stage(progress, "package") as stage:
+        with _stage(progress, "package") as stage, writing(request.destination.parent):
             names = [_sweep_name(batch, seq) for batch, seq in TEST_DATA_SHAPES]
             shipped = [c for c in cases if c.name.startswith("user:")]
             shipped += sorted((c for c in cases if c.name in names), key=lambda c: names.index(c.name))
@@ -751,7 +852,11 @@ def build_model_artifact(
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise UsageError(f"--name {name!r} cannot name a folder; use letters, digits, '-' or '_'.")
     _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
-    destination = prepare_destination(Path(out), name, force=force)
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()]
+    for option, path in [("--weights", weights), *(("--inputs", p) for p in paths)]:
+        if path is not None:
+            check_path(path, what=option)
+    destination, recovered = prepare_destination(Path(out), name, force=force)
     devices = _requested_devices(device)
     module = module.eval()
     origin: dict[str, Any]
@@ -773,7 +878,6 @@ def build_model_artifact(
         )
     else:
         origin = {"source": "module", "state_sha256": state_sha256(module)}
-    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()]
     user_cases = read_user_cases(paths, contract)
     tolerance = Tolerance(atol=1e-5 if atol is None else atol, rtol=1e-4 if rtol is None else rtol)
     recorded = dict(config or {})
@@ -800,6 +904,6 @@ def build_model_artifact(
         state=None,
         weights_read=weights_read,
         user_cases=user_cases,
-        notes=[],
+        notes=recovered,
     )
     return _run(request, progress)

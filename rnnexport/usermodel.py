@@ -11,7 +11,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import json
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from rnnexport.errors import UsageError, WeightsError
+from rnnexport.safeio import loads_strict, read_bounded
 from rnnexport.spec import Contract
 
 __all__ = [
@@ -127,13 +127,12 @@ def load_factory(target: str) -> tuple[Callable[..., Any], ModelSource]:
 
 def read_kwargs_file(path: Path) -> dict[str, Any]:
     """``--config`` for a user model: a JSON object of keyword arguments."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"Cannot read --config {path}: {exc}. Expected a JSON object of the keyword arguments the "
-            'model class or factory takes, such as {"hidden_size": 64, "num_layers": 2}.'
-        ) from exc
+    fix = (
+        "Expected a JSON object of the keyword arguments the model class or factory takes, such as "
+        '{"hidden_size": 64, "num_layers": 2}.'
+    )
+    raw = read_bounded(path, limit=1 << 20, what="--config", fix=fix)
+    data = loads_strict(raw, what=f"--config {path}", fix=fix)
     if not isinstance(data, dict):
         raise UsageError(
             f"--config {path} holds a JSON {type(data).__name__}, expected an object of keyword arguments."

@@ -86,8 +86,8 @@ def test_list_json_to_a_full_device_is_a_clear_error() -> None:
             text=True,
             check=False,
         )
-    assert result.returncode == 2
-    assert "Cannot write the output to stdout" in result.stderr
+    assert result.returncode == 1
+    assert "cannot write the output: No space left on device" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -125,7 +125,7 @@ TAGGER_IO = {
         (f"{ZOO_FILE}:Tager", TAGGER_IO, "has no class or function 'Tager'"),
         ("tests.zoo.absent:Tagger", TAGGER_IO, "cannot import module 'tests.zoo.absent'"),
         ("Tagger", TAGGER_IO, "is not FILE.py:NAME or package.module:NAME"),
-        (f"{ZOO_FILE}:Tagger", "{not json", "Cannot read --io"),
+        (f"{ZOO_FILE}:Tagger", "{not json", "is not valid JSON"),
         (f"{ZOO_FILE}:Tagger", _with(("inputs", 0, "dtype"), "float64"), "unknown dtype 'float64'"),
         (
             f"{ZOO_FILE}:Tagger",

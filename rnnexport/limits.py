@@ -1,0 +1,125 @@
+"""Every bound rnnexport enforces, in one place, so ``build`` and ``verify`` apply the same ones.
+
+Torch-free. The numbers are defaults; functions that enforce them take a :class:`Limits` so tests
+(and careful callers) can pass smaller ones instead of producing gigabytes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnnexport.errors import RnnExportError, UsageError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "PROTOBUF_LIMIT",
+    "TOLERANCE_RANGE",
+    "Limits",
+    "available_memory",
+    "check_tolerance",
+    "format_bytes",
+]
+
+# A serialized protobuf message (a single-file .onnx) cannot reach 2 GiB.
+PROTOBUF_LIMIT = 2**31 - 1
+# build accepts --atol/--rtol in [0, 1); verify accepts exactly the same range from a manifest.
+TOLERANCE_RANGE = (0.0, 1.0)
+
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size and time bounds on what rnnexport reads and runs."""
+
+    config_bytes: int = 64 * 1024  # --config: a handful of sizes
+    manifest_bytes: int = 16 * _MiB
+    model_bytes: int = PROTOBUF_LIMIT
+    test_data_bytes: int = 256 * _MiB  # one .pb file (the largest legitimate one is ~13 MB)
+    artifact_bytes: int = PROTOBUF_LIMIT + 1024 * _MiB  # the whole folder
+    artifact_entries: int = 10_000  # files and folders in an artifact
+    inputs_file_bytes: int = 1024 * _MiB  # --inputs on disk
+    inputs_bytes: int = 64 * _MiB  # --inputs decompressed: every array, summed
+    golden_bytes: int = 64 * _MiB  # one golden file
+    # Seconds one provider may take to load and run an artifact's test data: a base, plus time in
+    # proportion to the model's size (a 2 GB model needs minutes on one CPU core, a 1 kB one none).
+    run_seconds_base: float = 30.0
+    run_seconds_per_mb: float = 0.25
+
+    def run_seconds(self, model_bytes: int) -> float:
+        """The time bound for running a model of ``model_bytes`` bytes on one provider."""
+        return self.run_seconds_base + self.run_seconds_per_mb * model_bytes / 1e6
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def format_bytes(count: float) -> str:
+    """``1.5 GiB``, ``340 MiB``, ``12 KiB``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{int(count)} bytes"
+
+
+def check_tolerance(
+    name: str, value: object, *, origin: str = "", error: type[RnnExportError] = UsageError
+) -> float:
+    """``value`` as a tolerance, or ``error``: a real number in [0, 1) (NaN, inf and bools refused).
+
+    ``build`` checks ``--atol``/``--rtol`` with it and ``verify`` the manifest's tolerances, so an
+    artifact can never claim a tolerance its build would have refused.
+    """
+    low, high = TOLERANCE_RANGE
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is None or not low <= number < high:  # NaN fails both comparisons
+        where = f" ({origin})" if origin else ""
+        raise error(
+            f"{name} must be a number in [0, 1), got {value!r}{where}. The defaults are atol 1e-5, rtol 1e-4."
+        )
+    return float(number)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, as far as the system says; None when unknown.
+
+    The smallest of: the kernel's ``MemAvailable``, the cgroup's limit minus its usage (containers),
+    and ``RLIMIT_AS`` / ``RLIMIT_DATA`` minus what is mapped now.
+    """
+    candidates: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = Path(limit_file).read_text(encoding="ascii").strip()
+            usage = Path(usage_file).read_text(encoding="ascii").strip()
+            if limit.isdigit() and int(limit) < 1 << 60:
+                candidates.append(max(0, int(limit) - int(usage)))
+            break
+        except (OSError, ValueError):
+            continue
+    try:
+        import resource
+
+        mapped = 0
+        try:
+            statm = Path("/proc/self/statm").read_text(encoding="ascii")
+            mapped = int(statm.split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            pass
+        for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+            soft, _ = resource.getrlimit(which)
+            if soft != resource.RLIM_INFINITY:
+                candidates.append(max(0, soft - mapped))
+    except ImportError:  # pragma: no cover - not POSIX
+        pass
+    return min(candidates) if candidates else None

@@ -1,0 +1,340 @@
+"""Reading and writing files that may be hostile or may not fit: one bounded reader, one strict JSON loader.
+
+Everything rnnexport reads from a path a user or an artifact names goes through :func:`read_bounded`:
+it checks with ``lstat`` (never following a link) that the path is a regular file no larger than a
+limit, opens it without following links and without blocking (a FIFO swapped in after the check
+cannot hang the read), checks the open file again, and reads it once. Callers hash and parse those
+same bytes, so a file that changes between "hash" and "parse" cannot slip through.
+
+JSON documents (``--config``, ``manifest.json``, golden ``meta.json``, model metadata) go through
+:func:`loads_strict`: duplicate keys, non-finite numbers (``NaN``, ``1e999``) and nesting beyond a
+small depth are refused with a message instead of being taken silently or ending in a traceback.
+
+Numpy archives (``--inputs``) go through :func:`load_npz`, which bounds what they decompress to
+before decompressing anything.
+
+Writes go through :func:`write_file`, which turns a full disk, a file-size limit or a too-long name
+into one message. Torch-free.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import math
+import os
+import re
+import stat
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from rnnexport.errors import ArtifactError, RnnExportError, UsageError
+from rnnexport.limits import format_bytes
+
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "NAME_MAX",
+    "PATH_MAX",
+    "check_path",
+    "describe_os_error",
+    "file_kind",
+    "load_npz",
+    "loads_strict",
+    "read_bounded",
+    "write_file",
+    "writing",
+]
+
+# POSIX limits on Linux and macOS file systems: one path component, and a whole path.
+NAME_MAX = 255
+PATH_MAX = 4096
+# rnnexport's own documents nest at most six levels; 64 leaves room and stays far from recursion limits.
+MAX_JSON_DEPTH = 64
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``strerror`` with the symbolic errno, e.g. ``No space left on device (ENOSPC)``."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words, for messages."""
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a regular file"),
+    )
+    return next((word for test, word in kinds if test(mode)), "not a regular file")
+
+
+def check_path(path: Path | str, *, what: str, error: type[RnnExportError] = UsageError) -> Path:
+    """Refuse a path the operating system would refuse for its length, before anything touches it.
+
+    Every component must fit in :data:`NAME_MAX` bytes and the whole path in :data:`PATH_MAX`
+    (encoded as the file system encodes it); otherwise ``stat`` and ``open`` fail with
+    ``ENAMETOOLONG`` in places that cannot explain which option was at fault.
+    """
+    path = Path(path)
+    encoded = os.fsencode(path)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            shown = part[:40] + "..."
+            raise error(
+                f"{what} {shown!r} has a path component of {size} bytes; file systems allow at most "
+                f"{NAME_MAX} bytes per name. Use a shorter name."
+            )
+    if len(encoded) >= PATH_MAX:
+        raise error(
+            f"{what} is a path of {len(encoded)} bytes; the limit is {PATH_MAX - 1}. Use a shorter path."
+        )
+    return path
+
+
+def read_bounded(
+    path: Path, *, limit: int, what: str, error: type[RnnExportError] = UsageError, fix: str = ""
+) -> bytes:
+    """The bytes of the regular file ``path``, read once; refuse anything else with ``error``.
+
+    Refused, each with a message naming ``what`` and the path: a missing file, a symbolic link (not
+    followed), a folder, FIFO, device or socket (checked with ``lstat`` before opening, so nothing
+    blocks), and a file larger than ``limit`` bytes (checked before reading, and again while
+    reading, in case it grows). ``fix`` is appended to every message.
+    """
+    check_path(path, what=what, error=error)
+    tail = f" {fix}" if fix else ""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise error(f"Cannot read {what} {path}: {describe_os_error(exc)}.{tail}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(
+            f"{what} {path} is {file_kind(info.st_mode)}; expected a regular file (links are not "
+            f"followed, and pipes or devices are never opened).{tail}"
+        )
+    if info.st_size > limit:
+        raise error(
+            f"{what} {path} is {info.st_size:,} bytes; the limit is {limit:,} bytes. It is not "
+            f"what rnnexport expects there.{tail}"
+        )
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise error(f"Cannot read {what} {path}: {describe_os_error(exc)}.{tail}") from None
+    try:
+        opened = os.fstat(fd)
+        # The path may have been swapped between lstat and open: check what was actually opened.
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            raise error(f"{what} {path} changed while it was being opened; refusing to read it.{tail}")
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 24, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise error(f"{what} {path} grew past the limit of {limit:,} bytes while it was read.{tail}")
+    except OSError as exc:
+        raise error(f"Cannot read {what} {path}: {describe_os_error(exc)}.{tail}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _write(handle: BinaryIO, data: bytes) -> None:
+    # One seam for the actual write, so tests can simulate a full disk without filling one.
+    handle.write(data)
+
+
+def write_file(path: Path, data: bytes, *, where: Path | None = None) -> None:
+    """Write ``data`` to a new file ``path``; a full disk or a size limit becomes one message.
+
+    ``where`` names the folder being assembled, for the message. Raises :class:`ArtifactError`
+    (exit 1): nothing was published, and the caller's staging cleanup removes what was written.
+    """
+    try:
+        with path.open("xb") as handle:
+            _write(handle, data)
+    except OSError as exc:
+        folder = where if where is not None else path.parent
+        hint = {
+            errno.ENOSPC: "Free some space there, or choose another --out.",
+            errno.EDQUOT: "The disk quota is exhausted: free some space, or choose another --out.",
+            errno.EFBIG: "A file-size limit (ulimit -f, or the file system's) is lower than this file.",
+        }.get(exc.errno or 0, "Choose an --out folder you can write to.")
+        raise ArtifactError(
+            f"Cannot write {path.name} ({len(data):,} bytes) into {folder}: {describe_os_error(exc)}. "
+            f"Nothing was published. {hint}"
+        ) from None
+
+
+@contextmanager
+def writing(folder: Path) -> Iterator[None]:
+    """Within the block, an ``OSError`` (disk full, size limit, name too long) becomes :class:`ArtifactError`.
+
+    For the steps around :func:`write_file` that create folders and rename: one message, exit 1,
+    and the staging folder's cleanup removes whatever was written.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise ArtifactError(
+            f"Cannot write the artifact under {folder}: {describe_os_error(exc)}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + ". Nothing was published. Free some space there, or choose another --out."
+        ) from None
+
+
+# -- numpy archives -------------------------------------------------------------------------------
+
+
+def _read_npy(raw: bytes, *, name: str, origin: str, error: type[RnnExportError]) -> np.ndarray:
+    """One ``.npy`` member, its header checked against its data before any allocation."""
+    handle = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as exc:
+        raise error(f"Cannot read --inputs {origin}: array '{name}': {exc}.") from None
+    if dtype.hasobject:
+        raise error(
+            f"Cannot read --inputs {origin}: array '{name}' holds Python objects (a pickle); "
+            "only numeric arrays are read."
+        )
+    expected = math.prod(shape) * dtype.itemsize
+    offset = handle.tell()
+    if len(raw) - offset != expected:
+        raise error(
+            f"Cannot read --inputs {origin}: array '{name}' declares shape {list(shape)} of {dtype} "
+            f"({expected:,} bytes) "
+            f"but holds {len(raw) - offset:,} bytes. Save it again with np.savez."
+        )
+    array: np.ndarray = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=offset)
+    result: np.ndarray = array.reshape(shape, order="F" if fortran else "C").copy()
+    return result
+
+
+def load_npz(
+    data: bytes, *, origin: str, limit: int, error: type[RnnExportError] = UsageError
+) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` held in ``data``, bounded; ``error`` on anything else.
+
+    The sizes the archive's entries declare are checked against ``limit`` before anything is
+    decompressed (a decompression bomb is refused unopened), no entry is read past its declared
+    size, and each ``.npy`` header's shape is checked against its data before any allocation.
+    Object arrays (pickles) are refused.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise error(f"Cannot read --inputs {origin}: {exc}.") from None
+    members = archive.infolist()
+    declared = sum(m.file_size for m in members)
+    if len(members) > 64 or declared > limit:
+        largest = max(members, key=lambda m: m.file_size)
+        raise error(
+            f"--inputs {origin} holds {len(members)} array(s) of {format_bytes(declared)} once decompressed "
+            f"('{largest.filename}' alone is {format_bytes(largest.file_size)}); the limit is "
+            f"{format_bytes(limit)} in at most 64 arrays. Verification inputs are a few cases: use smaller "
+            "batches or shorter sequences. Nothing was decompressed."
+        )
+    feeds: dict[str, np.ndarray] = {}
+    for member in members:
+        name = member.filename.removesuffix(".npy")
+        if name in feeds or not member.filename.endswith(".npy"):
+            raise error(f"--inputs {origin} holds '{member.filename}', which is not one array per input.")
+        try:
+            with archive.open(member) as handle:
+                raw = handle.read(member.file_size + 1)  # never more than declared, whatever the stream says
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise error(f"Cannot read '{member.filename}' in --inputs {origin}: {exc}.") from None
+        if len(raw) > member.file_size:
+            raise error(f"'{member.filename}' in --inputs {origin} is larger than its zip entry declares.")
+        feeds[name] = _read_npy(raw, name=name, origin=origin, error=error)
+    return feeds
+
+
+# -- strict JSON -----------------------------------------------------------------------------------
+
+
+class _JSONProblem(ValueError):
+    """A strictness rule was broken; the message says which."""
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text``, ignoring brackets inside strings."""
+    # Counted before parsing: the json module recurses once per level and would hit the
+    # interpreter's recursion limit (a RecursionError) on a document of a few thousand brackets.
+    bare = _STRING.sub("", text).encode("ascii", "ignore")
+    codes = np.frombuffer(bare, dtype=np.uint8)
+    if codes.size == 0:
+        return 0
+    opens = (codes == ord("[")) | (codes == ord("{"))
+    closes = (codes == ord("]")) | (codes == ord("}"))
+    return int(np.cumsum(opens.astype(np.int64) - closes.astype(np.int64)).max())
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _JSONProblem(f"the key {key!r} appears twice in one object (which one is meant?)")
+        result[key] = value
+    return result
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _JSONProblem(f"the number {text} is out of range (not a finite float)")
+    return value
+
+
+def _constant(name: str) -> float:
+    raise _JSONProblem(f"{name} is not a JSON number")
+
+
+def loads_strict(
+    data: bytes | str, *, what: str, error: type[RnnExportError] = UsageError, fix: str = ""
+) -> Any:
+    """Parse JSON, refusing duplicate keys, NaN/Infinity, numbers that overflow, and deep nesting.
+
+    Raises ``error`` with a message naming ``what`` and, where the parser knows it, the line.
+    """
+    tail = f" {fix}" if fix else ""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not UTF-8 text ({exc}).{tail}") from None
+    depth = _json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise error(f"{what} nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted.{tail}")
+    try:
+        return json.loads(text, object_pairs_hook=_pairs, parse_float=_finite_float, parse_constant=_constant)
+    except _JSONProblem as exc:
+        raise error(f"{what} is not acceptable JSON: {exc}.{tail}") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise error(f"{what} is not valid JSON: {exc}.{tail}") from None
