@@ -5,6 +5,7 @@ The public API mirrors the command line::
     import rnnexport
     rnnexport.list_architectures()
     manifest = rnnexport.build("attention", out="dist")
+    manifest = rnnexport.build_model_artifact(my_module, io="io.json", out="dist")  # any recurrent model
     report = rnnexport.verify("dist/attention")
 
 Importing the package is cheap: torch and onnxruntime load only when a function needs them, and
@@ -23,7 +24,7 @@ from rnnexport.spec import ArchConfig, ArchSpec
 if TYPE_CHECKING:
     from rnnexport.artifact import ArtifactReport, Manifest
     from rnnexport.artifact import verify_artifact as verify
-    from rnnexport.pipeline import build
+    from rnnexport.pipeline import build, build_model_artifact
 
 __all__ = [
     "ArchConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "RnnExportError",
     "__version__",
     "build",
+    "build_model_artifact",
     "get_arch",
     "list_architectures",
     "verify",
@@ -41,6 +43,7 @@ __all__ = [
 # Resolved on first access (PEP 562), so that `import rnnexport` does not import torch.
 _LAZY = {
     "build": ("rnnexport.pipeline", "build"),
+    "build_model_artifact": ("rnnexport.pipeline", "build_model_artifact"),
     "verify": ("rnnexport.artifact", "verify_artifact"),
     "Manifest": ("rnnexport.artifact", "Manifest"),
     "ArtifactReport": ("rnnexport.artifact", "ArtifactReport"),

@@ -18,7 +18,7 @@ from rnnexport.compare import Criterion, ProviderResult, Tolerance
 from rnnexport.feeds import Case, Feeds
 from rnnexport.reference import Float64Runner
 from rnnexport.runtime import Device
-from rnnexport.spec import ArchSpec, Contract
+from rnnexport.spec import Contract
 from rnnexport.variants import (
     Format,
     Precision,
@@ -49,9 +49,11 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def float64_references(spec: ArchSpec, model: torch.nn.Module, cases: Sequence[Case]) -> dict[str, Feeds]:
-    """``{case name: float64 outputs}``: every case run through the model in float64."""
-    runner = Float64Runner(spec, model)
+def float64_references(
+    contract: Contract, model: torch.nn.Module, cases: Sequence[Case], *, method: str = "forward"
+) -> dict[str, Feeds]:
+    """``{case name: float64 outputs}``: every case run through ``model.method`` in float64."""
+    runner = Float64Runner(contract, model, method=method)
     return {case.name: runner.infer(case.inputs) for case in cases}
 
 

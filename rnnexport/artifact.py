@@ -19,6 +19,7 @@ a dead one's even when the PID has been reused, and clean up or finish what the 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -47,7 +48,7 @@ from rnnexport.limits import DEFAULT_LIMITS, Limits, check_tolerance, format_byt
 from rnnexport.oracle import FLOAT64_OUTPUT, seq_axes
 from rnnexport.runtime import DEVICES, Device, resolve_devices
 from rnnexport.safeio import check_path, describe_os_error, file_kind, loads_strict, read_bounded, write_file
-from rnnexport.spec import DTYPES, DYNAMIC_AXES, ArchConfig, Contract
+from rnnexport.spec import DTYPES, DYNAMIC_AXES, ROLES, ArchConfig, Contract
 from rnnexport.variants import VariantResult, verify_shipped_variants
 
 __all__ = [
@@ -75,6 +76,8 @@ MANIFEST_FORMAT = 1
 
 _REBUILD = "Rebuild the artifact, or copy it again from the build machine."
 _TEST_SET = re.compile(r"test_data_set_(0|[1-9][0-9]{0,5})")
+# A dynamic axis named in a contract (as io descriptions allow: an identifier).
+_AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Inputs and float32 outputs in the ONNX test-data layout, and the float64 references beside them
 # (a name ONNX's own test runners ignore).
 _TEST_FILE = re.compile(r"(input|output|float64_output)_(0|[1-9][0-9]{0,3})\.pb")
@@ -85,8 +88,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 class Manifest:
     """``manifest.json``: what was built, from what, with which tools, and what was verified where."""
 
-    arch: str
-    config: dict[str, int]
+    arch: str  # the architecture's name, or a user model's artifact name
+    config: dict[str, Any]  # an architecture's sizes, or a user model's keyword arguments
     contract: Contract
     versions: dict[str, str]
     export: dict[str, Any]
@@ -98,12 +101,15 @@ class Manifest:
     format: int = MANIFEST_FORMAT
     # One entry per model file (model.onnx first), see rnnexport.variants.VariantResult.to_json.
     variants: list[dict[str, Any]] = field(default_factory=list)
+    # A user model's origin (module, class or factory, config); None for a registered architecture.
+    source: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document, keys in a stable order."""
         return {
             "format": self.format,
             "arch": self.arch,
+            **({"source": self.source} if self.source is not None else {}),
             "config": self.config,
             "versions": self.versions,
             "export": self.export,
@@ -135,6 +141,7 @@ class Manifest:
             files=dict(data["files"]),
             format=int(data["format"]),
             variants=list(data.get("variants", [])),
+            source=None if data.get("source") is None else dict(data["source"]),
         )
 
     def tolerance(self, device: Device) -> Tolerance:
@@ -166,12 +173,25 @@ def _tensor_specs(doc: Mapping[str, Any], key: str, need: Any) -> None:
         need(isinstance(shape, list) and shape, f"'{key}' tensor {name!r} has no shape")
         for d in shape:
             fixed = isinstance(d, int) and not isinstance(d, bool) and d >= 1
-            # A null (or any other) dim would switch the contract check off for that axis.
+            # A null (or any other) dim would switch the contract check off for that axis. A user
+            # model's contract may name further dynamic axes ("steps" for max(lengths)).
+            named = d in DYNAMIC_AXES or (isinstance(d, str) and _AXIS_NAME.fullmatch(d) is not None)
             need(
-                fixed or d in DYNAMIC_AXES,
-                f"'{key}' tensor {name!r} has the dim {d!r}; every dim must be a size >= 1 or one of "
-                f"the dynamic axes {DYNAMIC_AXES}",
+                fixed or named,
+                f"'{key}' tensor {name!r} has the dim {d!r}; every dim must be a size >= 1 or the name "
+                f"of a dynamic axis such as {DYNAMIC_AXES}",
             )
+        need(t.get("role") in (None, *ROLES), f"'{key}' tensor {name!r} has the role {t.get('role')!r}")
+        bounds = t.get("range")
+        need(
+            bounds is None
+            or (
+                isinstance(bounds, list)
+                and len(bounds) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+            ),
+            f"'{key}' tensor {name!r} has the range {bounds!r}",
+        )
         names.append(name)
     need(len(set(names)) == len(names), f"'{key}' names a tensor twice")
 
@@ -201,10 +221,13 @@ def parse_manifest(data: bytes, *, path: Path) -> Manifest:
         need(isinstance(doc.get(key), dict), f"'{key}' must be an object")
     need(isinstance(doc.get("arch"), str) and doc["arch"], "'arch' must be a name")
     need(isinstance(doc.get("test_data"), list), "'test_data' must be a list")
-    try:
-        ArchConfig.from_mapping(doc["config"], origin=f"the 'config' of {path}")
-    except UsageError as exc:
-        need(False, f"its config is invalid ({exc})")
+    # A user model's config is its keyword arguments (recorded beside its 'source'), not sizes.
+    need(doc.get("source") is None or isinstance(doc["source"], dict), "'source' must be an object")
+    if doc.get("source") is None:
+        try:
+            ArchConfig.from_mapping(doc["config"], origin=f"the 'config' of {path}")
+        except UsageError as exc:
+            need(False, f"its config is invalid ({exc})")
     _tensor_specs(doc, "inputs", need)
     _tensor_specs(doc, "outputs", need)
     tolerance = doc["verification"].get("tolerance")
@@ -249,10 +272,17 @@ def parse_manifest(data: bytes, *, path: Path) -> Manifest:
 
 # -- test data -------------------------------------------------------------------------------------
 
-_DTYPE_CODES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "float64": TensorProto.DOUBLE}
+_DTYPE_CODES = {
+    "float32": TensorProto.FLOAT,
+    "int64": TensorProto.INT64,
+    "int32": TensorProto.INT32,
+    "float64": TensorProto.DOUBLE,
+}
+# The TensorProto field that holds each dtype's values when they are not in raw_data.
 _TYPED_FIELDS = {
     TensorProto.FLOAT: "float_data",
     TensorProto.INT64: "int64_data",
+    TensorProto.INT32: "int32_data",
     TensorProto.DOUBLE: "double_data",
 }
 
@@ -943,15 +973,22 @@ def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
     # Contract templates draw every fixed size from the config: a size no config value explains
     # means the contract and the config describe different models.
     values = set(manifest.config.values())
+    # A user model's sizes come from its I/O description, not from a config of sizes.
+    templated = manifest.source is None
     for tensor in manifest.contract.inputs + manifest.contract.outputs:
         for axis, d in enumerate(tensor.shape):
-            if isinstance(d, int) and d not in values:
+            if templated and isinstance(d, int) and d not in values:
                 problems.append(
                     f"'{tensor.name}' axis {axis} is {d}, which none of the manifest's sizes "
                     f"{manifest.config} explains"
                 )
     actual = read_contract(model)
-    if actual != manifest.contract:
+    # Roles and integer ranges are the manifest's alone: a graph carries names, dtypes and shapes.
+    declared = Contract(
+        tuple(dataclasses.replace(t, role=None, range=None) for t in manifest.contract.inputs),
+        manifest.contract.outputs,
+    )
+    if actual != declared:
         problems.append(
             f"the graph's inputs/outputs are {actual.to_json()}, "
             f"the manifest says {manifest.contract.to_json()}"

@@ -333,7 +333,10 @@ class _Reporter:
         notes = []
         for provider, r in shown.items():
             short = provider.removesuffix("ExecutionProvider")
-            shapes = [next(iter(s.values()))[:2] for s in r.get("shapes", []) if s]
+            # The leading two axes of the first input with two or more (batch and seq for the
+            # built-in architectures), whatever the inputs are called.
+            leading = [next((v[:2] for v in s.values() if len(v) >= 2), None) for s in r.get("shapes", [])]
+            shapes = [pair for pair in leading if pair is not None]
             batches, seqs = [s[0] for s in shapes], [s[-1] for s in shapes]
             table.add_row(
                 _safe(short),
@@ -378,6 +381,21 @@ def build(
         str | None, typer.Option("--arch", "-a", help="Architecture to build (see 'rnnexport list').")
     ] = None,
     build_all: Annotated[bool, typer.Option("--all", help="Build every registered architecture.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Your own model: FILE.py:NAME or package.module:NAME (an nn.Module class or factory). "
+            "Importing it runs that code.",
+        ),
+    ] = None,
+    io_file: Annotated[
+        Path | None, typer.Option("--io", help="With --model: the I/O description (io.json).")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="With --model: the artifact folder's name (default: the lowercased class name)."),
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Parent folder; the artifact goes to OUT/ARCH.")
     ] = Path("dist"),
@@ -409,7 +427,10 @@ def build(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option(help="JSON file of sizes, e.g. {\"hidden_size\": 64}; 'rnnexport list' shows which."),
+        typer.Option(
+            help="JSON file of sizes, e.g. {\"hidden_size\": 64}; 'rnnexport list' shows which. With "
+            "--model: the keyword arguments NAME is called with."
+        ),
     ] = None,
     input_size: Annotated[int | None, typer.Option(help="Input features (overrides --config).")] = None,
     hidden_size: Annotated[int | None, typer.Option(help="Hidden units (overrides --config).")] = None,
@@ -469,13 +490,51 @@ def build(
         "branches": branches,
     }
     reporter = _Reporter(quiet=quiet, verbose=verbose)
+    if model is not None or io_file is not None or name is not None:
+        with _reported(as_json=as_json):
+            if arch is not None or build_all or model is None or io_file is None:
+                raise UsageError(
+                    "--model FILE.py:NAME (or package.module:NAME) goes with --io io.json, and not with "
+                    "--arch or --all; --io and --name go with --model."
+                )
+            if any(v is not None for v in sizes.values()):
+                raise UsageError(
+                    "--input-size/--hidden-size/--output-size/--branches are sizes of the built-in "
+                    "architectures; a --model takes its keyword arguments from --config kwargs.json."
+                )
+            _require_build_extra()
+            _build_user_model(
+                model,
+                io_file,
+                name=name,
+                out=out,
+                weights=weights,
+                config=config,
+                device=device.value,
+                exporter=exporter.value,
+                opset=opset,
+                atol=atol,
+                rtol=rtol,
+                tf32=tf32,
+                inputs=inputs,
+                force=force,
+                state_dict_key=state_dict_key,
+                strip_prefix=strip_prefix,
+                rule=rule.value,
+                precisions=precision,
+                formats=model_format,
+                as_json=as_json,
+                reporter=reporter,
+            )
+        return
     with _reported(as_json=as_json):
         _require_build_extra()
         from rnnexport.registry import list_architectures
 
         if (arch is None) == (not build_all):
             raise UsageError(
-                "Give exactly one of --arch NAME or --all. Run 'rnnexport list' to see the names."
+                "Give exactly one of --arch NAME, --all or --model FILE.py:NAME. Run 'rnnexport list' to "
+                "see the architectures' names."
             )
         per_arch = [weights, config, inputs or None, state_dict_key, strip_prefix, *sizes.values()]
         if build_all and any(v is not None for v in per_arch):
@@ -527,36 +586,89 @@ def build(
                     summaries.append({"arch": name, "passed": False, **_error_json(exc), "error": str(exc)})
                     continue
                 reporter.close()
-                providers = manifest.verification["providers"]
-                destination = out / name
-                reporter.providers(
-                    f"{name}: verified artifact in {destination}", providers, requested=device.value
-                )
-                failed = [v["file"] for v in manifest.variants if v.get("status") != "passed"]
-                if not quiet and len(manifest.variants) > 1:
-                    _print_variants(f"{name}: variants", manifest.variants)
-                if failed:
-                    exit_code = max(exit_code, 1)
-                    verb = "was" if len(failed) == 1 else "were"
-                    _print_error(
-                        f"{', '.join(failed)} failed verification and {verb} not shipped; the other "
-                        f"files of {destination} passed and were shipped."
-                    )
-                summaries.append(
-                    {
-                        "arch": name,
-                        "passed": not failed,
-                        "artifact": str(destination),
-                        "providers": providers,
-                        "variants": manifest.variants,
-                    }
-                )
+                summary = _report_artifact(name, manifest, out / name, reporter, requested=device.value)
+                exit_code = max(exit_code, 0 if summary["passed"] else 1)
+                summaries.append(summary)
         finally:
             reporter.close()
     if as_json:
         _write_stdout(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
     if exit_code:
         raise typer.Exit(exit_code)
+
+
+def _report_artifact(
+    name: str, manifest: Manifest, destination: Path, reporter: _Reporter, *, requested: str
+) -> dict[str, Any]:
+    """Print what a build shipped (providers, variants, variants left out); return its JSON summary.
+
+    ``passed`` is False when a variant failed its gate: the rest shipped, and the command exits 1.
+    """
+    providers = manifest.verification["providers"]
+    reporter.providers(f"{name}: verified artifact in {destination}", providers, requested=requested)
+    failed = [v["file"] for v in manifest.variants if v.get("status") != "passed"]
+    if not reporter.quiet and len(manifest.variants) > 1:
+        _print_variants(f"{name}: variants", manifest.variants)
+    if failed:
+        verb = "was" if len(failed) == 1 else "were"
+        _print_error(
+            f"{', '.join(failed)} failed verification and {verb} not shipped; the other "
+            f"files of {destination} passed and were shipped."
+        )
+    return {
+        "arch": name,
+        "passed": not failed,
+        "artifact": str(destination),
+        "providers": providers,
+        "variants": manifest.variants,
+    }
+
+
+def _build_user_model(
+    target: str,
+    io_file: Path,
+    *,
+    name: str | None,
+    out: Path,
+    weights: Path | None,
+    config: Path | None,
+    inputs: list[Path] | None,
+    as_json: bool,
+    reporter: _Reporter,
+    device: str,
+    **options: Any,
+) -> None:
+    """``build --model``: import, instantiate with --config's kwargs, build, report."""
+    from rnnexport.pipeline import build_model_artifact
+    from rnnexport.usermodel import instantiate, load_factory, read_kwargs_file
+
+    kwargs = read_kwargs_file(config) if config is not None else {}
+    factory, source = load_factory(target)
+    module = instantiate(factory, kwargs, what=source.name)
+    artifact = name if name is not None else source.name.lower()
+    if not as_json or _err.is_terminal:
+        reporter.headline(f"building {artifact} from {target}")
+    try:
+        manifest = build_model_artifact(
+            module,
+            io=io_file,
+            name=artifact,
+            out=out,
+            weights=weights,
+            source=source,
+            config=kwargs,
+            inputs=inputs or None,
+            device=device,
+            progress=reporter,
+            **options,
+        )
+    finally:
+        reporter.close()
+    summary = _report_artifact(artifact, manifest, out / artifact, reporter, requested=device)
+    if as_json:
+        _write_stdout(json.dumps({"passed": summary["passed"], "artifacts": [summary]}, indent=2))
+    if not summary["passed"]:
+        raise typer.Exit(1)
 
 
 @app.command()

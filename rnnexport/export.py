@@ -10,9 +10,15 @@ Two exporters, chosen explicitly:
   stays available, behind the same contract check, which catches exactly that.
 
 The example used for tracing has batch 2 and sequence 3: never size 1, which exporters are free to
-specialise as a broadcastable constant. While traced, the architecture modules hand the exporter
-ONNX-Runtime-friendly formulations of themselves (see ``rnnexport.archs._common.tracing``); the
-dynamo exporter does not trace and sees the eager formulations.
+specialise as a broadcastable constant. The TorchScript export runs inside
+:func:`rnnexport.patch.export_patches`, which turns every recurrent layer and packed-sequence call
+of any module into ONNX recurrent nodes; the dynamo exporter does not trace and sees the module as
+it is.
+
+A trace records one run of ``forward`` at the example shape. Python control flow that reads tensor
+values (a loop over the time steps of an ``nn.LSTMCell``, an ``if`` on a tensor) is frozen into it at
+that shape; torch reports each such place with a ``TracerWarning``, and rnnexport refuses the model
+instead of shipping a graph that only works at sequence length 3.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import numpy as np
 import onnx
 import torch
 
-from rnnexport.errors import ExportError
+from rnnexport.errors import ExportError, RnnExportError
 from rnnexport.feeds import make_feeds
+from rnnexport.patch import TracerWarning, export_patches, frozen_trace_values
 from rnnexport.spec import Contract
 
 __all__ = [
@@ -56,8 +63,17 @@ DYNAMO_RNN_NOTE = (
 )
 
 
+_FROZEN_HINT = (
+    "A trace records one run of forward at the example shape (batch {batch}, seq {seq}); Python control "
+    "flow on tensor values is frozen into it: a Python loop over the time steps (for example with "
+    "nn.LSTMCell) or a data-dependent Python branch (if x.sum() > 0, int(t), t.item(), t.tolist()). "
+    "Use nn.LSTM, nn.GRU or nn.RNN over the whole sequence instead of a step loop (they export with a "
+    "dynamic sequence axis, packed sequences included), and torch.where instead of a Python branch."
+)
+
+
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def _quiet_exporter() -> Iterator[list[warnings.WarningMessage]]:
     """Keep torch.onnx's noise off the user's terminal.
 
     The TorchScript exporter warns that it is deprecated and that LSTMs exported with batch > 1 may
@@ -68,9 +84,15 @@ def _quiet_exporter() -> Iterator[None]:
     logging.disable(logging.WARNING)
     sink = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+        ):
             warnings.simplefilter("ignore")
-            yield
+            # Recorded (not shown): they tell when a trace froze a tensor value (see the module docstring).
+            warnings.simplefilter("always", TracerWarning)
+            yield caught
     finally:
         logging.disable(logging.NOTSET)
 
@@ -85,26 +107,29 @@ def export_onnx(
     """Export ``model`` (in eval mode) to an in-memory ONNX model with the contract's dynamic axes.
 
     The result is *not* trusted yet: the caller runs :func:`rnnexport.contract.check_contract` on it.
+    Raises :class:`ExportError` when the exporter fails, or when the trace froze a tensor value into
+    Python control flow (the graph would only be right at the example shape).
     """
     example = make_feeds(contract, batch=TRACE_BATCH, seq=TRACE_SEQ, rng=np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[name]) for name in contract.input_names)
     dynamic_axes = {t.name: t.dynamic_axes for t in contract.inputs + contract.outputs if t.dynamic_axes}
     inputs, outputs = contract.input_names, contract.output_names
     try:
-        with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+        with _quiet_exporter() as caught, torch.inference_mode(False), torch.no_grad():
             if exporter == "torchscript":
                 buffer = io.BytesIO()
-                torch.onnx.export(
-                    model,
-                    args,
-                    buffer,  # type: ignore[arg-type]  # file objects work; the stub admits paths only
-                    dynamo=False,
-                    dynamic_axes=dynamic_axes,
-                    opset_version=opset,
-                    do_constant_folding=True,
-                    input_names=inputs,
-                    output_names=outputs,
-                )
+                with export_patches(model) as watch:
+                    torch.onnx.export(
+                        model,
+                        args,
+                        buffer,  # type: ignore[arg-type]  # file objects work; the stub admits paths only
+                        dynamo=False,
+                        dynamic_axes=dynamic_axes,
+                        opset_version=opset,
+                        do_constant_folding=True,
+                        input_names=inputs,
+                        output_names=outputs,
+                    )
                 proto = onnx.load_from_string(buffer.getvalue())
             else:
                 program = torch.onnx.export(
@@ -120,6 +145,8 @@ def export_onnx(
                 if program is None:  # pragma: no cover - dynamo=True always returns a program
                     raise RuntimeError("torch.onnx.export returned no program")
                 proto = program.model_proto
+    except RnnExportError:  # the export patches' own refusals already say what to do
+        raise
     except Exception as exc:  # any exporter failure is reported the same way
         summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         advice = (
@@ -132,4 +159,21 @@ def export_onnx(
             f"torch.onnx could not export the model with the {exporter} exporter at opset {opset}: "
             f"{type(exc).__name__}: {summary}. {advice}"
         ) from exc
+    stepped = watch.stepped_cells() if exporter == "torchscript" else []
+    if stepped:
+        raise ExportError(
+            "The model cannot keep a dynamic sequence axis: its forward steps a recurrent cell in a Python "
+            f"loop ({', '.join(stepped)} while tracing an example of {TRACE_SEQ} steps), and a trace "
+            f"unrolls that loop into exactly {TRACE_SEQ} steps, so the graph would only be right for "
+            "sequences of that length. Use nn.LSTM / nn.GRU / nn.RNN over the whole sequence instead of "
+            "stepping nn.LSTMCell / nn.GRUCell / nn.RNNCell (the same weights fit: weight_ih, weight_hh, "
+            "bias_ih, bias_hh become weight_ih_l0 ...); they export with a dynamic sequence axis."
+        )
+    frozen = frozen_trace_values(caught)
+    if frozen:
+        raise ExportError(
+            "The model cannot keep a dynamic sequence axis: while it was traced, torch reported "
+            f"{len(frozen)} value(s) frozen into the graph: {'; '.join(frozen[:3])}. "
+            + _FROZEN_HINT.format(batch=TRACE_BATCH, seq=TRACE_SEQ)
+        )
     return proto

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import platform
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,14 @@ from rnnexport.artifact import (
 )
 from rnnexport.compare import RULES, Criterion, ProviderResult, Rule, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
-from rnnexport.errors import ExportError, InputError, UsageError, VerificationError
+from rnnexport.errors import (
+    ContractError,
+    ExportError,
+    InputError,
+    RnnExportError,
+    UsageError,
+    VerificationError,
+)
 from rnnexport.export import (
     DEFAULT_OPSET,
     DYNAMO_RNN_NOTE,
@@ -47,6 +54,7 @@ from rnnexport.export import (
 )
 from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
+from rnnexport.iospec import check_signature, read_io
 from rnnexport.limits import (
     DEFAULT_LIMITS,
     PROTOBUF_LIMIT,
@@ -57,21 +65,24 @@ from rnnexport.limits import (
 )
 from rnnexport.oracle import seq_axes, write_float64_outputs
 from rnnexport.progress import Progress, SilentProgress
-from rnnexport.reference import TorchRunner, build_model
+from rnnexport.reference import ModuleRunner, TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, write_file, writing
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
+from rnnexport.usermodel import ModelSource, check_outputs, load_user_weights, state_sha256
 from rnnexport.variants import FORMATS, PRECISIONS, Format, Precision, parse_choices
 from rnnexport.weights import check_state_dict, read_checkpoint
 
 __all__ = [
     "SWEEP_BATCHES",
     "SWEEP_SEQS",
+    "SWEEP_SHAPES",
     "TF32_TOLERANCE",
     "ResourceEstimate",
     "build",
+    "build_model_artifact",
     "estimate_resources",
     "read_config_file",
     "resolve_config",
@@ -80,8 +91,12 @@ __all__ = [
 # The shape sweep every build verifies, none equal to the trace shape (batch 2, seq 3).
 SWEEP_BATCHES = (1, 3, 16)
 SWEEP_SEQS = (1, 7, 64, 257)
+assert TRACE_BATCH not in SWEEP_BATCHES
+assert TRACE_SEQ not in SWEEP_SEQS
 # Long sequences, where float32 error grows the most (batch, seq); also shipped as test data.
 LONG_SHAPES = ((3, 1000),)
+# Every (batch, seq) a build verifies, none equal to the trace shape.
+SWEEP_SHAPES = tuple((b, s) for b in SWEEP_BATCHES for s in SWEEP_SEQS) + LONG_SHAPES
 # Sweep shapes that also ship as test data: seq 1, a short batch, and long sequences.
 TEST_DATA_SHAPES = ((1, 1), (3, 7), (3, 257), *LONG_SHAPES)
 SWEEP_SEED = 0
@@ -201,7 +216,7 @@ def estimate_resources(spec: ArchSpec, config: ArchConfig) -> ResourceEstimate:
     sizes = config.subset(spec.sizes)
     width = sizes.get("branches", 1) * config.hidden_size
     # Activations of the largest sweep case, on both sides (gates, states, outputs), float32.
-    largest = max(SWEEP_BATCHES) * max(SWEEP_SEQS)
+    largest = max(batch * seq for batch, seq in SWEEP_SHAPES)
     activations = 2 * 4 * largest * (config.input_size + 6 * width + config.output_size)
     return ResourceEstimate(parameters, weight_bytes, ResourceEstimate.COPIES * weight_bytes + activations)
 
@@ -331,26 +346,27 @@ def read_user_cases(paths: Sequence[Path], contract: Contract) -> list[tuple[str
     return cases
 
 
-def _sweep(contract: Contract, runner: TorchRunner) -> list[Case]:
+def _sweep_name(batch: int, seq: int) -> str:
+    return f"sweep:b{batch}s{seq}"
+
+
+def _sweep(contract: Contract, runner: ModuleRunner) -> list[Case]:
     """The build-time shape sweep with eager-PyTorch references (seeded)."""
     rng = np.random.default_rng(SWEEP_SEED)
     cases = []
-    shapes = [(batch, seq) for batch in SWEEP_BATCHES for seq in SWEEP_SEQS] + list(LONG_SHAPES)
-    for batch, seq in shapes:
+    for batch, seq in SWEEP_SHAPES:
         feeds = make_feeds(contract, batch=batch, seq=seq, rng=rng)
-        cases.append(Case(f"sweep:b{batch}s{seq}", feeds, runner.infer(feeds)))
-    assert all(c.shapes["x"][:2] != [TRACE_BATCH, TRACE_SEQ] for c in cases)
+        cases.append(Case(_sweep_name(batch, seq), feeds, runner.infer(feeds)))
     return cases
 
 
-def _finalise_model(
-    model: onnx.ModelProto, spec: ArchSpec, config: ArchConfig, contract: Contract
-) -> onnx.ModelProto:
+def _finalise_model(model: onnx.ModelProto, subject: _Subject) -> onnx.ModelProto:
     """Make the bytes reproducible and the model self-describing.
 
     Exporters leave doc strings that may carry source locations; they are cleared so that the same
-    model built from another folder is byte-identical. Metadata carries the architecture, the
-    rnnexport version and the I/O contract, for anyone holding only the .onnx file.
+    model built from another folder is byte-identical. Metadata carries the architecture (or the
+    user model's artifact name), the rnnexport version, the config and the I/O contract, for anyone
+    holding only the .onnx file.
     """
     model.doc_string = ""
     model.graph.doc_string = ""
@@ -358,10 +374,10 @@ def _finalise_model(
         node.doc_string = ""
     del model.metadata_props[:]
     props = {
-        "rnnexport.arch": spec.name,
+        "rnnexport.arch": subject.name,
         "rnnexport.version": __version__,
-        "rnnexport.config": json.dumps(config.subset(spec.sizes), sort_keys=True),
-        "rnnexport.contract": json.dumps(contract.to_json(), sort_keys=True),
+        "rnnexport.config": json.dumps(subject.config, sort_keys=True),
+        "rnnexport.contract": json.dumps(subject.contract.to_json(), sort_keys=True),
     }
     onnx.helper.set_model_props(model, props)
     return model
@@ -395,12 +411,23 @@ def _summary(results: Mapping[Device, ProviderResult]) -> str:
 
 
 @dataclass(frozen=True)
+class _Subject:
+    """What is being built: a registered architecture at some sizes, or a user's module."""
+
+    name: str  # the artifact folder, and rnnexport.arch in the model's metadata
+    contract: Contract
+    config: dict[str, Any]  # the manifest's config: an architecture's sizes, a user model's kwargs
+    # The model, every verification case with its reference outputs, and the weights' origin.
+    load: Callable[[_Request], tuple[torch.nn.Module, list[Case], dict[str, Any]]]
+    source: dict[str, Any] | None = None  # a user model's module, class and config
+    reference: str = "forward"  # the method whose outputs are the reference (see ArchSpec.reference)
+
+
+@dataclass(frozen=True)
 class _Request:
     """A build request, resolved and validated before any work is done."""
 
-    spec: ArchSpec
-    config: ArchConfig
-    contract: Contract
+    subject: _Subject
     destination: Path
     devices: list[Device]
     device: str
@@ -417,6 +444,43 @@ class _Request:
     weights_read: dict[str, Any]  # how the checkpoint was read (entry, prefix, dtypes), for the manifest
     user_cases: list[tuple[str, Feeds]]
     notes: list[str]
+
+
+def _accuracy_options(
+    rule: str, precisions: str | Sequence[str] | None, formats: str | Sequence[str] | None
+) -> tuple[Criterion, list[Precision], list[Format]]:
+    """The verification rule and the variants of any build, checked."""
+    if rule not in RULES:
+        raise UsageError(
+            f"Unknown --rule {rule!r}: expected oracle (judge against float64 relative to PyTorch float32's "
+            "own error, the default) or tolerance (plain atol/rtol against float32)."
+        )
+    chosen_precisions = cast(list[Precision], parse_choices(precisions, PRECISIONS, option="--precision"))
+    chosen_formats = cast(list[Format], parse_choices(formats, FORMATS, option="--format"))
+    return Criterion(rule), chosen_precisions, chosen_formats
+
+
+def _check_options(*, exporter: str, opset: int, atol: float | None, rtol: float | None) -> None:
+    """The exporter, opset and tolerance options of any build."""
+    if exporter not in EXPORTERS:
+        raise UsageError(f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}.")
+    if not 7 <= opset <= 21:
+        raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None:
+            check_tolerance(f"--{name}", value)
+
+
+def _requested_devices(device: str) -> list[Device]:
+    devices = resolve_devices(device)
+    if device == "cuda" and not probe_provider("cuda").available:
+        # Fail before any work: the one provider asked for cannot run here.
+        raise VerificationError(
+            f"--device cuda was requested, but CUDA is unavailable here: {probe_provider('cuda').reason}. "
+            "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
+            "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
+        )
+    return devices
 
 
 def _resolve(
@@ -441,32 +505,13 @@ def _resolve(
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
-    if exporter not in EXPORTERS:
-        raise UsageError(f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}.")
-    if not 7 <= opset <= 21:
-        raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if value is not None:
-            check_tolerance(f"--{name}", value)
+    _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
     for option, path in [("--weights", weights), *(("--inputs", p) for p in inputs)]:
         if path is not None:
             check_path(path, what=option)
-    if rule not in RULES:
-        raise UsageError(
-            f"Unknown --rule {rule!r}: expected oracle (judge against float64 relative to PyTorch float32's "
-            "own error, the default) or tolerance (plain atol/rtol against float32)."
-        )
-    chosen_precisions = cast(list[Precision], parse_choices(precisions, PRECISIONS, option="--precision"))
-    chosen_formats = cast(list[Format], parse_choices(formats, FORMATS, option="--format"))
+    criterion, chosen_precisions, chosen_formats = _accuracy_options(rule, precisions, formats)
     destination, recovered = prepare_destination(out, spec.name, force=force)
-    devices = resolve_devices(device)
-    if device == "cuda" and not probe_provider("cuda").available:
-        # Fail before any work: the one provider asked for cannot run here.
-        raise VerificationError(
-            f"--device cuda was requested, but CUDA is unavailable here: {probe_provider('cuda').reason}. "
-            "Nothing was built. Use --device cpu (or auto), or run on a machine with an NVIDIA GPU and "
-            "onnxruntime-gpu's CUDA and cuDNN 9 libraries."
-        )
+    devices = _requested_devices(device)
     if weights is None and (state_dict_key is not None or strip_prefix is not None):
         raise UsageError(
             "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was "
@@ -489,17 +534,22 @@ def _resolve(
         notes = [*checkpoint.notes, *notes]
     user_cases = read_user_cases(inputs, contract)
     tolerance = Tolerance(atol=spec.atol if atol is None else atol, rtol=spec.rtol if rtol is None else rtol)
-    return _Request(
-        spec=spec,
-        config=config_,
+    subject = _Subject(
+        name=spec.name,
         contract=contract,
+        config=config_.subset(spec.sizes),
+        load=lambda request: _model_and_references(request, spec, config_),
+        reference=spec.reference,
+    )
+    return _Request(
+        subject=subject,
         destination=destination,
         devices=devices,
         device=device,
         exporter=exporter,
         opset=opset,
         tolerances={"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance},
-        criterion=Criterion(rule),  # checked against RULES above
+        criterion=criterion,
         precisions=chosen_precisions,
         formats=chosen_formats,
         tf32=tf32,
@@ -512,14 +562,39 @@ def _resolve(
     )
 
 
-def _model_and_references(request: _Request) -> tuple[torch.nn.Module, list[Case], dict[str, Any]]:
+_FROZEN_TRACE = (
+    " With the TorchScript exporter, a size that follows the example (batch "
+    f"{TRACE_BATCH}, seq {TRACE_SEQ}) means the trace froze it: typically a Python loop over the time "
+    "steps (nn.LSTMCell) or a data-dependent Python branch in forward. Use nn.LSTM / nn.GRU / nn.RNN over "
+    "the whole sequence, and torch.where instead of a Python branch."
+)
+
+
+def _check_traced(model: onnx.ModelProto, contract: Contract, exporter: Exporter, *, stage: str) -> None:
+    """:func:`check_contract`, whose failure after a trace gets the usual cause and fix added."""
+    try:
+        check_contract(model, contract, stage=stage, trace_sizes=f"batch {TRACE_BATCH}, seq {TRACE_SEQ}")
+    except ContractError as exc:
+        if exporter != "torchscript":
+            raise
+        raise ContractError(f"{exc}{_FROZEN_TRACE}") from exc
+
+
+def _frozen_shape_hint(results: Mapping[Device, ProviderResult]) -> str:
+    """Why a graph may fail only at other shapes: a trace that froze the sequence length."""
+    text = " ".join(line for r in results.values() for line in r.failures)
+    return _FROZEN_TRACE if "shape" in text or "error" in text.lower() else ""
+
+
+def _model_and_references(
+    request: _Request, spec: ArchSpec, config: ArchConfig
+) -> tuple[torch.nn.Module, list[Case], dict[str, Any]]:
     """The PyTorch model, every verification case with its reference outputs, and the weights' origin.
 
     Default sizes without a checkpoint use the committed golden weights and cases; other sizes use
     a seeded initialisation; a checkpoint is used as given. Either way the shape sweep's references
     are computed here from eager PyTorch.
     """
-    spec, config = request.spec, request.config
     golden_cases: list[Case] = []
     origin: dict[str, Any]
     if request.state is not None and request.weights is not None:
@@ -545,12 +620,12 @@ def _model_and_references(request: _Request) -> tuple[torch.nn.Module, list[Case
             "note": "PyTorch default init; sizes differ from the golden data",
         }
     runner = TorchRunner(spec, model)
-    cases = golden_cases + _sweep(request.contract, runner)
+    cases = golden_cases + _sweep(request.subject.contract, runner)
     cases += [Case(f"user:{name}", feeds, runner.infer(feeds)) for name, feeds in request.user_cases]
     origin["references"] = (
         ("committed golden cases + " if golden_cases else "")
         + f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED})"
-        + (" using the packed formulation" if spec.masked else "")
+        + (f" ({spec.reference})" if spec.reference != "forward" else "")
     )
     return model, cases, origin
 
@@ -631,32 +706,43 @@ def build(
         precisions=precisions,
         formats=formats,
     )
+    return _run(request, progress)
+
+
+def _run(request: _Request, progress: Progress | None) -> Manifest:
+    """The stages, top to bottom, for any subject: model -> export -> simplify -> verify -> package."""
+    subject, exporter, opset, tf32, force = (
+        request.subject,
+        request.exporter,
+        request.opset,
+        request.tf32,
+        request.force,
+    )
     progress = progress or SilentProgress()
-    spec, contract = request.spec, request.contract
+    contract = subject.contract
     with staging_folder(request.destination) as staging:
         with _stage(progress, "model") as stage, one_torch_thread():
-            model, cases, weights_origin = _model_and_references(request)
-            float64 = float64_references(spec, model, cases)
+            model, cases, weights_origin = subject.load(request)
+            float64 = float64_references(contract, model, cases, method=subject.reference)
             stage.details += [
                 *request.notes,
                 f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
             ]
 
-        trace = f"batch {TRACE_BATCH}, seq {TRACE_SEQ}"
         try:
             with _stage(progress, "export") as stage:
                 exported = export_onnx(model, contract, exporter=exporter, opset=opset)
-                check_contract(exported, contract, stage=f"after export ({exporter})", trace_sizes=trace)
+                _check_traced(exported, contract, exporter, stage=f"after export ({exporter})")
                 stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
             with _stage(progress, "simplify") as stage:
                 simplified, stats = simplify_onnx(exported, check_feeds=cases[-1].inputs)
-                check_contract(simplified, contract, stage="after simplification", trace_sizes=trace)
+                _check_traced(simplified, contract, exporter, stage="after simplification")
                 stage.details.append(stats.describe())
         except ExportError as exc:
             if exporter != "dynamo" or DYNAMO_RNN_NOTE in str(exc):
                 raise
             raise type(exc)(f"{exc} {DYNAMO_RNN_NOTE}") from exc
-        model_bytes = _finalise_model(simplified, spec, request.config, contract).SerializeToString()
+        model_bytes = _finalise_model(simplified, subject).SerializeToString()
         write_file(staging / MODEL, model_bytes, where=request.destination.parent)
 
         # Verify the bytes that will ship, on every requested provider; all must pass.
@@ -684,11 +770,13 @@ def build(
         if not results or any(r.status != "passed" for r in results.values()):
             unavailable = any(r.status == "unavailable" for r in results.values())
             raise VerificationError(
-                f"Verification of '{spec.name}' did not pass, so nothing was shipped: {_summary(results)}. "
+                f"Verification of '{subject.name}' did not pass, so nothing was shipped: "
+                f"{_summary(results)}. "
                 + (
                     "Use --device cpu, or install onnxruntime-gpu with CUDA and cuDNN 9 on a GPU machine."
                     if unavailable
                     else "The exported graph computes something else than the PyTorch model at these shapes."
+                    + _frozen_shape_hint(results)
                 )
             )
 
@@ -711,17 +799,14 @@ def build(
         write_variant_files(staging, variants)
 
         with _stage(progress, "package") as stage, writing(request.destination.parent):
-            shipped = [
-                c
-                for c in cases
-                if c.name.startswith("user:")
-                or (c.name.startswith("sweep:") and tuple(c.shapes["x"][:2]) in TEST_DATA_SHAPES)
-            ]
+            names = [_sweep_name(batch, seq) for batch, seq in TEST_DATA_SHAPES]
+            shipped = [c for c in cases if c.name.startswith("user:")]
+            shipped += sorted((c for c in cases if c.name in names), key=lambda c: names.index(c.name))
             test_data = write_test_data(staging, shipped, contract)
             write_float64_outputs(staging, [float64[c.name] for c in shipped], contract)
             manifest = Manifest(
-                arch=spec.name,
-                config=request.config.subset(spec.sizes),
+                arch=subject.name,
+                config=subject.config,
                 contract=contract,
                 versions=_versions(),
                 export={
@@ -746,8 +831,162 @@ def build(
                 test_data=test_data,
                 files=hash_files(staging),
                 variants=[result.to_json() for result, _ in variants],
+                source=subject.source,
             )
             manifest.write(staging)
             publish(staging, request.destination, force=force)
             stage.details.append(str(request.destination))
     return manifest
+
+
+def _module_references(
+    request: _Request, model: torch.nn.Module, what: str, origin: dict[str, Any]
+) -> tuple[torch.nn.Module, list[Case], dict[str, Any]]:
+    """A user module's reference cases: the sweep (and ``--inputs``), from ``forward`` in eager PyTorch.
+
+    Every call's outputs are checked against the declared outputs first, and a module that raises on
+    the generated inputs is reported as a usage problem (its description, or the module, is wrong).
+    """
+    contract = request.subject.contract
+    runner = ModuleRunner(contract, model)
+
+    def reference(name: str, feeds: Feeds) -> Case:
+        sizes = {
+            d: int(feeds[t.name].shape[axis])
+            for t in contract.inputs
+            for axis, d in enumerate(t.shape)
+            if isinstance(d, str)
+        }
+        try:
+            results = runner.run(feeds)
+        except RnnExportError:
+            raise
+        except Exception as exc:  # the user's forward failed on inputs its description allows
+            shapes = {k: list(v.shape) for k, v in feeds.items()}
+            raise UsageError(
+                f"{what}.forward raised {type(exc).__name__} on inputs generated from the I/O description "
+                f"({shapes}): {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Check the "
+                "description against the model: shapes, dtypes, and the range of integer inputs."
+            ) from exc
+        check_outputs(contract, results, sizes, what=what)
+        return Case(
+            name,
+            feeds,
+            {n: t.detach().cpu().numpy() for n, t in zip(contract.output_names, results, strict=True)},
+        )
+
+    rng = np.random.default_rng(SWEEP_SEED)
+    cases = [
+        reference(_sweep_name(batch, seq), make_feeds(contract, batch=batch, seq=seq, rng=rng))
+        for batch, seq in SWEEP_SHAPES
+    ]
+    cases += [reference(f"user:{name}", feeds) for name, feeds in request.user_cases]
+    origin["references"] = f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED}): {what}.forward"
+    return model, cases, origin
+
+
+def build_model_artifact(
+    module: torch.nn.Module,
+    *,
+    io: Mapping[str, Any] | str | Path,
+    name: str | None = None,
+    out: str | Path = "dist",
+    weights: str | Path | None = None,
+    state_dict_key: str | None = None,
+    strip_prefix: str | None = None,
+    source: ModelSource | None = None,
+    config: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    exporter: Exporter = "torchscript",
+    opset: int = DEFAULT_OPSET,
+    atol: float | None = None,
+    rtol: float | None = None,
+    tf32: bool = False,
+    inputs: str | Path | Sequence[str | Path] | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    rule: Rule = "oracle",
+    precisions: str | Sequence[str] | None = None,
+    formats: str | Sequence[str] | None = None,
+) -> Manifest:
+    """Export, simplify, verify and package any recurrent ``module`` into ``out/name``.
+
+    ``io`` is the I/O description (a mapping in the ``io.json`` format, or the path of such a file;
+    see :mod:`rnnexport.iospec`): ``forward`` is called with the declared inputs positionally, and
+    must return the declared outputs (a nested tuple counts leaf by leaf). ``name`` defaults to the
+    lowercased class name. ``weights`` (a checkpoint file) is loaded into ``module`` strictly, keys
+    as saved unless ``strip_prefix`` names a prefix (``state_dict_key`` picks the entry holding the
+    state dict, as for :func:`build`); without it the module's current weights are used.
+    ``source`` and ``config`` are what the manifest records about where the module came from (the
+    CLI fills them from ``--model`` and ``--config``). The rest is as for :func:`build`; so is the
+    verification: the same shape sweep, lengths-aware inputs, rule (``rule``), variants
+    (``precisions``, ``formats``) and report, against ``forward`` in eager PyTorch.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"build_model_artifact needs an nn.Module, got a {type(module).__name__}.")
+    contract, io_origin = read_io(io)
+    what = type(module).__name__
+    check_signature(module.forward, contract, what=what, origin=io_origin)
+    name = name if name is not None else what.lower()
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UsageError(f"--name {name!r} cannot name a folder; use letters, digits, '-' or '_'.")
+    _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
+    criterion, chosen_precisions, chosen_formats = _accuracy_options(rule, precisions, formats)
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()]
+    for option, path in [("--weights", weights), *(("--inputs", p) for p in paths)]:
+        if path is not None:
+            check_path(path, what=option)
+    destination, recovered = prepare_destination(Path(out), name, force=force)
+    devices = _requested_devices(device)
+    module = module.eval()
+    origin: dict[str, Any]
+    weights_read: dict[str, Any] = {}
+    if weights is not None:
+        path = Path(weights)
+        # Keys as saved unless a prefix is named: the expected names are the module's own, not
+        # an architecture's that a prefix could be guessed against.
+        checkpoint = read_checkpoint(
+            path, state_dict_key=state_dict_key, strip_prefix="" if strip_prefix is None else strip_prefix
+        )
+        load_user_weights(module, checkpoint.load(), origin=checkpoint.origin)
+        weights_read = checkpoint.manifest_entry()
+        origin = {"source": "user", "file": path.name, "sha256": sha256_file(path), **weights_read}
+    elif state_dict_key is not None or strip_prefix is not None:
+        raise UsageError(
+            "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was "
+            "given. Pass --weights FILE, or leave them out."
+        )
+    else:
+        origin = {"source": "module", "state_sha256": state_sha256(module)}
+    user_cases = read_user_cases(paths, contract)
+    tolerance = Tolerance(atol=1e-5 if atol is None else atol, rtol=1e-4 if rtol is None else rtol)
+    recorded = dict(config or {})
+    subject = _Subject(
+        name=name,
+        contract=contract,
+        config=recorded,
+        load=lambda request: _module_references(request, module, what, dict(origin)),
+        source=(source or ModelSource(module=type(module).__module__, name=what, kind="class")).to_json(
+            recorded
+        ),
+    )
+    request = _Request(
+        subject=subject,
+        destination=destination,
+        devices=devices,
+        device=device,
+        exporter=exporter,
+        opset=opset,
+        tolerances={"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance},
+        criterion=criterion,
+        precisions=chosen_precisions,
+        formats=chosen_formats,
+        tf32=tf32,
+        force=force,
+        weights=None if weights is None else Path(weights),
+        state=None,
+        weights_read=weights_read,
+        user_cases=user_cases,
+        notes=recovered,
+    )
+    return _run(request, progress)

@@ -7,15 +7,23 @@ in :mod:`rnnexport.runtime`, so comparisons never care which side produced a dic
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from rnnexport.feeds import Feeds
-from rnnexport.spec import ArchConfig, ArchSpec
+from rnnexport.spec import ArchConfig, ArchSpec, Contract
 
-__all__ = ["Float64Runner", "TorchRunner", "build_model", "state_dict_to_numpy"]
+__all__ = [
+    "Float64Runner",
+    "ModuleRunner",
+    "TorchRunner",
+    "build_model",
+    "flatten_outputs",
+    "state_dict_to_numpy",
+]
 
 
 def build_model(
@@ -43,40 +51,70 @@ def state_dict_to_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
 
 
-class TorchRunner:
-    """Runs an architecture's reference computation in eager PyTorch on CPU, in float32.
+def flatten_outputs(result: Any) -> list[Any]:
+    """A ``forward`` result as a flat list, in order: ``(y, (h_n, c_n))`` -> ``[y, h_n, c_n]``."""
+    if isinstance(result, (tuple, list)):
+        return [leaf for item in result for leaf in flatten_outputs(item)]
+    return [result]
 
-    For masked architectures the reference is ``forward_packed`` (the article's packed formulation),
-    so every comparison of an exported model is against an independent computation of the same
-    function; for the rest it is ``forward``. ``reference=False`` runs ``forward`` in every case.
+
+class ModuleRunner:
+    """Runs a module (or one of its methods) in eager PyTorch on CPU, in float32.
+
+    Inputs are passed positionally in contract order; the results, flattened (see
+    :func:`flatten_outputs`), are keyed by the contract's output names.
+    """
+
+    def __init__(self, contract: Contract, call: Callable[..., Any]) -> None:
+        self.contract = contract
+        self._call = call
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        """The flattened results, unchecked (tensors, or whatever the module returned)."""
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.contract.inputs]
+        with torch.inference_mode():
+            return flatten_outputs(self._call(*args))
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Feeds:
+        """Outputs keyed by ONNX output name."""
+        names = self.contract.output_names
+        results = self.run(feeds)
+        return {name: t.detach().cpu().numpy() for name, t in zip(names, results, strict=True)}
+
+
+class TorchRunner(ModuleRunner):
+    """Runs an architecture's reference computation.
+
+    ``reference=True`` (the default) calls the method the architecture names as its reference
+    (:attr:`ArchSpec.reference`: ``forward``, or an independent formulation of the same function),
+    so golden data and verification compare the export against it; ``reference=False`` always
+    runs ``forward``. Outputs are keyed by the architecture's output names.
     """
 
     def __init__(self, spec: ArchSpec, model: torch.nn.Module, *, reference: bool = True) -> None:
         self.spec = spec
         self.model = model
-        packed = getattr(model, "forward_packed", None) if reference and spec.masked else None
-        self._call = packed if packed is not None else model
-
-    @torch.inference_mode()
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Feeds:
-        """Outputs keyed by ONNX output name."""
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.spec.inputs]
-        result = self._call(*args)
-        names = [t.name for t in self.spec.outputs]
-        tensors = (result,) if isinstance(result, torch.Tensor) else tuple(result)
-        return {name: t.detach().cpu().numpy() for name, t in zip(names, tensors, strict=True)}
+        call = getattr(model, spec.reference) if reference else model
+        contract = Contract(spec.inputs, spec.outputs)  # names and order are all a runner reads
+        super().__init__(contract, call)
 
 
-class Float64Runner(TorchRunner):
+class Float64Runner(ModuleRunner):
     """The same reference computation in float64: the oracle that float32 results are measured against.
 
     A deep copy of ``model`` is converted with ``.double()`` (the weights are the float32 weights,
-    widened exactly), float inputs are cast to float64 and integer inputs (``lengths``) are passed
-    unchanged. Outputs are float64.
+    widened exactly) and ``method`` of it is called; float inputs are cast to float64 and integer
+    inputs (lengths, tokens) are passed unchanged. Outputs are float64.
     """
 
-    def __init__(self, spec: ArchSpec, model: torch.nn.Module, *, reference: bool = True) -> None:
-        super().__init__(spec, copy.deepcopy(model).double().eval(), reference=reference)
+    def __init__(self, contract: Contract, model: torch.nn.Module, *, method: str = "forward") -> None:
+        double = copy.deepcopy(model).double().eval()
+        super().__init__(contract, getattr(double, method) if method != "forward" else double)
+
+    @classmethod
+    def for_arch(cls, spec: ArchSpec, model: torch.nn.Module) -> Float64Runner:
+        """The float64 twin of ``TorchRunner(spec, model)``: the architecture's reference method."""
+        return cls(Contract(spec.inputs, spec.outputs), model, method=spec.reference)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> Feeds:
         """Float64 outputs keyed by ONNX output name."""

@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH",
     "DTYPES",
+    "LENGTHS",
     "MAX_BRANCHES",
     "MAX_FEATURES",
+    "ROLES",
     "SEQ",
     "ArchConfig",
     "ArchSpec",
@@ -39,8 +41,13 @@ BATCH = "batch"
 SEQ = "seq"
 DYNAMIC_AXES = (BATCH, SEQ)
 
-# numpy / ONNX dtype names an I/O contract may use.
-DTYPES = ("float32", "int64")
+# numpy / ONNX dtype names an I/O contract may use (int32 only for an input with the lengths role).
+DTYPES = ("float32", "int64", "int32")
+
+# What an input means to generation and validation, independent of its name. ``lengths``: each row's
+# count of valid steps along ``seq`` (1 <= lengths[b] <= seq); other inputs' steps past it are padding.
+LENGTHS = "lengths"
+ROLES = (LENGTHS,)
 
 # Upper bounds that catch typos (hidden 20000 instead of 200) before they allocate gigabytes.
 # A 4096-wide LSTM already holds 134M parameters per branch.
@@ -109,6 +116,10 @@ class TensorSpec:
     dtype: str
     shape: tuple[Dim, ...]
     doc: str = ""
+    # An input's role (see ROLES), or None for plain data.
+    role: str | None = None
+    # For integer inputs: generated values lie in [low, high) (for example token ids of an Embedding).
+    range: tuple[int, int] | None = None
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
@@ -120,13 +131,26 @@ class TensorSpec:
         return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
 
     def to_json(self) -> dict[str, Any]:
-        """``{name, dtype, shape}`` with symbolic dims as strings (the manifest format)."""
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        """``{name, dtype, shape}`` with symbolic dims as strings (the manifest format), plus ``role``
+        and ``range`` where set."""
+        data: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.role is not None:
+            data["role"] = self.role
+        if self.range is not None:
+            data["range"] = list(self.range)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
         """Inverse of :meth:`to_json`."""
-        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(data["shape"]))
+        bounds = data.get("range")
+        return cls(
+            name=str(data["name"]),
+            dtype=str(data["dtype"]),
+            shape=tuple(data["shape"]),
+            role=None if data.get("role") is None else str(data["role"]),
+            range=None if bounds is None else (int(bounds[0]), int(bounds[1])),
+        )
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,11 @@ class Contract:
         """ONNX output names, in order."""
         return [t.name for t in self.outputs]
 
+    @property
+    def lengths_input(self) -> TensorSpec | None:
+        """The input with the lengths role, if any."""
+        return next((t for t in self.inputs if t.role == LENGTHS), None)
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -168,8 +197,9 @@ class ArchSpec:
 
     ``inputs`` and ``outputs`` are templates (see the module docstring). ``build_model`` constructs
     the module; its ``forward`` takes the inputs positionally, in contract order, and returns the
-    single output. Masked architectures also define ``forward_packed`` with the same signature: the
-    reference article's packed formulation, which golden data and verification compare against.
+    single output. ``reference`` names the module method that golden data and verification compare
+    against: ``forward`` itself, or an independent formulation with the same signature (the
+    article's, where ``forward`` is written for export).
     """
 
     name: str
@@ -185,6 +215,7 @@ class ArchSpec:
     atol: float = 1e-5
     rtol: float = 1e-4
     notes: tuple[str, ...] = field(default=())
+    reference: str = "forward"
 
     def __post_init__(self) -> None:
         # These are programming errors in an architecture module, not user errors.
@@ -207,8 +238,8 @@ class ArchSpec:
 
     @property
     def masked(self) -> bool:
-        """True when the model takes a ``lengths`` input and masks padded steps."""
-        return any(t.name == "lengths" for t in self.inputs)
+        """True when the model takes an input with the lengths role (padded batches)."""
+        return any(t.role == LENGTHS for t in self.inputs)
 
     @property
     def per_step(self) -> bool:

@@ -9,8 +9,9 @@ It refuses to replace an existing folder without ``--overwrite``. Everything is 
 reproduces the weights and inputs byte for byte on any machine. The reference outputs are float
 computations whose last bits depend on the CPU's kernels (AVX2 and AVX-512 builds of the same torch
 sum in different orders), so ``--check`` compares them within ``OUTPUT_TOLERANCE``, which
-``meta.json`` records, and never as bytes. For masked architectures the expected outputs come from
-the packed reference (``forward_packed``), not from the masked model that gets exported.
+``meta.json`` records, and never as bytes. The expected outputs come from the method each
+architecture names as its reference (``ArchSpec.reference``): ``forward``, or an independent
+formulation of the same function.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def write_golden(spec: ArchSpec, directory: Path) -> None:
         file = f"case_{k}.safetensors"
         save_file(tensors, str(directory / file))
         entry: dict[str, Any] = {"file": file, "batch": batch, "seq": seq}
-        if "lengths" in inputs:
-            entry["lengths"] = inputs["lengths"].tolist()
+        lengths = contract.lengths_input
+        if lengths is not None:
+            entry["lengths"] = inputs[lengths.name].tolist()
         cases.append(entry)
 
     meta = {
@@ -88,7 +90,7 @@ def write_golden(spec: ArchSpec, directory: Path) -> None:
         "seed": seed,
         "config": config.to_dict(),
         "contract": contract.to_json(),
-        "reference": "forward_packed (pack_padded_sequence)" if spec.masked else "forward",
+        "reference": spec.reference + (" (pack_padded_sequence)" if spec.masked else ""),
         "weights": {
             "file": "weights.safetensors",
             "sha256": hashlib.sha256((directory / "weights.safetensors").read_bytes()).hexdigest(),

@@ -71,7 +71,7 @@ def test_swapped_gate_order_fails_at_every_length(tmp_path: Path, arch: str, op:
     torch_model = build_model(
         spec, ArchConfig(), state_dict={k: torch.from_numpy(v) for k, v in golden.weights.items()}
     )
-    float32, float64 = TorchRunner(spec, torch_model), Float64Runner(spec, torch_model)
+    float32, float64 = TorchRunner(spec, torch_model), Float64Runner.for_arch(spec, torch_model)
     rng = np.random.default_rng(11)
     contract = spec.contract(ArchConfig())
     cases, exact = [], {}

@@ -31,7 +31,7 @@ def test_list_json() -> None:
     assert list(data) == ARCH_NAMES
     assert data["attention"]["inputs"] == [
         {"name": "x", "dtype": "float32", "shape": ["batch", "seq", 10]},
-        {"name": "lengths", "dtype": "int64", "shape": ["batch"]},
+        {"name": "lengths", "dtype": "int64", "shape": ["batch"], "role": "lengths"},
     ]
     assert "not over time" in data["parallel-lstm-attention"]["notes"][0]
     assert data["parallel-gru"]["outputs"] == [

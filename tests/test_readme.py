@@ -30,3 +30,9 @@ def test_quickstart_commands_exist() -> None:
     assert "bash scripts/test.sh" in (REPO / ".ci" / "run").read_text()
     for script in ("setup.sh", "test.sh", "make_golden.py"):
         assert (REPO / "scripts" / script).is_file()
+
+
+def test_own_model_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    exec(compile(_block("own-model"), "README.md", "exec"), {"__name__": "readme_example"})

@@ -1,17 +1,16 @@
 """Sequence-in models built on one LSTM (reference article 003).
 
-Variable-length batches use a ``lengths`` input and a mask built inside the model, never
-``pack_padded_sequence``: packing does not survive ONNX export with dynamic shapes. The article's
-packed formulation stays here as ``forward_packed``, the reference the masked models must equal:
-identical valid steps, zeros at padded steps.
+Variable-length batches take a ``lengths`` input (the lengths role) and run the LSTM packed, as the
+article does: ``pack_padded_sequence(..., enforce_sorted=False)`` -> LSTM -> ``pad_packed_sequence``.
+Eager ``forward`` is therefore the packed reference itself; the export patches
+(:mod:`rnnexport.patch`) turn the packed run into one ONNX ``LSTM`` node with ``sequence_lens``.
 
 Padding contract of the masked models: ``x`` is ``[batch, seq, input]`` with row ``b`` valid on
-steps ``0 .. lengths[b]-1``; ``1 <= lengths[b] <= seq``. Padded inputs are ignored entirely (they are
-zeroed before the LSTM, so even NaN padding cannot leak). ``many-to-many-masked`` returns the padded
-length ``seq`` with exact zeros on padded steps (the article's ``pad_packed_sequence`` without
-``total_length`` would return ``max(lengths)`` steps, which makes the output shape data-dependent);
-``attention`` pools over valid steps only, so a padded sequence gives exactly the output of the same
-sequence unpadded.
+steps ``0 .. lengths[b]-1``; ``1 <= lengths[b] <= seq``. Padded inputs are never read (NaN padding
+cannot leak). ``many-to-many-masked`` returns the padded length ``seq`` with exact zeros on padded
+steps (``pad_packed_sequence`` with ``total_length``; without it the article's model returns
+``max(lengths)`` steps, a data-dependent shape); ``attention`` pools over valid steps only, so a
+padded sequence gives exactly the output of the same sequence unpadded.
 """
 
 from __future__ import annotations
@@ -20,11 +19,10 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from rnnexport.archs._common import masked_lstm, tracing, valid_steps
+from rnnexport.archs._common import packed_lstm, valid_steps
 from rnnexport.registry import register
-from rnnexport.spec import BATCH, SEQ, ArchConfig, ArchSpec, TensorSpec
+from rnnexport.spec import BATCH, LENGTHS, SEQ, ArchConfig, ArchSpec, TensorSpec
 
 __all__ = ["AttentionLSTM", "ManyToManyLSTM", "MaskedManyToManyLSTM"]
 
@@ -43,27 +41,14 @@ class ManyToManyLSTM(nn.Module):
         return y
 
 
-def _packed_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The article's formulation: pack, run, unpack to the padded length (zeros after each length)."""
-    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.shape[1])
-    return out
-
-
 class MaskedManyToManyLSTM(ManyToManyLSTM):
-    """Many-to-many LSTM over padded batches: ``y`` is exactly zero on padded steps."""
+    """Many-to-many LSTM over padded batches, packed: ``y`` is exactly zero on padded steps."""
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``x[batch, seq, input], lengths[batch] -> y[batch, seq, output]``."""
         padded = ~valid_steps(lengths, x.shape[1]).unsqueeze(2)
-        # masked_lstm's padded outputs are zero, but the head adds its bias: mask again after it.
-        y: torch.Tensor = self.fc(masked_lstm(self.lstm, x, lengths))
-        return y.masked_fill(padded, 0.0)
-
-    def forward_packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Packed reference: same weights, ``pack_padded_sequence``; padded steps set to zero."""
-        padded = ~valid_steps(lengths, x.shape[1]).unsqueeze(2)
-        y: torch.Tensor = self.fc(_packed_lstm(self.lstm, x, lengths))
+        # The packed LSTM's padded outputs are zero, but the head adds its bias: mask after it.
+        y: torch.Tensor = self.fc(packed_lstm(self.lstm, x, lengths))
         return y.masked_fill(padded, 0.0)
 
 
@@ -80,24 +65,21 @@ class AttentionLSTM(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``x[batch, seq, input], lengths[batch] -> y[batch, output]``."""
         valid = valid_steps(lengths, x.shape[1])
-        out = masked_lstm(self.lstm, x, lengths)
+        out = packed_lstm(self.lstm, x, lengths)
         keys = torch.tanh(self.attention(out))
-        # For ONNX Runtime, Mul + ReduceSum: it runs a matrix-vector product over a batch of
-        # sequences, and a batch of one-row matrix products, several times slower.
-        scores = (keys * self.v).sum(dim=2) if tracing() else keys @ self.v  # [batch, seq]
+        # Elementwise products and sums rather than matrix-vector and batched one-row products:
+        # the same values, and ONNX Runtime runs Mul + ReduceSum several times faster than those.
+        scores = (keys * self.v).sum(dim=2)  # [batch, seq]
         # The lowest finite float, not -inf: exp() of it underflows to exactly 0 (so padded steps get
         # exactly zero weight), and a row with no valid step gives finite weights instead of NaN.
         weights = torch.softmax(scores.masked_fill(~valid, torch.finfo(out.dtype).min), dim=1)
-        if tracing():
-            context = (weights.unsqueeze(2) * out).sum(dim=1)
-        else:
-            context = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
+        context = (weights.unsqueeze(2) * out).sum(dim=1)
         y: torch.Tensor = self.fc(context)
         return y
 
     def forward_packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Packed reference: pack, then attend over each sequence's own valid steps, one row at a time."""
-        out = _packed_lstm(self.lstm, x, lengths)
+        """Independent reference: pack, then attend over each sequence's own valid steps, row by row."""
+        out = packed_lstm(self.lstm, x, lengths)
         rows = []
         for b, length in enumerate(lengths.tolist()):
             steps = out[b, :length]
@@ -123,7 +105,9 @@ def _read_sizes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
 
 
 _X = TensorSpec("x", "float32", (BATCH, SEQ, "input_size"), "input sequence, batch-first")
-_LENGTHS = TensorSpec("lengths", "int64", (BATCH,), "valid steps per row, 1 <= lengths[b] <= seq")
+_LENGTHS = TensorSpec(
+    "lengths", "int64", (BATCH,), "valid steps per row, 1 <= lengths[b] <= seq", role=LENGTHS
+)
 _SIZES = ("input_size", "hidden_size", "output_size")
 # The reference article (shared/seeds/003_b1e4274b19d9071a.txt), by its title.
 _SOURCE = "How can a many-to-many LSTM be implemented in PyTorch?"
@@ -143,7 +127,7 @@ register(
 register(
     ArchSpec(
         name="many-to-many-masked",
-        summary="many-to-many LSTM over padded batches, masked (not packed); padded steps are zero",
+        summary="many-to-many LSTM over padded batches, packed; padded steps are zero",
         source=f"{_SOURCE} (example 2)",
         build_model=MaskedManyToManyLSTM,
         inputs=(_X, _LENGTHS),
@@ -168,5 +152,6 @@ register(
         sizes=_SIZES,
         infer_sizes=_read_sizes,
         notes=("many-to-one: one vector per sequence, padded steps take no part in the softmax",),
+        reference="forward_packed",
     )
 )

@@ -1,0 +1,1 @@
+"""A zoo of user-style recurrent models, built with ``--model`` and proven against eager PyTorch."""
