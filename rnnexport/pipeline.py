@@ -272,8 +272,8 @@ def _read_inputs_file(path: Path, contract: Contract, *, limits: Limits = DEFAUL
     # safetensors is not compressed: its size on disk is what it holds.
     if len(data) > limits.inputs_bytes:
         raise InputError(
-            f"--inputs {path} holds {format_bytes(len(data))} of tensors; the limit is "
-            f"{format_bytes(limits.inputs_bytes)}. Pass fewer or smaller cases."
+            f"--inputs {path} is {len(data):,} bytes; the limit is {limits.inputs_bytes:,} bytes of "
+            "tensors. Pass fewer or smaller cases."
         )
     try:
         from safetensors.numpy import load

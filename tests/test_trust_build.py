@@ -230,7 +230,8 @@ def test_inputs_that_are_not_a_regular_file(tmp_path: Path) -> None:
     for path, expected in (
         (str(tmp_path / "cases.npz"), "--inputs " + str(tmp_path / "cases.npz") + " is a FIFO (named pipe)"),
         ("/dev/zero", "--inputs /dev/zero is a character device; expected a regular file"),
-        (str(tmp_path), "is a folder; expected a regular file"),
+        # A folder is read as the ONNX test-data layout, so one without test_data_set_N/ is refused.
+        (str(tmp_path), "is a folder without test_data_set_N/ folders"),
     ):
         result = _run("build", "--arch", "attention", "--inputs", path, "--out", str(tmp_path / "out"))
         assert result.exit_code == 2
@@ -252,11 +253,12 @@ def test_small_input_limits_passed_in(tmp_path: Path) -> None:
 def test_safetensors_inputs_are_capped_by_size_on_disk(tmp_path: Path) -> None:
     big = tmp_path / "cases.safetensors"
     with big.open("wb") as handle:
+        handle.write(b"\x08" + b"\x00" * 7 + b"{}      ")  # what a safetensors file starts with
         handle.truncate(100 << 20)
     result = _run("build", "--arch", "attention", "--inputs", str(big), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
     assert "is 104,857,600 bytes; the limit is 67,108,864 bytes" in _flat(result.output)
-    (tmp_path / "bad.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"not json")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{not json")
     result = _run("build", "--arch", "attention", "--inputs", str(tmp_path / "bad.safetensors"), "--out", "o")
     assert result.exit_code == 2
     assert "Cannot read --inputs" in result.output
