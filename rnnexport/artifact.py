@@ -20,6 +20,7 @@ a dead one's even when the PID has been reused, and clean up or finish what the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
@@ -39,14 +40,16 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from rnnexport.compare import ProviderResult, Tolerance
+from rnnexport.compare import Criterion, ProviderResult, Tolerance
 from rnnexport.contract import check_contract, read_contract
 from rnnexport.errors import ArtifactError, RnnExportError, UsageError
-from rnnexport.feeds import Case, validate_feeds
+from rnnexport.feeds import Case, Feeds, validate_feeds
 from rnnexport.limits import DEFAULT_LIMITS, Limits, check_tolerance, format_bytes
+from rnnexport.oracle import FLOAT64_OUTPUT, seq_axes
 from rnnexport.runtime import DEVICES, Device, resolve_devices
 from rnnexport.safeio import check_path, describe_os_error, file_kind, loads_strict, read_bounded, write_file
 from rnnexport.spec import DTYPES, DYNAMIC_AXES, ROLES, ArchConfig, Contract
+from rnnexport.variants import VariantResult, verify_shipped_variants
 
 __all__ = [
     "MANIFEST",
@@ -75,7 +78,9 @@ _REBUILD = "Rebuild the artifact, or copy it again from the build machine."
 _TEST_SET = re.compile(r"test_data_set_(0|[1-9][0-9]{0,5})")
 # A dynamic axis named in a contract (as io descriptions allow: an identifier).
 _AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TEST_FILE = re.compile(r"(input|output)_(0|[1-9][0-9]{0,3})\.pb")
+# Inputs and float32 outputs in the ONNX test-data layout, and the float64 references beside them
+# (a name ONNX's own test runners ignore).
+_TEST_FILE = re.compile(r"(input|output|float64_output)_(0|[1-9][0-9]{0,3})\.pb")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -94,6 +99,8 @@ class Manifest:
     test_data: list[dict[str, Any]]
     files: dict[str, str] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
+    # One entry per model file (model.onnx first), see rnnexport.variants.VariantResult.to_json.
+    variants: list[dict[str, Any]] = field(default_factory=list)
     # A user model's origin (module, class or factory, config); None for a registered architecture.
     source: dict[str, Any] | None = None
 
@@ -111,6 +118,7 @@ class Manifest:
             "weights": self.weights,
             "verification": self.verification,
             "test_data": self.test_data,
+            "variants": self.variants,
             "files": self.files,
         }
 
@@ -132,6 +140,7 @@ class Manifest:
             test_data=list(data["test_data"]),
             files=dict(data["files"]),
             format=int(data["format"]),
+            variants=list(data.get("variants", [])),
             source=None if data.get("source") is None else dict(data["source"]),
         )
 
@@ -254,17 +263,27 @@ def parse_manifest(data: bytes, *, path: Path) -> Manifest:
             isinstance(digest, str) and _SHA256.fullmatch(digest),
             f"the sha256 of {name!r} is not 64 hex digits",
         )
+    try:
+        Criterion.from_json(doc["verification"].get("rule"))
+    except (TypeError, ValueError) as exc:
+        need(False, f"'verification.rule' is not one rnnexport applies: {exc}")
     return Manifest.from_json(doc)
 
 
 # -- test data -------------------------------------------------------------------------------------
 
-_DTYPE_CODES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "int32": TensorProto.INT32}
+_DTYPE_CODES = {
+    "float32": TensorProto.FLOAT,
+    "int64": TensorProto.INT64,
+    "int32": TensorProto.INT32,
+    "float64": TensorProto.DOUBLE,
+}
 # The TensorProto field that holds each dtype's values when they are not in raw_data.
 _TYPED_FIELDS = {
     TensorProto.FLOAT: "float_data",
     TensorProto.INT64: "int64_data",
     TensorProto.INT32: "int32_data",
+    TensorProto.DOUBLE: "double_data",
 }
 
 
@@ -334,6 +353,24 @@ def _parse_tensor(data: bytes, *, origin: str, name: str, dtype: str) -> np.ndar
             )
         array = np.asarray(typed, dtype=np.dtype(dtype))
     return array.reshape(dims)
+
+
+def _float64_from(
+    contents: Mapping[str, bytes], dirs: Sequence[str], contract: Contract, *, folder: Path
+) -> dict[str, Feeds]:
+    """The float64 references of the test-data sets that have them, from bytes already read and hashed.
+
+    Sets without them (artifacts from before the oracle) are left out; the rule decides what that means.
+    """
+    found: dict[str, Feeds] = {}
+    for directory in dirs:
+        names = [f"{directory}/{FLOAT64_OUTPUT.format(k=k)}" for k in range(len(contract.outputs))]
+        if all(n in contents for n in names):
+            found[directory] = {
+                spec.name: _parse_tensor(contents[n], origin=str(folder / n), name=spec.name, dtype="float64")
+                for spec, n in zip(contract.outputs, names, strict=True)
+            }
+    return found
 
 
 def write_test_data(folder: Path, cases: Sequence[Case], contract: Contract) -> list[dict[str, Any]]:
@@ -866,11 +903,14 @@ class ArtifactReport:
     results: dict[Device, ProviderResult]
     notes: list[str] = field(default_factory=list)
     manifest_sha256: str = ""
+    # Every shipped variant other than model.onnx, by file name.
+    variants: dict[str, VariantResult] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        """True when every requested device verified."""
-        return bool(self.results) and all(r.status == "passed" for r in self.results.values())
+        """True when every requested device verified, for model.onnx and every shipped variant."""
+        ran = bool(self.results) and all(r.status == "passed" for r in self.results.values())
+        return ran and all(v.passed for v in self.variants.values())
 
     def to_json(self) -> dict[str, Any]:
         """Machine-readable summary."""
@@ -883,6 +923,7 @@ class ArtifactReport:
             "notes": self.notes,
             "tolerance": {d: r.tolerance.to_json() for d, r in self.results.items()},
             "providers": {r.provider: r.to_json() for r in self.results.values()},
+            "variants": {name: v.to_json() for name, v in self.variants.items()},
         }
 
 
@@ -1071,12 +1112,36 @@ def verify_artifact(
     cases = _cases_from(contents, declared, manifest.contract, folder=folder)
     if not cases:
         raise ArtifactError(f"{folder} has no test_data_set_N folders to verify against. {_REBUILD}")
+    float64 = _float64_from(contents, declared, manifest.contract, folder=folder)
     tf32 = bool(manifest.verification.get("tf32", False))
+    criterion = Criterion.from_json(manifest.verification.get("rule"))
     seconds = time_limit if time_limit is not None else limits.run_seconds(len(data))
+    devices = resolve_devices(device)
     results = {
         d: verify_with_deadline(
-            data, cases, device=d, tol=manifest.tolerance(d), tf32=tf32 and d == "cuda", seconds=seconds
+            data,
+            cases,
+            device=d,
+            tol=manifest.tolerance(d),
+            tf32=tf32 and d == "cuda",
+            seconds=seconds,
+            criterion=criterion,
+            float64=float64,
+            seq_axes=seq_axes(manifest.contract),
         )
-        for d in resolve_devices(device)
+        for d in devices
     }
-    return ArtifactReport(folder, manifest, results, notes, digest)
+    variants = verify_shipped_variants(
+        folder,
+        manifest.variants,
+        contents,
+        cases,
+        float64,
+        run=functools.partial(verify_with_deadline, seconds=seconds),
+        contract=manifest.contract,
+        devices=devices,
+        own={d: manifest.tolerance(d) for d in devices},
+        criterion=criterion,
+        tf32=tf32,
+    )
+    return ArtifactReport(folder, manifest, results, notes=notes, manifest_sha256=digest, variants=variants)

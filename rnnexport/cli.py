@@ -200,6 +200,65 @@ class ExporterChoice(str, Enum):
     dynamo = "dynamo"
 
 
+class RuleChoice(str, Enum):
+    """Which rule decides verification (see rnnexport.compare)."""
+
+    oracle = "oracle"
+    tolerance = "tolerance"
+
+
+def _print_variants(title: str, variants: list[dict[str, Any]] | dict[str, dict[str, Any]]) -> None:
+    """One row per variant: verdict, size, error against float64, and where it can run."""
+    rows = list(variants.values()) if isinstance(variants, dict) else variants
+    if not rows:
+        return
+    table = Table(title=_safe(title), title_justify="left")
+    for column in ("file", "status", "bytes", "max err (f64)", "p99 err (f64)", "err/allowed", "runs on"):
+        table.add_column(column, no_wrap=column != "runs on")
+    notes: dict[str, list[str]] = {}  # note -> the files it is about
+    unchecked: set[str] = set()
+    for v in rows:
+        errors = v.get("errors", {})
+        exact = errors.get("artifact_vs_float64", {})
+        runs = []
+        for provider, info in v.get("runs_on", {}).items():
+            if info.get("status") == "checked":
+                runs.append(f"{provider} {info.get('taken')}/{info.get('nodes')}")
+            else:
+                unchecked.add(provider)
+        colour = "green" if v.get("status") == "passed" else "red"
+        table.add_row(
+            _safe(v.get("file")),
+            f"[{colour}]{_safe(v.get('status'))}[/]" + ("" if v.get("shipped", True) else " (not shipped)"),
+            str(v.get("bytes", "-")),
+            f"{exact['max']:.2e}" if "max" in exact else "-",
+            f"{exact['p99']:.2e}" if "p99" in exact else "-",
+            f"{errors['err_allowed']:.3f}" if "err_allowed" in errors else "-",
+            _safe(", ".join(runs)) or "-",
+        )
+        lines = [v["reason"]] if v.get("reason") else []
+        for provider, info in v.get("verification", {}).items():
+            lines += [f"{provider}: {line}" for line in info.get("failures", [])[:3]]
+        details = v.get("details", {})
+        lines += [details[k] for k in ("note", "ort_note") if details.get(k)]
+        if "reduce_range" in details:
+            lines.append(f"reduce_range={details['reduce_range']}: {details.get('reason', '')}")
+        for line in lines:
+            notes.setdefault(str(line), []).append(str(v.get("file")))
+    _err.print(table)
+    _err.print(
+        "  runs on: nodes the provider takes / nodes, from ONNX Runtime's partitioner (CPU, CUDA, TensorRT, "
+        "XNNPACK) or its mobile usability checker (CoreML, NNAPI)"
+        + (
+            f"; cannot be checked here: {', '.join(sorted(unchecked))} (manifest.json 'runs_on' says why)"
+            if unchecked
+            else ""
+        )
+    )
+    for note, files in notes.items():
+        _err.print(f"  {_safe(', '.join(files))}: {_safe(note)}")
+
+
 class _Reporter:
     """How a command talks while it works: a live display on a terminal, plain lines elsewhere.
 
@@ -287,7 +346,14 @@ class _Reporter:
                 str(r.get("cases", "-")),
                 f"batch {min(batches)}-{max(batches)}, seq {min(seqs)}-{max(seqs)}" if shapes else "-",
             )
-            if "tolerance" in r:
+            if "tolerance" in r and r.get("rule") == "oracle":
+                tol = r["tolerance"]
+                notes.append(
+                    f"{short}: oracle rule: passes when, per output, case and time bucket, |ort - float64| "
+                    f"<= max({r.get('oracle_factor', 4):g} x PyTorch float32's own error there, atol "
+                    f"{tol['atol']:g} + rtol {tol['rtol']:g}*|float64|), i.e. worst err/allowed <= 1"
+                )
+            elif "tolerance" in r:
                 tol = r["tolerance"]
                 notes.append(
                     f"{short}: passes when |ort - ref| <= atol + rtol*|ref| everywhere, i.e. worst "
@@ -382,6 +448,28 @@ def build(
     tf32: Annotated[
         bool, typer.Option("--tf32", help="Let the CUDA provider use TF32; verified at a looser tolerance.")
     ] = False,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated precisions to ship: fp32 (model.onnx, always), fp16, int8. Each is its own "
+            "file, verified with its own tolerance; one that fails is not shipped (exit 1)."
+        ),
+    ] = "fp32",
+    model_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated formats: onnx, ort (ORT format for mobile and minimal builds, with "
+            "required_operators.config).",
+        ),
+    ] = "onnx",
+    rule: Annotated[
+        RuleChoice,
+        typer.Option(
+            help="oracle: error against a float64 run within 4x PyTorch float32's own (or within atol/rtol); "
+            "tolerance: |ort - float32| <= atol + rtol*|float32|."
+        ),
+    ] = RuleChoice.oracle,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing rnnexport artifact completely.")
     ] = False,
@@ -432,6 +520,9 @@ def build(
                 force=force,
                 state_dict_key=state_dict_key,
                 strip_prefix=strip_prefix,
+                rule=rule.value,
+                precisions=precision,
+                formats=model_format,
                 as_json=as_json,
                 reporter=reporter,
             )
@@ -484,6 +575,9 @@ def build(
                         progress=reporter,
                         state_dict_key=state_dict_key,
                         strip_prefix=strip_prefix,
+                        rule=rule.value,
+                        precisions=precision,
+                        formats=model_format,
                     )
                 except RnnExportError as exc:  # report it, then go on with the other architectures
                     reporter.close()
@@ -492,20 +586,42 @@ def build(
                     summaries.append({"arch": name, "passed": False, **_error_json(exc), "error": str(exc)})
                     continue
                 reporter.close()
-                providers = manifest.verification["providers"]
-                destination = out / name
-                reporter.providers(
-                    f"{name}: verified artifact in {destination}", providers, requested=device.value
-                )
-                summaries.append(
-                    {"arch": name, "passed": True, "artifact": str(destination), "providers": providers}
-                )
+                summary = _report_artifact(name, manifest, out / name, reporter, requested=device.value)
+                exit_code = max(exit_code, 0 if summary["passed"] else 1)
+                summaries.append(summary)
         finally:
             reporter.close()
     if as_json:
         _write_stdout(json.dumps({"passed": exit_code == 0, "artifacts": summaries}, indent=2))
     if exit_code:
         raise typer.Exit(exit_code)
+
+
+def _report_artifact(
+    name: str, manifest: Manifest, destination: Path, reporter: _Reporter, *, requested: str
+) -> dict[str, Any]:
+    """Print what a build shipped (providers, variants, variants left out); return its JSON summary.
+
+    ``passed`` is False when a variant failed its gate: the rest shipped, and the command exits 1.
+    """
+    providers = manifest.verification["providers"]
+    reporter.providers(f"{name}: verified artifact in {destination}", providers, requested=requested)
+    failed = [v["file"] for v in manifest.variants if v.get("status") != "passed"]
+    if not reporter.quiet and len(manifest.variants) > 1:
+        _print_variants(f"{name}: variants", manifest.variants)
+    if failed:
+        verb = "was" if len(failed) == 1 else "were"
+        _print_error(
+            f"{', '.join(failed)} failed verification and {verb} not shipped; the other "
+            f"files of {destination} passed and were shipped."
+        )
+    return {
+        "arch": name,
+        "passed": not failed,
+        "artifact": str(destination),
+        "providers": providers,
+        "variants": manifest.variants,
+    }
 
 
 def _build_user_model(
@@ -548,12 +664,11 @@ def _build_user_model(
         )
     finally:
         reporter.close()
-    providers = manifest.verification["providers"]
-    destination = out / artifact
-    reporter.providers(f"{artifact}: verified artifact in {destination}", providers, requested=device)
+    summary = _report_artifact(artifact, manifest, out / artifact, reporter, requested=device)
     if as_json:
-        summary = {"arch": artifact, "passed": True, "artifact": str(destination), "providers": providers}
-        _write_stdout(json.dumps({"passed": True, "artifacts": [summary]}, indent=2))
+        _write_stdout(json.dumps({"passed": summary["passed"], "artifacts": [summary]}, indent=2))
+    if not summary["passed"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -604,15 +719,26 @@ def verify(
         _err.print(f"{_mark(True)} files      sha256 of every file matches the manifest; no extra files")
         _err.print(f"{_mark(True)} contract   names, dtypes and dynamic axes match the manifest")
     reporter.providers(f"{report.manifest.arch}: {directory}", providers, requested=device.value)
+    if not quiet and report.variants:
+        # Where each file can run was established at build time; the manifest carries it.
+        built = {e.get("file"): e for e in report.manifest.variants if isinstance(e, dict)}
+        checked = {
+            name: {"runs_on": built.get(name, {}).get("runs_on", {}), **v.to_json()}
+            for name, v in report.variants.items()
+        }
+        _print_variants(f"{report.manifest.arch}: variants re-verified here", checked)
     if verbose:
         reporter.line(f"took {time.perf_counter() - started:.2f}s")
     if as_json:
         _write_stdout(json.dumps(report.to_json(), indent=2))
     if not report.passed:
         failed = ", ".join(
-            f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "")
-            for r in report.results.values()
-            if r.status != "passed"
+            [
+                f"{r.provider} {r.status}" + (f" ({r.reason})" if r.reason else "")
+                for r in report.results.values()
+                if r.status != "passed"
+            ]
+            + [f"{name} failed" for name, v in report.variants.items() if not v.passed]
         )
         _print_error(f"verification did not pass: {failed or 'no provider could run here'}.")
         raise typer.Exit(1)
@@ -662,6 +788,181 @@ def _abandon_stdout() -> None:
     with suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+
+class BenchDevice(str, Enum):
+    """Where to benchmark: ONNX Runtime's CPU or CUDA provider (PyTorch on the same device)."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _bench_table(data: dict[str, Any]) -> None:
+    """The benchmark on stderr: latency per shape and runtime, then settings and ragged batches."""
+    table = Table(title=_safe(f"{data['arch']}: {data['artifact']} ({data['device']})"), title_justify="left")
+    columns = (
+        "batch",
+        "seq",
+        "runtime",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "best round",
+        "sequences/s",
+        "speedup",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column == "runtime" else "right", no_wrap=True)
+    artifact = {
+        (r["batch"], r["seq"]): r["best_round_p50_ms"]
+        for r in data["results"]
+        if r["runtime"] == "onnxruntime"
+    }
+    for r in data["results"]:
+        table.add_row(
+            str(r["batch"]),
+            str(r["seq"]),
+            r["runtime"],
+            f"{r['p50_ms']:.3f}",
+            f"{r['p90_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['best_round_p50_ms']:.3f}",
+            f"{r['sequences_per_s']:,.0f}",
+            "-"
+            if r["runtime"] == "onnxruntime"
+            else f"{r['best_round_p50_ms'] / artifact[r['batch'], r['seq']]:.2f}x",
+        )
+    # Never truncate figures: a pipe or a log file gets the whole table, however narrow it thinks it is.
+    wide = _err if _err.is_terminal else Console(stderr=True, highlight=False, width=max(_err.width, 130))
+    wide.print(table)
+    _err.print(
+        "  best round = the lowest of the rounds' medians (load only adds time); speedup = that runtime's "
+        "best round / the artifact's (above 1: the artifact is faster)"
+    )
+    for name, status in data["runtimes"].items():
+        if not status["available"]:
+            _err.print(f"  {name}: not measured ({_safe(status['reason'])})")
+    settings = data.get("settings")
+    if settings:
+        _err.print("[bold]recommended session settings[/] (" + _safe(settings["rule"]) + ")")
+        for regime in ("latency", "throughput"):
+            s = settings[regime]
+            _err.print(
+                f"  {regime:<10} batch {s['batch']}, seq {s['seq']}: {_safe(s['label'])} "
+                f"({s['p50_ms']:.3f} ms; {s['gain_over_defaults']:.2f}x faster than the defaults' "
+                f"{s['defaults_p50_ms']:.3f} ms)"
+            )
+    ragged = data.get("ragged")
+    if ragged:
+        _err.print(f"[bold]ragged batches[/] (batch {ragged['batch']}, seq {ragged['seq']}): p50 ms")
+        for name, s in ragged["scenarios"].items():
+            _err.print(f"  {s['p50_ms']:9.3f}  {_safe(name)}")
+
+
+@app.command()
+def bench(
+    directory: Annotated[Path, typer.Argument(help="Artifact folder written by 'rnnexport build'.")],
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,32",
+    seq: Annotated[str, typer.Option(help="Sequence lengths, comma-separated.")] = "1,10,100,1000",
+    device: Annotated[BenchDevice, typer.Option(help="ONNX Runtime provider (and torch device).")] = (
+        BenchDevice.cpu
+    ),
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="The checkpoint an artifact was built from with --weights (for PyTorch eager)."),
+    ] = None,
+    eager: Annotated[
+        bool, typer.Option("--eager/--no-eager", help="Also time PyTorch eager (needs torch).")
+    ] = True,
+    plain: Annotated[
+        bool,
+        typer.Option(
+            "--plain/--no-plain", help="Also time a plain export of the model (needs torch, onnxsim)."
+        ),
+    ] = True,
+    settings: Annotated[
+        bool, typer.Option("--settings/--no-settings", help="Measure session settings per regime (CPU).")
+    ] = True,
+    ragged: Annotated[
+        bool, typer.Option("--ragged/--no-ragged", help="Measure ragged batches (models with lengths).")
+    ] = True,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(help="PyTorch intra-op threads for eager (default: PyTorch's choice, all cores)."),
+    ] = None,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds of every runtime.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Timed calls per runtime per round (at most).")] = 20,
+    record: Annotated[
+        bool,
+        typer.Option("--record", help="Write bench.json into the artifact and list it in the manifest."),
+    ] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of latency against sequence length (needs matplotlib).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every figure as JSON on stdout.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Time a shipped artifact on ONNX Runtime against PyTorch eager and a plain export, over a grid.
+
+    Latency percentiles and throughput per batch x seq, all runtimes interleaved in one process;
+    recommended session settings for batch-1 latency and batch-32 throughput; ragged-batch costs.
+    Works without torch (ONNX Runtime only). Exit codes: 0 measured; 1 artifact problem; 2 usage error.
+    """
+    with _reported(as_json=as_json):
+        from rnnexport.bench import (
+            EAGER,
+            ONNXRUNTIME,
+            PLAIN,
+            grid_shapes,
+            parse_sizes,
+            plot_latency,
+            record_bench,
+            require_matplotlib,
+            run_bench,
+        )
+
+        shapes = grid_shapes(parse_sizes(batch, option="--batch"), parse_sizes(seq, option="--seq"))
+        if plot is not None:
+            require_matplotlib()  # refuse before measuring, not after
+            if plot.suffix.lower() != ".png" or not plot.parent.is_dir():
+                raise UsageError(
+                    f"--plot writes a PNG file into an existing folder; got {plot}. Give a path ending in "
+                    ".png whose folder exists."
+                )
+        runtimes = [ONNXRUNTIME] + ([EAGER] if eager else []) + ([PLAIN] if plain else [])
+
+        def step(text: str) -> None:
+            if not quiet:
+                _err.print(f"  [dim]{_safe(text)}[/]")
+
+        report = run_bench(
+            directory,
+            shapes=shapes,
+            device=device.value,
+            weights=weights,
+            runtimes=runtimes,
+            settings=settings,
+            ragged=ragged,
+            rounds=rounds,
+            repeats=repeats,
+            torch_threads=torch_threads,
+            on_step=step,
+        )
+        if not quiet:
+            _bench_table(report.to_json())
+        if plot is not None:
+            plot_latency(report, plot)
+            if not quiet:
+                _err.print(f"plot: {_safe(plot)}")
+        if record:
+            written = record_bench(directory, report)
+            if not quiet:
+                _err.print(f"recorded: {_safe(written)} (listed in the manifest; verify still passes)")
+        if as_json:
+            _write_stdout(json.dumps(report.to_json(), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``build``: export -> contract check -> simplify -> contract check -> verify -> package.
+"""``build``: export -> contract check -> simplify -> contract check -> verify -> variants -> package.
 
 Read top to bottom; each stage is a plain function from its own module. Nothing reaches the
 destination unless every requested provider verified: the artifact is assembled in a temporary
@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
 import torch
 
 from rnnexport._version import __version__
+from rnnexport.accuracy import build_variants, float64_references, one_torch_thread, write_variant_files
 from rnnexport.artifact import (
     MODEL,
     Manifest,
@@ -32,7 +33,7 @@ from rnnexport.artifact import (
     staging_folder,
     write_test_data,
 )
-from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
+from rnnexport.compare import RULES, Criterion, ProviderResult, Rule, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
 from rnnexport.errors import (
     ContractError,
@@ -62,6 +63,7 @@ from rnnexport.limits import (
     check_tolerance,
     format_bytes,
 )
+from rnnexport.oracle import seq_axes, write_float64_outputs
 from rnnexport.progress import Progress, SilentProgress
 from rnnexport.reference import ModuleRunner, TorchRunner, build_model
 from rnnexport.registry import get_arch
@@ -70,11 +72,13 @@ from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, w
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
 from rnnexport.usermodel import ModelSource, check_outputs, load_user_weights, state_sha256
+from rnnexport.variants import FORMATS, PRECISIONS, Format, Precision, parse_choices
 from rnnexport.weights import check_state_dict, read_checkpoint
 
 __all__ = [
     "SWEEP_BATCHES",
     "SWEEP_SEQS",
+    "SWEEP_SHAPES",
     "TF32_TOLERANCE",
     "ResourceEstimate",
     "build",
@@ -89,8 +93,12 @@ SWEEP_BATCHES = (1, 3, 16)
 SWEEP_SEQS = (1, 7, 64, 257)
 assert TRACE_BATCH not in SWEEP_BATCHES
 assert TRACE_SEQ not in SWEEP_SEQS
-# Sweep shapes that also ship as test data: seq 1, a short batch, and a long sequence.
-TEST_DATA_SHAPES = ((1, 1), (3, 7), (3, 257))
+# Long sequences, where float32 error grows the most (batch, seq); also shipped as test data.
+LONG_SHAPES = ((3, 1000),)
+# Every (batch, seq) a build verifies, none equal to the trace shape.
+SWEEP_SHAPES = tuple((b, s) for b in SWEEP_BATCHES for s in SWEEP_SEQS) + LONG_SHAPES
+# Sweep shapes that also ship as test data: seq 1, a short batch, and long sequences.
+TEST_DATA_SHAPES = ((1, 1), (3, 7), (3, 257), *LONG_SHAPES)
 SWEEP_SEED = 0
 # TF32 keeps 10 mantissa bits: about 1e-3 relative error per product, which recurrences compound.
 TF32_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-2)
@@ -208,7 +216,7 @@ def estimate_resources(spec: ArchSpec, config: ArchConfig) -> ResourceEstimate:
     sizes = config.subset(spec.sizes)
     width = sizes.get("branches", 1) * config.hidden_size
     # Activations of the largest sweep case, on both sides (gates, states, outputs), float32.
-    largest = max(SWEEP_BATCHES) * max(SWEEP_SEQS)
+    largest = max(batch * seq for batch, seq in SWEEP_SHAPES)
     activations = 2 * 4 * largest * (config.input_size + 6 * width + config.output_size)
     return ResourceEstimate(parameters, weight_bytes, ResourceEstimate.COPIES * weight_bytes + activations)
 
@@ -346,10 +354,9 @@ def _sweep(contract: Contract, runner: ModuleRunner) -> list[Case]:
     """The build-time shape sweep with eager-PyTorch references (seeded)."""
     rng = np.random.default_rng(SWEEP_SEED)
     cases = []
-    for batch in SWEEP_BATCHES:
-        for seq in SWEEP_SEQS:
-            feeds = make_feeds(contract, batch=batch, seq=seq, rng=rng)
-            cases.append(Case(_sweep_name(batch, seq), feeds, runner.infer(feeds)))
+    for batch, seq in SWEEP_SHAPES:
+        feeds = make_feeds(contract, batch=batch, seq=seq, rng=rng)
+        cases.append(Case(_sweep_name(batch, seq), feeds, runner.infer(feeds)))
     return cases
 
 
@@ -413,6 +420,7 @@ class _Subject:
     # The model, every verification case with its reference outputs, and the weights' origin.
     load: Callable[[_Request], tuple[torch.nn.Module, list[Case], dict[str, Any]]]
     source: dict[str, Any] | None = None  # a user model's module, class and config
+    reference: str = "forward"  # the method whose outputs are the reference (see ArchSpec.reference)
 
 
 @dataclass(frozen=True)
@@ -426,6 +434,9 @@ class _Request:
     exporter: Exporter
     opset: int
     tolerances: dict[Device, Tolerance]
+    criterion: Criterion
+    precisions: list[Precision]
+    formats: list[Format]
     tf32: bool
     force: bool
     weights: Path | None
@@ -433,6 +444,20 @@ class _Request:
     weights_read: dict[str, Any]  # how the checkpoint was read (entry, prefix, dtypes), for the manifest
     user_cases: list[tuple[str, Feeds]]
     notes: list[str]
+
+
+def _accuracy_options(
+    rule: str, precisions: str | Sequence[str] | None, formats: str | Sequence[str] | None
+) -> tuple[Criterion, list[Precision], list[Format]]:
+    """The verification rule and the variants of any build, checked."""
+    if rule not in RULES:
+        raise UsageError(
+            f"Unknown --rule {rule!r}: expected oracle (judge against float64 relative to PyTorch float32's "
+            "own error, the default) or tolerance (plain atol/rtol against float32)."
+        )
+    chosen_precisions = cast(list[Precision], parse_choices(precisions, PRECISIONS, option="--precision"))
+    chosen_formats = cast(list[Format], parse_choices(formats, FORMATS, option="--format"))
+    return Criterion(rule), chosen_precisions, chosen_formats
 
 
 def _check_options(*, exporter: str, opset: int, atol: float | None, rtol: float | None) -> None:
@@ -472,8 +497,11 @@ def _resolve(
     tf32: bool,
     inputs: Sequence[Path],
     force: bool,
-    state_dict_key: str | None = None,
-    strip_prefix: str | None = None,
+    state_dict_key: str | None,
+    strip_prefix: str | None,
+    rule: str,
+    precisions: str | Sequence[str] | None,
+    formats: str | Sequence[str] | None,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
@@ -481,6 +509,7 @@ def _resolve(
     for option, path in [("--weights", weights), *(("--inputs", p) for p in inputs)]:
         if path is not None:
             check_path(path, what=option)
+    criterion, chosen_precisions, chosen_formats = _accuracy_options(rule, precisions, formats)
     destination, recovered = prepare_destination(out, spec.name, force=force)
     devices = _requested_devices(device)
     if weights is None and (state_dict_key is not None or strip_prefix is not None):
@@ -510,6 +539,7 @@ def _resolve(
         contract=contract,
         config=config_.subset(spec.sizes),
         load=lambda request: _model_and_references(request, spec, config_),
+        reference=spec.reference,
     )
     return _Request(
         subject=subject,
@@ -519,6 +549,9 @@ def _resolve(
         exporter=exporter,
         opset=opset,
         tolerances={"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance},
+        criterion=criterion,
+        precisions=chosen_precisions,
+        formats=chosen_formats,
         tf32=tf32,
         force=force,
         weights=weights,
@@ -631,6 +664,9 @@ def build(
     progress: Progress | None = None,
     state_dict_key: str | None = None,
     strip_prefix: str | None = None,
+    rule: Rule = "oracle",
+    precisions: str | Sequence[str] | None = None,
+    formats: str | Sequence[str] | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
@@ -638,10 +674,18 @@ def build(
     are read off ``weights`` where possible, else defaulted. ``device`` is ``cpu``, ``cuda`` or
     ``auto`` (every provider that really works here). ``inputs`` adds verification cases (files or
     test-data folders, see :func:`read_user_cases`); they ship in the artifact's test data.
-    ``progress`` receives each stage's start, progress and end. ``state_dict_key`` (the checkpoint
+    ``progress`` receives each stage's start, progress and end.
+
+    ``rule`` decides verification: ``oracle`` (default) judges the artifact against a float64 run of
+    the same model relative to PyTorch float32's own error, ``tolerance`` by atol/rtol against float32
+    (see :mod:`rnnexport.compare`). ``precisions`` (``fp32``, ``fp16``, ``int8``) and ``formats``
+    (``onnx``, ``ort``), comma-separated or lists, add variant files (see :mod:`rnnexport.variants`);
+    each is verified with its own tolerance, and one that fails is left out of the artifact while the
+    rest ship: ``manifest.variants`` says which (``status``). ``state_dict_key`` (the checkpoint
     entry holding the state dict) and ``strip_prefix`` (removed from its keys; ``""`` for none) are
-    detected when left ``None``. Raises an :class:`~rnnexport.errors.RnnExportError` subclass on any
-    failure, and on failure or interruption leaves ``out`` exactly as it was.
+    detected when left ``None``. Raises an
+    :class:`~rnnexport.errors.RnnExportError` subclass on any failure, and on failure or interruption
+    leaves ``out`` exactly as it was.
     """
     request = _resolve(
         arch,
@@ -658,6 +702,9 @@ def build(
         force=force,
         state_dict_key=state_dict_key,
         strip_prefix=strip_prefix,
+        rule=rule,
+        precisions=precisions,
+        formats=formats,
     )
     return _run(request, progress)
 
@@ -674,8 +721,9 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
     progress = progress or SilentProgress()
     contract = subject.contract
     with staging_folder(request.destination) as staging:
-        with _stage(progress, "model") as stage:
+        with _stage(progress, "model") as stage, one_torch_thread():
             model, cases, weights_origin = subject.load(request)
+            float64 = float64_references(contract, model, cases, method=subject.reference)
             stage.details += [
                 *request.notes,
                 f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
@@ -708,12 +756,16 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     tol=request.tolerances[d],
                     tf32=tf32,
                     on_case=progress.advanced,
+                    criterion=request.criterion,
+                    float64=float64,
+                    seq_axes=seq_axes(contract),
                 )
                 stage.ok = result.status == "passed"
                 stage.details.append(
                     f"{result.status}: {result.reason}"
                     if result.reason
-                    else f"{result.status}, max abs error {result.max_abs:.2e} over {len(cases)} cases"
+                    else f"{result.status}, max abs error {result.max_abs:.2e} over {len(cases)} cases "
+                    f"({request.criterion.rule} rule, worst err/allowed {result.max_ratio:.3f})"
                 )
         if not results or any(r.status != "passed" for r in results.values()):
             unavailable = any(r.status == "unavailable" for r in results.values())
@@ -728,11 +780,30 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 )
             )
 
+        variants = build_variants(
+            simplified,
+            model_bytes,
+            results,
+            cases,
+            float64,
+            contract=contract,
+            precisions=request.precisions,
+            formats=request.formats,
+            devices=request.devices,
+            tolerances=request.tolerances,
+            criterion=request.criterion,
+            tf32=tf32,
+            stage=lambda name: _stage(progress, name, total=len(cases)),
+            on_case=progress.advanced,
+        )
+        write_variant_files(staging, variants)
+
         with _stage(progress, "package") as stage, writing(request.destination.parent):
             names = [_sweep_name(batch, seq) for batch, seq in TEST_DATA_SHAPES]
             shipped = [c for c in cases if c.name.startswith("user:")]
             shipped += sorted((c for c in cases if c.name in names), key=lambda c: names.index(c.name))
             test_data = write_test_data(staging, shipped, contract)
+            write_float64_outputs(staging, [float64[c.name] for c in shipped], contract)
             manifest = Manifest(
                 arch=subject.name,
                 config=subject.config,
@@ -746,7 +817,12 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 simplification=stats.to_json(),
                 weights=weights_origin,
                 verification={
-                    "rule": "|ort - ref| <= atol + rtol*|ref|, all values finite",
+                    "rule": request.criterion.to_json(),
+                    "references": {
+                        "float32": "eager PyTorch, float32 (test_data_set_N/output_K.pb)",
+                        "float64": "the same module and weights in float64, copy.deepcopy(model).double(), "
+                        "float inputs widened (test_data_set_N/float64_output_K.pb)",
+                    },
                     "tolerance": {d: t.to_json() for d, t in request.tolerances.items()},
                     "tf32": tf32,
                     "tf32_policy": "CUDA provider use_tf32=" + ("1 (looser tolerance)" if tf32 else "0"),
@@ -754,6 +830,7 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 },
                 test_data=test_data,
                 files=hash_files(staging),
+                variants=[result.to_json() for result, _ in variants],
                 source=subject.source,
             )
             manifest.write(staging)
@@ -801,8 +878,7 @@ def _module_references(
     rng = np.random.default_rng(SWEEP_SEED)
     cases = [
         reference(_sweep_name(batch, seq), make_feeds(contract, batch=batch, seq=seq, rng=rng))
-        for batch in SWEEP_BATCHES
-        for seq in SWEEP_SEQS
+        for batch, seq in SWEEP_SHAPES
     ]
     cases += [reference(f"user:{name}", feeds) for name, feeds in request.user_cases]
     origin["references"] = f"eager PyTorch on CPU at build time (float32, seed {SWEEP_SEED}): {what}.forward"
@@ -829,6 +905,9 @@ def build_model_artifact(
     inputs: str | Path | Sequence[str | Path] | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    rule: Rule = "oracle",
+    precisions: str | Sequence[str] | None = None,
+    formats: str | Sequence[str] | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package any recurrent ``module`` into ``out/name``.
 
@@ -840,8 +919,8 @@ def build_model_artifact(
     state dict, as for :func:`build`); without it the module's current weights are used.
     ``source`` and ``config`` are what the manifest records about where the module came from (the
     CLI fills them from ``--model`` and ``--config``). The rest is as for :func:`build`; so is the
-    verification: the same shape sweep, lengths-aware inputs, tolerance rule and report, against
-    ``forward`` in eager PyTorch.
+    verification: the same shape sweep, lengths-aware inputs, rule (``rule``), variants
+    (``precisions``, ``formats``) and report, against ``forward`` in eager PyTorch.
     """
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"build_model_artifact needs an nn.Module, got a {type(module).__name__}.")
@@ -852,6 +931,7 @@ def build_model_artifact(
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise UsageError(f"--name {name!r} cannot name a folder; use letters, digits, '-' or '_'.")
     _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
+    criterion, chosen_precisions, chosen_formats = _accuracy_options(rule, precisions, formats)
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()]
     for option, path in [("--weights", weights), *(("--inputs", p) for p in paths)]:
         if path is not None:
@@ -898,6 +978,9 @@ def build_model_artifact(
         exporter=exporter,
         opset=opset,
         tolerances={"cpu": tolerance, "cuda": TF32_TOLERANCE if tf32 else tolerance},
+        criterion=criterion,
+        precisions=chosen_precisions,
+        formats=chosen_formats,
         tf32=tf32,
         force=force,
         weights=None if weights is None else Path(weights),

@@ -6,6 +6,7 @@ in :mod:`rnnexport.runtime`, so comparisons never care which side produced a dic
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,7 +16,14 @@ import torch
 from rnnexport.feeds import Feeds
 from rnnexport.spec import ArchConfig, ArchSpec, Contract
 
-__all__ = ["ModuleRunner", "TorchRunner", "build_model", "flatten_outputs", "state_dict_to_numpy"]
+__all__ = [
+    "Float64Runner",
+    "ModuleRunner",
+    "TorchRunner",
+    "build_model",
+    "flatten_outputs",
+    "state_dict_to_numpy",
+]
 
 
 def build_model(
@@ -89,3 +97,26 @@ class TorchRunner(ModuleRunner):
         call = getattr(model, spec.reference) if reference else model
         contract = Contract(spec.inputs, spec.outputs)  # names and order are all a runner reads
         super().__init__(contract, call)
+
+
+class Float64Runner(ModuleRunner):
+    """The same reference computation in float64: the oracle that float32 results are measured against.
+
+    A deep copy of ``model`` is converted with ``.double()`` (the weights are the float32 weights,
+    widened exactly) and ``method`` of it is called; float inputs are cast to float64 and integer
+    inputs (lengths, tokens) are passed unchanged. Outputs are float64.
+    """
+
+    def __init__(self, contract: Contract, model: torch.nn.Module, *, method: str = "forward") -> None:
+        double = copy.deepcopy(model).double().eval()
+        super().__init__(contract, getattr(double, method) if method != "forward" else double)
+
+    @classmethod
+    def for_arch(cls, spec: ArchSpec, model: torch.nn.Module) -> Float64Runner:
+        """The float64 twin of ``TorchRunner(spec, model)``: the architecture's reference method."""
+        return cls(Contract(spec.inputs, spec.outputs), model, method=spec.reference)
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Feeds:
+        """Float64 outputs keyed by ONNX output name."""
+        widened = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in feeds.items()}
+        return super().infer(widened)

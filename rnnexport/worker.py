@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.feeds import Case
@@ -34,15 +35,25 @@ _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 def verify_with_deadline(
-    model: bytes, cases: Sequence[Case], *, device: Device, tol: Tolerance, tf32: bool, seconds: float
+    model: bytes,
+    cases: Sequence[Case],
+    *,
+    device: Device,
+    tol: Tolerance,
+    tf32: bool,
+    seconds: float,
+    **options: Any,
 ) -> ProviderResult:
     """:func:`~rnnexport.compare.verify_on_device` in a child process that is killed after ``seconds``.
 
+    ``options`` (the rule, float64 references, sequence axes) go to ``verify_on_device`` unchanged.
     A child that runs out of time, crashes or is killed gives a ``failed`` result with the reason;
     an interruption of the parent (Ctrl-C, SIGTERM) kills the child before it propagates.
     """
     provider = PROVIDERS[device]
-    payload = pickle.dumps((model, list(cases), device, tol, tf32, seconds), protocol=pickle.HIGHEST_PROTOCOL)
+    payload = pickle.dumps(
+        (model, list(cases), device, tol, tf32, seconds, options), protocol=pickle.HIGHEST_PROTOCOL
+    )
     env = dict(os.environ)
     # The child must import this very rnnexport, wherever it was imported from.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
@@ -111,12 +122,12 @@ def _die_with_parent() -> None:
 
 def _child() -> None:
     _die_with_parent()
-    model, cases, device, tol, tf32, seconds = pickle.loads(sys.stdin.buffer.read())  # from our own parent
+    model, cases, device, tol, tf32, seconds, options = pickle.loads(sys.stdin.buffer.read())  # our parent's
     if hasattr(signal, "alarm"):
         # Should the parent die without killing us (SIGKILL), SIGALRM's default action ends this
         # process soon after the deadline, even inside a native call that never returns.
         signal.alarm(math.ceil(seconds) + 5)
-    result = verify_on_device(model, cases, device=device, tol=tol, tf32=tf32)
+    result = verify_on_device(model, cases, device=device, tol=tol, tf32=tf32, **options)
     sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
 

@@ -40,5 +40,5 @@ pip install --quiet --upgrade pip
 # machine (a CPU build, or the CUDA build you chose) satisfy it, instead of the resolver fetching the
 # default build and its several GB of CUDA packages as a side effect of installing rnnexport.
 pip install --quiet "torch==2.13.0"
-pip install --quiet -e ".[build,$runtime,dev]"
+pip install --quiet -e ".[build,$runtime,bench,dev]"
 echo "rnnexport installed in .venv with $wanted: $(.venv/bin/rnnexport --version)"

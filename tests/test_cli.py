@@ -303,7 +303,7 @@ def test_several_input_files_and_a_test_data_folder(shipped: Path, tmp_path: Pat
     manifest = json.loads((tmp_path / "o" / "attention" / MANIFEST).read_text())
     users = [e["case"] for e in manifest["test_data"] if e["case"].startswith("user:")]
     assert users[:2] == ["user:a.npz", "user:b.npz"]
-    assert sum(u.startswith(f"user:{shipped.name}/test_data_set_") for u in users) == 3
+    assert sum(u.startswith(f"user:{shipped.name}/test_data_set_") for u in users) == 4
 
 
 def test_a_file_that_is_not_npz_gets_a_message_about_its_type(tmp_path: Path) -> None:

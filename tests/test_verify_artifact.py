@@ -39,7 +39,7 @@ def test_untouched_artifact_verifies(artifact: Path) -> None:
     [cpu] = report.results.values()
     assert cpu.provider == "CPUExecutionProvider"
     assert cpu.status == "passed"
-    assert len(cpu.cases) == 3
+    assert len(cpu.cases) == 4  # seq 1, (3, 7), (3, 257), (3, 1000)
     result = cli.invoke(app, ["verify", str(artifact), "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["providers"]["CPUExecutionProvider"]["status"] == "passed"

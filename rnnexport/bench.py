@@ -1,0 +1,961 @@
+"""``rnnexport bench``: how fast a shipped artifact runs here, against what else could run it.
+
+Runtimes measured side by side on the same inputs:
+
+- ``onnxruntime``: the artifact's ``model.onnx`` with ONNX Runtime's default session options;
+- ``pytorch-eager``: the same model rebuilt in PyTorch from the manifest (architecture, sizes and the
+  weights' origin: golden weights or the seeded initialisation; a user's checkpoint only when its
+  path is given again), when torch is installed;
+- ``plain-export``: that eager module exported as it stands (``torch.onnx.export`` with dynamic axes,
+  then onnxsim, none of rnnexport's export rewrites), run by ONNX Runtime: the baseline an artifact
+  must never fall below.
+
+Every runtime runs in this one process, in alternating rounds (round 1: A, B, C; round 2: B, C, A;
+...), so that a noisy neighbour slows all of them alike and the ratios hold on a busy machine. Each
+burst starts with untimed warm-up calls and a short pause, because PyTorch's OpenMP workers and ONNX
+Runtime's thread pool keep spinning for a moment after a call and would otherwise steal the next
+runtime's cores.
+
+Also measured, on the artifact only: recommended session settings per regime (see
+:data:`REGIMES`), and for models with a lengths input the cost of ragged batches and of
+:func:`rnnexport.runtime.bucketed_run`. Recording (:func:`record_bench`) writes ``bench.json`` into
+the artifact and lists its sha256 in the manifest, so ``rnnexport verify`` keeps passing and notices
+any later change to it.
+
+Torch-free at import, and usable without torch (ONNX Runtime only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rnnexport._version import __version__
+from rnnexport.artifact import MANIFEST, MODEL, Manifest, check_files, read_test_data, sha256_file
+from rnnexport.compare import compare_outputs
+from rnnexport.errors import ArtifactError, RnnExportError, UsageError
+from rnnexport.feeds import Feeds, make_feeds
+from rnnexport.runtime import PROVIDERS, Device, ProviderUnavailableError, bucketed_run, probe_provider
+from rnnexport.spec import Contract
+
+__all__ = [
+    "BENCH_FILE",
+    "DEFAULT_BATCHES",
+    "DEFAULT_SEQS",
+    "REGIMES",
+    "RUNTIMES",
+    "BenchReport",
+    "LatencyStats",
+    "grid_shapes",
+    "parse_sizes",
+    "plot_latency",
+    "record_bench",
+    "require_matplotlib",
+    "run_bench",
+    "session_options",
+]
+
+BENCH_FILE = "bench.json"
+BENCH_FORMAT = 1
+DEFAULT_BATCHES = (1, 32)
+DEFAULT_SEQS = (1, 10, 100, 1000)
+ONNXRUNTIME, EAGER, PLAIN = "onnxruntime", "pytorch-eager", "plain-export"
+RUNTIMES = (ONNXRUNTIME, EAGER, PLAIN)
+# The workloads session settings are chosen for: (batch, seq). Latency is one request at a time;
+# throughput is a full batch. The advice differs between them (one thread wins at batch 1 for
+# small models, all cores win at batch 32), so each gets its own.
+REGIMES: dict[str, tuple[int, int]] = {"latency": (1, 100), "throughput": (32, 100)}
+# A setting is recommended over ONNX Runtime's defaults only when it beats them by more than this.
+SIGNIFICANT_GAIN = 1.05
+# Ragged-batch scenario: batch and padded length (the issue's measurements).
+RAGGED_BATCH, RAGGED_SEQ = 32, 200
+# Pause before each burst, so that the previous runtime's spinning worker threads go to sleep.
+SETTLE_SECONDS = 0.005
+WARMUP_CALLS = 2
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+def parse_sizes(text: str, *, option: str) -> tuple[int, ...]:
+    """``"1,32"`` -> ``(1, 32)``; sorted, without repeats; anything else is a usage error."""
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        values = []
+    if not values or any(v < 1 or v > 1_000_000 for v in values):
+        raise UsageError(
+            f"{option} takes a comma-separated list of whole numbers from 1 to 1000000, got {text!r}; "
+            f"for example {option} 1,32."
+        )
+    return tuple(values)
+
+
+def grid_shapes(batches: Sequence[int], seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Every ``(batch, seq)`` of the grid, batch-major."""
+    return [(b, s) for b in batches for s in seqs]
+
+
+def _lengths_name(contract: Contract) -> str | None:
+    """The input holding each row's valid steps, if the model has one."""
+    for t in contract.inputs:
+        if getattr(t, "role", None) == "lengths" or t.name == "lengths":
+            return t.name
+    return None
+
+
+# -- timing ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """One runtime's call latency at one shape.
+
+    Percentiles are over every timed call of every round. ``best_round_p50_ms`` is the lowest of the
+    rounds' medians: load from other processes only ever adds time, so on a busy machine it is the
+    figure closest to the unloaded one, and the one speedups are computed from.
+    """
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    best_round_p50_ms: float
+    samples: int
+
+    @classmethod
+    def of(cls, rounds: Sequence[Sequence[float]]) -> LatencyStats:
+        """Statistics of call times in seconds, given round by round."""
+        ms = np.concatenate([np.asarray(r, dtype=np.float64) for r in rounds if len(r)]) * 1e3
+        p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+        best = min(float(np.median(r)) for r in rounds if len(r)) * 1e3
+        return cls(p50, p90, p99, float(ms.mean()), float(ms.min()), best, int(ms.size))
+
+    def to_json(self) -> dict[str, Any]:
+        """For reports."""
+        return dataclasses.asdict(self)
+
+
+def _interleaved(
+    calls: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int,
+    repeats: int,
+    burst_seconds: float,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, LatencyStats]:
+    """Time every call in alternating rounds; the order rotates each round so none is always first.
+
+    A burst is ``repeats`` timed calls, cut short after ``burst_seconds`` (but never fewer than 2), so
+    a slow shape does not take minutes.
+    """
+    names = list(calls)
+    times: dict[str, list[list[float]]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            call = calls[name]
+            time.sleep(SETTLE_SECONDS)
+            for _ in range(WARMUP_CALLS):
+                start = time.perf_counter()
+                call()
+                sync()
+                if time.perf_counter() - start > burst_seconds / 4:
+                    break  # a slow call warms up in one go; a second one would only cost time
+            burst: list[float] = []
+            burst_start = time.perf_counter()
+            for k in range(repeats):
+                start = time.perf_counter()
+                call()
+                sync()
+                burst.append(time.perf_counter() - start)
+                if k >= 1 and time.perf_counter() - burst_start > burst_seconds:
+                    break
+            times[name].append(burst)
+    return {n: LatencyStats.of(t) for n, t in times.items()}
+
+
+# -- ONNX Runtime sessions -------------------------------------------------------------------------
+
+_EXECUTION_MODES = ("sequential", "parallel")
+_OPTIMISATION_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+def session_options(settings: Mapping[str, Any] | None = None) -> Any:
+    """An ``onnxruntime.SessionOptions`` with the settings ``rnnexport bench`` recommends (or records).
+
+    ``settings`` keys (all optional; a missing key keeps ONNX Runtime's default):
+    ``intra_op_num_threads`` and ``inter_op_num_threads`` (0 = ONNX Runtime's choice),
+    ``execution_mode`` (``sequential`` or ``parallel``: independent branches on separate threads) and
+    ``graph_optimization_level`` (``disabled``, ``basic``, ``extended`` or ``all``). Example, with
+    the settings an artifact's ``bench.json`` recorded for batch-1 latency::
+
+        import json, onnxruntime as ort
+        from rnnexport.bench import session_options
+        settings = json.load(open("dist/attention/bench.json"))["settings"]["latency"]["recommended"]
+        session = ort.InferenceSession("dist/attention/model.onnx", session_options(settings))
+    """
+    import onnxruntime as ort
+
+    settings = dict(settings or {})
+    unknown = sorted(
+        set(settings)
+        - {"intra_op_num_threads", "inter_op_num_threads", "execution_mode", "graph_optimization_level"}
+    )
+    if unknown:
+        raise UsageError(
+            f"Unknown session setting(s) {unknown}: expected intra_op_num_threads, inter_op_num_threads, "
+            "execution_mode, graph_optimization_level."
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for key in ("intra_op_num_threads", "inter_op_num_threads"):
+        if key in settings:
+            value = settings[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"Session setting {key} must be a whole number >= 0, got {value!r}.")
+            setattr(options, key, value)
+    if "execution_mode" in settings:
+        mode = settings["execution_mode"]
+        if mode not in _EXECUTION_MODES:
+            raise UsageError(f"execution_mode must be one of {_EXECUTION_MODES}, got {mode!r}.")
+        options.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL if mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+    if "graph_optimization_level" in settings:
+        level = settings["graph_optimization_level"]
+        if level not in _OPTIMISATION_LEVELS:
+            raise UsageError(
+                f"graph_optimization_level must be one of {_OPTIMISATION_LEVELS}, got {level!r}."
+            )
+        options.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel,
+            "ORT_DISABLE_ALL" if level == "disabled" else f"ORT_ENABLE_{level.upper()}",
+        )
+    return options
+
+
+def _session(model: bytes, device: Device, settings: Mapping[str, Any] | None = None) -> Any:
+    """A session on ``device``'s provider with ``settings``; refused if it fell back elsewhere."""
+    import onnxruntime as ort
+
+    probe = probe_provider(device)
+    if not probe.available:
+        raise ProviderUnavailableError(probe.reason)
+    provider: str | tuple[str, dict[str, str]] = PROVIDERS[device]
+    if device == "cuda":
+        provider = (PROVIDERS[device], {"use_tf32": "0"})
+    session = ort.InferenceSession(model, sess_options=session_options(settings), providers=[provider])
+    if session.get_providers()[0] != PROVIDERS[device]:
+        raise ProviderUnavailableError(
+            f"onnxruntime created the session on {session.get_providers()}, not {PROVIDERS[device]}"
+        )
+    return session
+
+
+def _ort_call(session: Any, feeds: Feeds) -> Callable[[], object]:
+    names = [o.name for o in session.get_outputs()]
+    return lambda: session.run(names, feeds)
+
+
+# -- runtimes --------------------------------------------------------------------------------------
+
+
+class _Unavailable(Exception):
+    """A runtime that cannot be measured here; the message says why (it goes into the report)."""
+
+
+@dataclass
+class _Runtime:
+    """One way of running the model: how to make a timed call for given feeds."""
+
+    name: str
+    prepare: Callable[[Feeds], Callable[[], object]]
+    sync: Callable[[], None] = lambda: None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _rebuild_eager(
+    folder: Path, manifest: Manifest, weights: Path | None, device: Device
+) -> tuple[Any, dict[str, Any]]:
+    """The artifact's model in PyTorch, proven to reproduce the artifact's test data.
+
+    Raises :class:`_Unavailable` when it cannot be rebuilt here (no torch, an architecture this
+    rnnexport does not know, user weights without ``--weights``), and :class:`UsageError` when
+    ``--weights`` is not the checkpoint the artifact was built from.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise _Unavailable(
+            "torch is not installed here (install the build extra: pip install 'rnnexport[build,cpu]')"
+        ) from None
+    from rnnexport.reference import build_model
+    from rnnexport.registry import get_arch
+    from rnnexport.spec import ArchConfig
+
+    try:
+        spec = get_arch(manifest.arch)
+    except UsageError:
+        raise _Unavailable(f"'{manifest.arch}' is not a built-in architecture of this rnnexport") from None
+    config = ArchConfig.from_mapping(manifest.config, origin=str(folder / MANIFEST))
+    origin = manifest.weights
+    source = origin.get("source")
+    if weights is not None and source != "user":
+        raise UsageError(
+            f"--weights was given, but {folder} was built from {source} weights, which rnnexport rebuilds "
+            "by itself. Drop --weights."
+        )
+    if source == "golden":
+        from rnnexport.golden import load_golden
+
+        golden = load_golden(spec)
+        if golden.meta["weights"]["sha256"] != origin.get("sha256"):
+            raise _Unavailable(
+                "the golden weights in this rnnexport differ from those the artifact was built with"
+            )
+        state = {k: torch.from_numpy(v) for k, v in golden.weights.items()}
+        model = build_model(spec, config, state_dict=state)
+    elif source == "seeded":
+        model = build_model(spec, config, seed=int(origin.get("seed", 0)))
+    elif source == "user":
+        if weights is None:
+            raise _Unavailable(
+                f"the artifact was built from the user's weights ({origin.get('file', 'a checkpoint')}); "
+                "pass --weights FILE to include PyTorch eager and the plain export"
+            )
+        if not weights.is_file():
+            raise UsageError(f"--weights {weights} does not exist (or is not a file). Pass the checkpoint.")
+        if sha256_file(weights) != origin.get("sha256"):
+            raise UsageError(
+                f"--weights {weights} is not the checkpoint {folder} was built from: its sha256 differs "
+                f"from the manifest's ({origin.get('file', '?')}). Pass that checkpoint."
+            )
+        from rnnexport.weights import load_state_dict
+
+        model = build_model(spec, config, state_dict=load_state_dict(weights))
+    else:
+        raise _Unavailable(f"the manifest records weights of unknown origin {source!r}")
+    # Prove the rebuilt model is the artifact's model before timing it against the artifact.
+    tolerance = manifest.tolerance("cpu")
+    names = manifest.contract.output_names
+    for case in read_test_data(folder, manifest.contract)[:1]:
+        with torch.inference_mode():
+            result = model(
+                *(torch.from_numpy(np.array(case.inputs[n])) for n in manifest.contract.input_names)
+            )
+        tensors = (result,) if isinstance(result, torch.Tensor) else tuple(result)
+        got = {name: t.numpy() for name, t in zip(names, tensors, strict=False)}
+        comparisons = compare_outputs(got, case.outputs, tolerance)
+        if not all(c.passed for c in comparisons):
+            raise _Unavailable(
+                "the rebuilt PyTorch model does not reproduce the artifact's test data "
+                f"({'; '.join(str(c.problem) for c in comparisons if c.problem)})"
+            )
+    return model.to(device), {"weights": source}
+
+
+def _eager_runtime(model: Any, contract: Contract, device: Device, threads: int | None) -> _Runtime:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch_device = torch.device(device)
+
+    def prepare(feeds: Feeds) -> Callable[[], object]:
+        args = [torch.from_numpy(feeds[n]).to(torch_device) for n in contract.input_names]
+
+        def call() -> object:
+            with torch.inference_mode():
+                return model(*args)
+
+        return call
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return _Runtime(EAGER, prepare, sync, {"torch": torch.__version__, "threads": torch.get_num_threads()})
+
+
+@contextlib.contextmanager
+def _builtin_rewrites_off() -> Iterator[None]:
+    """Let the built-in modules trace their eager formulation (what a plain export of them gives).
+
+    The built-in architectures of this rnnexport pick their export formulation inside ``forward`` by
+    asking whether a trace is running (``tracing()``), and the parallel ones fuse their branches
+    there. A plain export must see the modules as they run in eager PyTorch, so those switches are
+    pointed at eager for the duration. Where the modules have no such switch (rewrites applied from
+    outside the model), there is nothing to turn off and this does nothing.
+    """
+    import importlib
+
+    saved: list[tuple[Any, str, Any]] = []
+    replacements: dict[str, Any] = {"tracing": lambda: False}
+    try:
+        parallel = importlib.import_module("rnnexport.archs.parallel")
+        outputs = getattr(parallel, "_branch_outputs", None)
+        if outputs is not None and hasattr(parallel, "_concatenated_branches"):
+            import torch
+
+            replacements["_concatenated_branches"] = lambda branches, x: torch.cat(
+                outputs(branches, x), dim=2
+            )
+    except ImportError:  # pragma: no cover - the package always has its architectures
+        pass
+    try:
+        for module_name in (
+            "rnnexport.archs._common",
+            "rnnexport.archs.parallel",
+            "rnnexport.archs.sequence",
+        ):
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:  # pragma: no cover
+                continue
+            for attribute, replacement in replacements.items():
+                if hasattr(module, attribute):
+                    saved.append((module, attribute, getattr(module, attribute)))
+                    setattr(module, attribute, replacement)
+        yield
+    finally:
+        for module, attribute, original in reversed(saved):
+            setattr(module, attribute, original)
+
+
+def plain_export(model: Any, contract: Contract, *, opset: int) -> bytes:
+    """``model`` exported as it stands: TorchScript ``torch.onnx.export`` with the contract's dynamic
+    axes, then onnxsim. No rnnexport rewrite, no verification beyond the contract check; the caller
+    compares its outputs before trusting it."""
+    import torch
+
+    from rnnexport.contract import check_contract
+    from rnnexport.simplify import simplify_onnx
+
+    example = make_feeds(contract, batch=2, seq=3, rng=np.random.default_rng(0))
+    args = tuple(torch.from_numpy(example[n]) for n in contract.input_names)
+    dynamic_axes = {t.name: t.dynamic_axes for t in contract.inputs + contract.outputs if t.dynamic_axes}
+    buffer = io.BytesIO()
+    # The exporter's deprecation and batch-size warnings are noise here, as in rnnexport build.
+    with (
+        _builtin_rewrites_off(),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        torch.no_grad(),
+    ):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.cpu(),
+            args,
+            buffer,  # type: ignore[arg-type]  # file objects work; the stub admits paths only
+            dynamo=False,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            input_names=contract.input_names,
+            output_names=contract.output_names,
+        )
+    exported = onnx.load_from_string(buffer.getvalue())
+    simplified, _ = simplify_onnx(exported, check_feeds=example)
+    check_contract(simplified, contract, stage="plain export")
+    return bytes(simplified.SerializeToString())
+
+
+def _plain_runtime(model: Any, folder: Path, manifest: Manifest, device: Device) -> tuple[_Runtime, bytes]:
+    """The plain export as a runtime, refused (as unavailable) unless it matches the artifact's test data."""
+    opset = int(manifest.export.get("opset", 17))
+    try:
+        data = plain_export(model, manifest.contract, opset=opset)
+    except RnnExportError as exc:
+        raise _Unavailable(f"the plain export could not be built: {exc}") from None
+    except Exception as exc:  # the exporter raises many types; all mean "no baseline"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise _Unavailable(
+            f"torch.onnx could not export the model plainly: {type(exc).__name__}: {first}"
+        ) from None
+    finally:
+        model.to(device)
+    session = _session(data, device)
+    names = [o.name for o in session.get_outputs()]
+    tolerance = manifest.tolerance("cpu")
+    for case in read_test_data(folder, manifest.contract):
+        got = dict(zip(names, session.run(names, case.inputs), strict=True))
+        if not all(c.passed for c in compare_outputs(got, case.outputs, tolerance)):
+            raise _Unavailable(
+                "the plain export computes something else than the model at the artifact's test shapes "
+                "(it has no dynamic-shape support for this model), so it is no baseline"
+            )
+    graph = onnx.load_from_string(data).graph
+    detail = {"opset": opset, "nodes": len(graph.node), "bytes": len(data), **_graph_facts(graph)}
+    return _Runtime(PLAIN, lambda feeds: _ort_call(session, feeds), detail=detail), data
+
+
+# -- graph facts -----------------------------------------------------------------------------------
+
+_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+def _graph_facts(graph: onnx.GraphProto) -> dict[str, Any]:
+    """Recurrent nodes and their recurrence matrices: bytes and the fraction of exact zeros."""
+    from onnx import numpy_helper
+
+    # Weights are initializers, or Constant nodes where the exporter handed them over as such.
+    tensors = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+            if value is not None:
+                tensors[node.output[0]] = value
+    nodes = []
+    for node in graph.node:
+        if node.op_type in _RECURRENT_OPS and len(node.input) > 2 and node.input[2] in tensors:
+            r = numpy_helper.to_array(tensors[node.input[2]])
+            nodes.append(
+                {
+                    "op": node.op_type,
+                    "recurrence_shape": list(r.shape),
+                    "recurrence_bytes": int(r.nbytes),
+                    "recurrence_zero_fraction": float(np.mean(r == 0)),
+                }
+            )
+    return {"recurrent_nodes": nodes}
+
+
+# -- session settings ------------------------------------------------------------------------------
+
+
+def _candidates(recurrent_nodes: int) -> list[dict[str, Any]]:
+    """Settings worth trying: threads 1 vs all cores, parallel execution for independent branches,
+    and the graph optimisation levels; ``{}`` is ONNX Runtime's defaults (the reference)."""
+    cores = os.cpu_count() or 1
+    threads = sorted({1, cores})
+    modes = ["sequential", "parallel"] if recurrent_nodes >= 2 else ["sequential"]
+    found: list[dict[str, Any]] = [{}]
+    for level in ("basic", "extended", "all"):
+        for n in threads:
+            for mode in modes:
+                candidate: dict[str, Any] = {
+                    "intra_op_num_threads": n,
+                    "execution_mode": mode,
+                    "graph_optimization_level": level,
+                }
+                if mode == "parallel":
+                    candidate["inter_op_num_threads"] = cores
+                found.append(candidate)
+    return found
+
+
+def _label(settings: Mapping[str, Any]) -> str:
+    if not settings:
+        return "onnxruntime defaults"
+    text = f"threads {settings['intra_op_num_threads']}, {settings['execution_mode']}"
+    if "inter_op_num_threads" in settings:
+        text += f" (inter-op {settings['inter_op_num_threads']})"
+    return f"{text}, optimisation {settings['graph_optimization_level']}"
+
+
+def _settings_sweep(
+    model: bytes,
+    contract: Contract,
+    recurrent_nodes: int,
+    *,
+    rounds: int,
+    repeats: int,
+    burst_seconds: float,
+) -> dict[str, Any]:
+    """Measure each candidate in each regime; recommend the fastest where it beats the defaults."""
+    candidates = _candidates(recurrent_nodes)
+    sessions = [_session(model, "cpu", c) for c in candidates]
+    out: dict[str, Any] = {}
+    for regime, (batch, seq) in REGIMES.items():
+        feeds = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+        calls = {str(k): _ort_call(s, feeds) for k, s in enumerate(sessions)}
+        stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds)
+        measured = [
+            {"settings": c, "label": _label(c), **stats[str(k)].to_json()} for k, c in enumerate(candidates)
+        ]
+        key = "best_round_p50_ms"
+        default = measured[0][key]
+        fastest = min(measured, key=lambda m: m[key])
+        # Both figures must agree: on a busy machine one unlucky set of rounds can make either alone
+        # name a winner that is not faster.
+        pooled = measured[0]["p50_ms"] / fastest["p50_ms"]
+        chosen = fastest if min(default / fastest[key], pooled) > SIGNIFICANT_GAIN else measured[0]
+        out[regime] = {
+            "batch": batch,
+            "seq": seq,
+            "recommended": chosen["settings"],
+            "label": chosen["label"],
+            "p50_ms": chosen[key],
+            "defaults_p50_ms": default,
+            "gain_over_defaults": default / chosen[key],
+            "candidates": measured,
+        }
+    out["rule"] = (
+        f"per regime, the candidate with the lowest best-round median, if it beats onnxruntime's defaults "
+        f"by more than {SIGNIFICANT_GAIN:.2f}x in both best-round and overall median; otherwise the defaults"
+    )
+    return out
+
+
+# -- ragged batches --------------------------------------------------------------------------------
+
+
+def _ragged(
+    session: Any,
+    contract: Contract,
+    lengths_name: str,
+    *,
+    rounds: int,
+    repeats: int,
+    burst_seconds: float,
+) -> dict[str, Any]:
+    """What ``sequence_lens`` costs when rows differ in length, and what bucketing saves."""
+    batch, seq = RAGGED_BATCH, RAGGED_SEQ
+    base = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    scenarios: dict[str, np.ndarray] = {
+        f"all rows {seq}": np.full(batch, seq),
+        f"one row {seq}, {batch - 1} rows of 1": np.r_[seq, np.ones(batch - 1)],
+        f"all rows {seq // 2} (padded to {seq})": np.full(batch, seq // 2),
+        f"lengths uniform in 1..{seq}": rng.integers(1, seq + 1, size=batch),
+    }
+    calls: dict[str, Callable[[], object]] = {}
+    for name, lengths in scenarios.items():
+        feeds = {**base, lengths_name: lengths.astype(base[lengths_name].dtype)}
+        calls[name] = _ort_call(session, feeds)
+        if lengths.min() != lengths.max():
+            calls[f"{name}, bucketed"] = functools.partial(
+                bucketed_run, session, feeds, lengths_input=lengths_name
+            )
+    # The same short rows with no long one: what the batch would cost if it were not padded.
+    unpadded = make_feeds(contract, batch=batch, seq=seq // 2, rng=np.random.default_rng(0))
+    unpadded[lengths_name] = np.full(batch, seq // 2, dtype=unpadded[lengths_name].dtype)
+    calls[f"all rows {seq // 2} (seq {seq // 2}, no padding)"] = _ort_call(session, unpadded)
+    stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds)
+    return {
+        "batch": batch,
+        "seq": seq,
+        "scenarios": {name: s.to_json() for name, s in stats.items()},
+        "note": (
+            "ONNX Runtime steps the whole batch through max(lengths) steps: rows stop contributing at "
+            "their length, but the time follows the longest row; bucketed_run groups rows by length"
+        ),
+    }
+
+
+# -- the whole benchmark ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything ``rnnexport bench`` measured; :meth:`to_json` is the ``--json`` document."""
+
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict."""
+        return self.data
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per shape and runtime."""
+        rows: list[dict[str, Any]] = self.data["results"]
+        return rows
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count() or 1,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "rnnexport": __version__,
+    }
+
+
+def _read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder. Pass the artifact folder that 'rnnexport build' wrote.")
+    try:
+        return Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except OSError:
+        raise ArtifactError(
+            f"{folder} is not an rnnexport artifact: it has no readable {MANIFEST}. Pass the folder that "
+            "'rnnexport build' wrote (for example dist/attention)."
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(
+            f"{path} is not a valid rnnexport manifest ({type(exc).__name__}: {exc}). Rebuild the artifact."
+        ) from exc
+
+
+def run_bench(
+    folder: Path | str,
+    *,
+    shapes: Sequence[tuple[int, int]] | None = None,
+    device: Device = "cpu",
+    weights: Path | None = None,
+    runtimes: Sequence[str] = RUNTIMES,
+    settings: bool = True,
+    ragged: bool = True,
+    rounds: int = 5,
+    repeats: int = 20,
+    burst_seconds: float = 0.5,
+    torch_threads: int | None = None,
+    on_step: Callable[[str], None] = lambda _: None,
+) -> BenchReport:
+    """Benchmark an artifact folder; see the module docstring for what runs and how it is timed.
+
+    ``shapes`` are ``(batch, seq)`` pairs (default: the :data:`DEFAULT_BATCHES` x
+    :data:`DEFAULT_SEQS` grid). ``runtimes`` selects among :data:`RUNTIMES`; ``onnxruntime`` always
+    runs. ``torch_threads`` sets PyTorch's intra-op threads for eager (default: PyTorch's own choice).
+    A runtime that cannot run here is reported with the reason, not raised; the artifact's files are
+    checked against the manifest first, as ``rnnexport verify`` does.
+    """
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    problems = check_files(folder, manifest.files)
+    if problems:
+        raise ArtifactError(
+            f"The artifact in {folder} does not match its manifest: {'; '.join(problems)}. Benchmarking it "
+            "would time something else than what was verified; rebuild it or copy it again."
+        )
+    unknown = sorted(set(runtimes) - set(RUNTIMES))
+    if unknown:
+        raise UsageError(f"Unknown runtime(s) {unknown}: expected some of {', '.join(RUNTIMES)}.")
+    if torch_threads is not None and torch_threads < 1:
+        raise UsageError(f"--torch-threads must be at least 1, got {torch_threads}.")
+    if rounds < 1 or repeats < 1:
+        raise UsageError(f"rounds and repeats must be at least 1, got {rounds} and {repeats}.")
+    shapes = list(shapes or grid_shapes(DEFAULT_BATCHES, DEFAULT_SEQS))
+    contract = manifest.contract
+    model_bytes = (folder / MODEL).read_bytes()
+    on_step(f"loading {MODEL} on {PROVIDERS[device]}")
+    artifact_session = _session(model_bytes, device)
+    artifact_facts = _graph_facts(onnx.load_from_string(model_bytes).graph)
+    active = [_Runtime(ONNXRUNTIME, lambda feeds: _ort_call(artifact_session, feeds), detail=artifact_facts)]
+    status: dict[str, dict[str, Any]] = {
+        ONNXRUNTIME: {"available": True, "provider": PROVIDERS[device], **artifact_facts}
+    }
+    model = None
+    if EAGER in runtimes or PLAIN in runtimes:
+        on_step("rebuilding the model in PyTorch")
+        try:
+            model, origin = _rebuild_eager(folder, manifest, weights, device)
+        except _Unavailable as exc:
+            for name in (EAGER, PLAIN):
+                if name in runtimes:
+                    status[name] = {"available": False, "reason": str(exc)}
+    for name in (EAGER, PLAIN):
+        if name not in runtimes:
+            status[name] = {"available": False, "reason": "not requested"}
+    if model is not None and EAGER in runtimes:
+        eager = _eager_runtime(model, contract, device, torch_threads)
+        active.append(eager)
+        status[EAGER] = {"available": True, **origin, **eager.detail}
+    if model is not None and PLAIN in runtimes:
+        on_step("exporting the model plainly (torch.onnx.export + onnxsim)")
+        try:
+            plain, _ = _plain_runtime(model, folder, manifest, device)
+            active.append(plain)
+            status[PLAIN] = {"available": True, "provider": PROVIDERS[device], **plain.detail}
+        except _Unavailable as exc:
+            status[PLAIN] = {"available": False, "reason": str(exc)}
+
+    def sync() -> None:
+        for runtime in active:
+            runtime.sync()
+
+    results: list[dict[str, Any]] = []
+    for batch, seq in shapes:
+        on_step(f"batch {batch}, seq {seq}")
+        feeds = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+        calls = {r.name: r.prepare(feeds) for r in active}
+        stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds, sync=sync)
+        for name, s in stats.items():
+            results.append(
+                {
+                    "runtime": name,
+                    "batch": batch,
+                    "seq": seq,
+                    **s.to_json(),
+                    "sequences_per_s": batch / (s.p50_ms / 1e3),
+                    "steps_per_s": batch * seq / (s.p50_ms / 1e3),
+                }
+            )
+    speedups = []
+    by_key = {(r["runtime"], r["batch"], r["seq"]): r for r in results}
+    for batch, seq in shapes:
+        artifact = by_key[(ONNXRUNTIME, batch, seq)]["best_round_p50_ms"]
+        entry: dict[str, Any] = {"batch": batch, "seq": seq}
+        for name in (EAGER, PLAIN):
+            if (name, batch, seq) in by_key:
+                entry[f"vs_{name}"] = by_key[(name, batch, seq)]["best_round_p50_ms"] / artifact
+        speedups.append(entry)
+    data: dict[str, Any] = {
+        "format": BENCH_FORMAT,
+        "artifact": str(folder),
+        "arch": manifest.arch,
+        "config": manifest.config,
+        "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": _machine(),
+        "device": device,
+        "grid": {
+            "shapes": [list(s) for s in shapes],
+            "batch": sorted({b for b, _ in shapes}),
+            "seq": sorted({s for _, s in shapes}),
+        },
+        "method": {
+            "rounds": rounds,
+            "repeats": repeats,
+            "burst_seconds": burst_seconds,
+            "interleaved": "alternating rounds in one process, order rotated each round",
+            "statistic": (
+                "percentiles over every timed call of every round; speedup = the other runtime's "
+                "best-round median / onnxruntime's best-round median"
+            ),
+        },
+        "runtimes": status,
+        "results": results,
+        "speedup": speedups,
+    }
+    if settings and device == "cpu":
+        on_step("session settings per regime")
+        data["settings"] = _settings_sweep(
+            model_bytes,
+            contract,
+            len(artifact_facts["recurrent_nodes"]),
+            rounds=rounds,
+            repeats=repeats,
+            burst_seconds=burst_seconds,
+        )
+    lengths_name = _lengths_name(contract)
+    if ragged and lengths_name is not None:
+        on_step(f"ragged batches (batch {RAGGED_BATCH}, seq {RAGGED_SEQ})")
+        data["ragged"] = _ragged(
+            artifact_session,
+            contract,
+            lengths_name,
+            rounds=rounds,
+            repeats=repeats,
+            burst_seconds=burst_seconds,
+        )
+    return BenchReport(data)
+
+
+# -- recording and plotting ------------------------------------------------------------------------
+
+
+def _replace_atomically(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file beside it and a rename: readers see old or new, never half."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        Path(temporary).chmod(0o644)
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def record_bench(folder: Path | str, report: BenchReport) -> Path:
+    """Write ``bench.json`` into the artifact and list its sha256 in the manifest; return its path.
+
+    Only ``bench.json``'s entry in the manifest changes: every other file must still match the
+    manifest first (re-hashing a tampered artifact would hide the tampering), so this refuses an
+    artifact that ``rnnexport verify`` would refuse. Afterwards verify passes and catches any later
+    change to ``bench.json``.
+    """
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    others = {k: v for k, v in manifest.files.items() if k != BENCH_FILE}
+    present = folder / BENCH_FILE
+    if present.is_symlink():
+        raise ArtifactError(f"{present} is a symbolic link; refusing to write through it.")
+    problems = [p for p in check_files(folder, others) if f"'{BENCH_FILE}'" not in p]
+    if problems:
+        raise ArtifactError(
+            f"Not recording into {folder}: it does not match its manifest ({'; '.join(problems)}), and "
+            "re-hashing would hide that. Rebuild the artifact or copy it again, then record."
+        )
+    text = json.dumps(report.to_json(), indent=2) + "\n"
+    _replace_atomically(present, text)
+    files = dict(sorted({**others, BENCH_FILE: sha256_file(present)}.items()))
+    _replace_atomically(
+        folder / MANIFEST, json.dumps(dataclasses.replace(manifest, files=files).to_json(), indent=2) + "\n"
+    )
+    return present
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`UsageError` naming the package when matplotlib cannot be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib, which is not installed here: pip install matplotlib (or "
+            "pip install 'rnnexport[bench]'). The benchmark itself runs without it; drop --plot."
+        ) from None
+
+
+def plot_latency(report: BenchReport, path: Path) -> Path:
+    """A PNG of latency (best-round median) against sequence length: one panel per batch, one line
+    per runtime. The best round is the figure speedups use, and the one load disturbs least."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    rows = report.rows()
+    batches = sorted({r["batch"] for r in rows})
+    figure, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for axis, batch in zip(axes[0], batches, strict=True):
+        for runtime in dict.fromkeys(r["runtime"] for r in rows):
+            points = sorted(
+                (r["seq"], r["best_round_p50_ms"])
+                for r in rows
+                if r["runtime"] == runtime and r["batch"] == batch
+            )
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", label=runtime)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("sequence length")
+        axis.set_ylabel("latency, best-round median (ms)")
+        axis.set_title(f"{report.data['arch']}, batch {batch}")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    try:
+        figure.savefig(path, format="png")
+    except OSError as exc:
+        raise UsageError(
+            f"Cannot write the plot to {path}: {exc.strerror or exc}. Choose another path."
+        ) from None
+    finally:
+        plt.close(figure)
+    return path
