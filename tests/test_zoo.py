@@ -232,7 +232,7 @@ def test_zoo_artifact_passes_verify(zoo: Path, name: str) -> None:
     ]
     shapes = manifest["verification"]["providers"]["CPUExecutionProvider"]["shapes"]
     first = ZOO[name].io["inputs"][0]["name"]
-    assert len(shapes) == 12
+    assert len(shapes) >= 12  # the batch x seq sweep, and the long case
     assert all(2 not in s[first][:2] or 3 not in s[first][:2] for s in shapes)  # never the trace shape
 
 
