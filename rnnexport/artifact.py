@@ -943,6 +943,31 @@ def _read_manifest(folder: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Manif
     return parse_manifest(data, path=path), data
 
 
+def _template_problems(manifest: Manifest) -> list[str]:
+    """How a registered architecture's manifest contract departs from what its sizes make of it.
+
+    The declarations are torch-free (:mod:`rnnexport.archs.catalog`), so a target install checks
+    exactly: the contract an architecture declares for the manifest's sizes, tensor by tensor.
+    """
+    from rnnexport.registry import get_arch
+
+    try:
+        spec = get_arch(manifest.arch)
+        expected = spec.contract(ArchConfig.from_mapping(manifest.config, origin="the manifest's config"))
+    except UsageError as exc:  # an unknown architecture, or sizes it does not take
+        return [str(exc).split(". ")[0]]
+    if set(manifest.config) != set(spec.sizes):
+        return [
+            f"the config {manifest.config} is not the sizes '{spec.name}' takes ({', '.join(spec.sizes)})"
+        ]
+    if expected.to_json() != manifest.contract.to_json():
+        return [
+            f"'{spec.name}' with {manifest.config} has the contract {expected.to_json()}, "
+            f"the manifest says {manifest.contract.to_json()}"
+        ]
+    return []
+
+
 def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
     """Every way the model's own metadata, its graph, and the manifest disagree."""
     problems = []
@@ -970,18 +995,8 @@ def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
                 continue
         if got != want:
             problems.append(f"metadata '{key}' is {got!r}, the manifest says {want!r}")
-    # Contract templates draw every fixed size from the config: a size no config value explains
-    # means the contract and the config describe different models.
-    values = set(manifest.config.values())
-    # A user model's sizes come from its I/O description, not from a config of sizes.
-    templated = manifest.source is None
-    for tensor in manifest.contract.inputs + manifest.contract.outputs:
-        for axis, d in enumerate(tensor.shape):
-            if templated and isinstance(d, int) and d not in values:
-                problems.append(
-                    f"'{tensor.name}' axis {axis} is {d}, which none of the manifest's sizes "
-                    f"{manifest.config} explains"
-                )
+    if manifest.source is None:  # a registered architecture: its contract follows from its sizes
+        problems += _template_problems(manifest)
     actual = read_contract(model)
     # Roles and integer ranges are the manifest's alone: a graph carries names, dtypes and shapes.
     declared = Contract(

@@ -243,7 +243,7 @@ def test_the_tolerance_used_is_reported(folder: Path) -> None:
             lambda m: _set_metadata(
                 m, "rnnexport.config", '{"hidden_size": 20, "input_size": 10, "output_size": 6}'
             ),
-            "'y' axis 1 is 5, which none of the manifest's sizes",
+            "'output_size': 6} has the contract",
         ),
     ],
 )

@@ -1,9 +1,11 @@
-"""One module per architecture family; importing this package registers all of them.
+"""The built-in architectures: torch-free declarations in :mod:`rnnexport.archs.catalog`, and one
+module of PyTorch classes per family (:mod:`~rnnexport.archs.parallel`, :mod:`~rnnexport.archs.sequence`),
+imported only when a model is built. Importing this package registers every architecture.
 
-To add an architecture: define its module and ``register(ArchSpec(...))`` in the family's file (or
-a new file imported below), then run ``python scripts/make_golden.py --arch NAME``.
+To add an architecture: its module in a family file, its ``register(ArchSpec(...))`` in the catalog,
+then ``python scripts/make_golden.py --arch NAME``.
 """
 
-from rnnexport.archs import parallel, sequence
+from rnnexport.archs import catalog
 
-__all__ = ["parallel", "sequence"]
+__all__ = ["catalog"]

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-__all__ = ["count_indexed", "packed_lstm", "valid_steps"]
+__all__ = ["packed_lstm", "valid_steps"]
 
 
 def valid_steps(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -20,12 +17,6 @@ def valid_steps(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     """
     steps = torch.arange(seq_len, device=lengths.device)
     return steps.unsqueeze(0) < lengths.unsqueeze(1)
-
-
-def count_indexed(shapes: Mapping[str, tuple[int, ...]], pattern: str) -> int:
-    """How many distinct indices ``i`` fill ``pattern`` (like ``lstms.{i}.weight_ih_l0``) among the keys."""
-    regex = re.compile(re.escape(pattern).replace(re.escape("{i}"), r"(\d+)") + "$")
-    return len({m.group(1) for key in shapes if (m := regex.match(key))})
 
 
 def packed_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -10,14 +10,10 @@ weights do not depend on ``batch_first``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
-from rnnexport.archs._common import count_indexed
-from rnnexport.registry import register
-from rnnexport.spec import BATCH, SEQ, ArchConfig, ArchSpec, TensorSpec
+from rnnexport.spec import ArchConfig
 
 __all__ = ["ParallelGRU", "ParallelLSTM", "ParallelLSTMAttention"]
 
@@ -113,69 +109,3 @@ class ParallelGRU(nn.Module):
         """``x[batch, seq, input] -> y[batch, seq, hidden]``."""
         y: torch.Tensor = self.linear(_concatenated_branches(self.grus, x))
         return y
-
-
-class _SizesReader:
-    """Reads input, hidden and branch count off ``<branch_attr>.{i}.weight_ih_l0`` / ``weight_hh_l0``."""
-
-    def __init__(self, branch_attr: str) -> None:
-        self.branch_attr = branch_attr
-
-    def __call__(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        branches = count_indexed(shapes, f"{self.branch_attr}.{{i}}.weight_ih_l0")
-        if branches:
-            sizes["branches"] = branches
-        w_ih = shapes.get(f"{self.branch_attr}.0.weight_ih_l0")
-        w_hh = shapes.get(f"{self.branch_attr}.0.weight_hh_l0")
-        if w_ih is not None and len(w_ih) == 2:
-            sizes["input_size"] = w_ih[1]
-        if w_hh is not None and len(w_hh) == 2:
-            sizes["hidden_size"] = w_hh[1]
-        return sizes
-
-
-_X = TensorSpec("x", "float32", (BATCH, SEQ, "input_size"), "input sequence, batch-first")
-_Y = TensorSpec("y", "float32", (BATCH, SEQ, "hidden_size"), "fused per-step features")
-_SIZES = ("input_size", "hidden_size", "branches")
-# The reference article (shared/seeds/000_2dc1f8ec3c0ad6e4.txt), by its title.
-_SOURCE = "How can I implement multiple LSTM cells per block in PyTorch?"
-
-register(
-    ArchSpec(
-        name="parallel-lstm",
-        summary="parallel LSTM branches, concatenated, then linear",
-        source=f"{_SOURCE} (example 1)",
-        build_model=ParallelLSTM,
-        inputs=(_X,),
-        outputs=(_Y,),
-        sizes=_SIZES,
-        infer_sizes=_SizesReader("lstms"),
-    )
-)
-register(
-    ArchSpec(
-        name="parallel-lstm-attention",
-        summary="parallel LSTM branches mixed by a per-step softmax over the branches",
-        source=f"{_SOURCE} (example 2)",
-        build_model=ParallelLSTMAttention,
-        inputs=(_X,),
-        outputs=(_Y,),
-        sizes=_SIZES,
-        infer_sizes=_SizesReader("lstms"),
-        notes=("the softmax runs over the branch axis at each step, not over time",),
-        reference="forward_article",
-    )
-)
-register(
-    ArchSpec(
-        name="parallel-gru",
-        summary="parallel GRU branches, concatenated, then linear",
-        source=f"{_SOURCE} (example 3)",
-        build_model=ParallelGRU,
-        inputs=(_X,),
-        outputs=(_Y,),
-        sizes=_SIZES,
-        infer_sizes=_SizesReader("grus"),
-    )
-)

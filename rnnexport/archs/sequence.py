@@ -15,14 +15,11 @@ padded sequence gives exactly the output of the same sequence unpadded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
 from rnnexport.archs._common import packed_lstm, valid_steps
-from rnnexport.registry import register
-from rnnexport.spec import BATCH, LENGTHS, SEQ, ArchConfig, ArchSpec, TensorSpec
+from rnnexport.spec import ArchConfig
 
 __all__ = ["AttentionLSTM", "ManyToManyLSTM", "MaskedManyToManyLSTM"]
 
@@ -87,71 +84,3 @@ class AttentionLSTM(nn.Module):
             rows.append(weights @ steps)
         y: torch.Tensor = self.fc(torch.stack(rows))
         return y
-
-
-def _read_sizes(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
-    """Input and hidden from ``lstm.weight_ih_l0`` / ``lstm.weight_hh_l0``, output from ``fc.weight``."""
-    sizes: dict[str, int] = {}
-    readers = {
-        "input_size": ("lstm.weight_ih_l0", 1),
-        "hidden_size": ("lstm.weight_hh_l0", 1),
-        "output_size": ("fc.weight", 0),
-    }
-    for size, (key, axis) in readers.items():
-        shape = shapes.get(key)
-        if shape is not None and len(shape) == 2:
-            sizes[size] = shape[axis]
-    return sizes
-
-
-_X = TensorSpec("x", "float32", (BATCH, SEQ, "input_size"), "input sequence, batch-first")
-_LENGTHS = TensorSpec(
-    "lengths", "int64", (BATCH,), "valid steps per row, 1 <= lengths[b] <= seq", role=LENGTHS
-)
-_SIZES = ("input_size", "hidden_size", "output_size")
-# The reference article (shared/seeds/003_b1e4274b19d9071a.txt), by its title.
-_SOURCE = "How can a many-to-many LSTM be implemented in PyTorch?"
-
-register(
-    ArchSpec(
-        name="many-to-many",
-        summary="LSTM with a per-step linear head",
-        source=f"{_SOURCE} (example 1)",
-        build_model=ManyToManyLSTM,
-        inputs=(_X,),
-        outputs=(TensorSpec("y", "float32", (BATCH, SEQ, "output_size"), "per-step output"),),
-        sizes=_SIZES,
-        infer_sizes=_read_sizes,
-    )
-)
-register(
-    ArchSpec(
-        name="many-to-many-masked",
-        summary="many-to-many LSTM over padded batches, packed; padded steps are zero",
-        source=f"{_SOURCE} (example 2)",
-        build_model=MaskedManyToManyLSTM,
-        inputs=(_X, _LENGTHS),
-        outputs=(
-            TensorSpec(
-                "y", "float32", (BATCH, SEQ, "output_size"), "per-step output, exactly 0 on padded steps"
-            ),
-        ),
-        sizes=_SIZES,
-        infer_sizes=_read_sizes,
-        notes=("returns the padded length with zeros, not max(lengths) steps",),
-    )
-)
-register(
-    ArchSpec(
-        name="attention",
-        summary="LSTM + additive attention pooling over the valid steps (many-to-one)",
-        source=f"{_SOURCE} (example 3)",
-        build_model=AttentionLSTM,
-        inputs=(_X, _LENGTHS),
-        outputs=(TensorSpec("y", "float32", (BATCH, "output_size"), "one vector per sequence"),),
-        sizes=_SIZES,
-        infer_sizes=_read_sizes,
-        notes=("many-to-one: one vector per sequence, padded steps take no part in the softmax",),
-        reference="forward_packed",
-    )
-)
