@@ -232,3 +232,21 @@ def test_other_opsets_build_and_verify(tmp_path: Path, arch: str, opset: int) ->
     assert manifest.verification["providers"]["CPUExecutionProvider"]["status"] == "passed"
     model = onnx.load(str(tmp_path / arch / "model.onnx"))
     assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+
+
+@pytest.mark.parametrize(
+    ("arch", "sizes"),
+    [
+        ("parallel-lstm", {"hidden_size": 64, "branches": 5}),  # 68% zeros under a block-diagonal fusion
+        ("parallel-gru", {"hidden_size": 48, "branches": 4}),
+        ("parallel-lstm-attention", {"hidden_size": 32, "branches": 3}),
+        ("attention", {"hidden_size": 64}),
+    ],
+)
+def test_model_file_holds_each_weight_once(tmp_path: Path, arch: str, sizes: dict[str, int]) -> None:
+    manifest = build(arch, out=tmp_path, device="cpu", config=sizes)
+    model = build_model(get_arch(arch), ArchConfig(**{**ArchConfig().to_dict(), **sizes}), seed=0)
+    weight_bytes = 4 * sum(p.numel() for p in model.parameters())
+    size = (tmp_path / arch / "model.onnx").stat().st_size
+    assert size <= 1.5 * weight_bytes, (size, weight_bytes)
+    assert manifest.verification["providers"]["CPUExecutionProvider"]["status"] == "passed"

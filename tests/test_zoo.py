@@ -376,3 +376,27 @@ def test_zoo_artifact_verifies_on_cuda(zoo: Path, name: str) -> None:
     [result] = report.results.values()
     assert result.provider == "CUDAExecutionProvider"
     assert report.passed, result.failures
+
+
+def test_a_user_model_builds_every_variant(tmp_path: Path) -> None:
+    entry = ZOO["stateful-lstm"]
+    manifest = rnnexport.build_model_artifact(
+        entry.make(),
+        io=entry.io,
+        name="variants",
+        out=tmp_path,
+        device="cpu",
+        precisions="fp32,fp16,int8",
+        formats="onnx,ort",
+    )
+    shipped = {v["file"]: v["status"] for v in manifest.variants}
+    assert set(shipped) == {
+        "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.ort", "model.fp16.ort", "model.int8.ort",
+    }  # fmt: skip
+    for file, status in shipped.items():
+        assert (tmp_path / "variants" / file).is_file() == (status == "passed"), file
+    result = cli.invoke(app, ["verify", str(tmp_path / "variants"), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["variants"]) == {f for f, s in shipped.items() if s == "passed"} - {
+        "model.onnx"
+    }
