@@ -1105,7 +1105,7 @@ def verify_artifact(
     try:
         check_contract(model, manifest.contract, stage=f"in {folder / MODEL}")
     except RnnExportError as exc:
-        raise ArtifactError(str(exc)) from None
+        raise ArtifactError(f"{exc} {_REBUILD}") from None
     claims = _metadata_problems(model, manifest)
     if claims:
         raise ArtifactError(

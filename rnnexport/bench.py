@@ -37,7 +37,7 @@ import platform
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -391,51 +391,6 @@ def _eager_runtime(model: Any, contract: Contract, device: Device, threads: int 
     return _Runtime(EAGER, prepare, sync, {"torch": torch.__version__, "threads": torch.get_num_threads()})
 
 
-@contextlib.contextmanager
-def _builtin_rewrites_off() -> Iterator[None]:
-    """Let the built-in modules trace their eager formulation (what a plain export of them gives).
-
-    The built-in architectures of this rnnexport pick their export formulation inside ``forward`` by
-    asking whether a trace is running (``tracing()``), and the parallel ones fuse their branches
-    there. A plain export must see the modules as they run in eager PyTorch, so those switches are
-    pointed at eager for the duration. Where the modules have no such switch (rewrites applied from
-    outside the model), there is nothing to turn off and this does nothing.
-    """
-    import importlib
-
-    saved: list[tuple[Any, str, Any]] = []
-    replacements: dict[str, Any] = {"tracing": lambda: False}
-    try:
-        parallel = importlib.import_module("rnnexport.archs.parallel")
-        outputs = getattr(parallel, "_branch_outputs", None)
-        if outputs is not None and hasattr(parallel, "_concatenated_branches"):
-            import torch
-
-            replacements["_concatenated_branches"] = lambda branches, x: torch.cat(
-                outputs(branches, x), dim=2
-            )
-    except ImportError:  # pragma: no cover - the package always has its architectures
-        pass
-    try:
-        for module_name in (
-            "rnnexport.archs._common",
-            "rnnexport.archs.parallel",
-            "rnnexport.archs.sequence",
-        ):
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:  # pragma: no cover
-                continue
-            for attribute, replacement in replacements.items():
-                if hasattr(module, attribute):
-                    saved.append((module, attribute, getattr(module, attribute)))
-                    setattr(module, attribute, replacement)
-        yield
-    finally:
-        for module, attribute, original in reversed(saved):
-            setattr(module, attribute, original)
-
-
 def plain_export(model: Any, contract: Contract, *, opset: int) -> bytes:
     """``model`` exported as it stands: TorchScript ``torch.onnx.export`` with the contract's dynamic
     axes, then onnxsim. No rnnexport rewrite, no verification beyond the contract check; the caller
@@ -450,8 +405,9 @@ def plain_export(model: Any, contract: Contract, *, opset: int) -> bytes:
     dynamic_axes = {t.name: t.dynamic_axes for t in contract.inputs + contract.outputs if t.dynamic_axes}
     buffer = io.BytesIO()
     # The exporter's deprecation and batch-size warnings are noise here, as in rnnexport build.
+    # No export patches: the modules trace as they run in eager PyTorch (rnnexport's rewrites are
+    # applied from outside the model, by rnnexport.patch, during its own export only).
     with (
-        _builtin_rewrites_off(),
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
         torch.no_grad(),

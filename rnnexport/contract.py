@@ -81,6 +81,5 @@ def check_contract(model: onnx.ModelProto, contract: Contract, *, stage: str, tr
         raise ContractError(
             f"The ONNX graph {stage} breaks its I/O contract{note}: " + "; ".join(problems) + ". "
             "A fixed size where a dynamic axis was declared means the exporter froze that axis and "
-            "the model would fail or silently misbehave at other shapes. Use the default "
-            "'--exporter torchscript', which keeps recurrent sequence axes dynamic."
+            "the model would fail or silently misbehave at other shapes."
         )
