@@ -60,7 +60,8 @@ def format_bytes(count: float) -> str:
     """``1.5 GiB``, ``340 MiB``, ``12 KiB``."""
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if count >= size:
-            return f"{count / size:.3g} {unit}"
+            value = count / size  # 1000-1023 of a unit: whole numbers, not 1.02e+03
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
     return f"{int(count)} bytes"
 
 
