@@ -251,8 +251,14 @@ def session_options(settings: Mapping[str, Any] | None = None) -> Any:
     return options
 
 
-def _session(model: bytes, device: Device, settings: Mapping[str, Any] | None = None) -> Any:
-    """A session on ``device``'s provider with ``settings``; refused if it fell back elsewhere."""
+def _session(
+    model: bytes, device: Device, settings: Mapping[str, Any] | None = None, *, ort_format: bool = False
+) -> Any:
+    """A session on ``device``'s provider with ``settings``; refused if it fell back elsewhere.
+
+    ``ort_format``: ``model`` is in ONNX Runtime's own format (a ``.ort`` variant), which ONNX
+    Runtime cannot tell from the bytes alone.
+    """
     import onnxruntime as ort
 
     probe = probe_provider(device)
@@ -261,7 +267,10 @@ def _session(model: bytes, device: Device, settings: Mapping[str, Any] | None = 
     provider: str | tuple[str, dict[str, str]] = PROVIDERS[device]
     if device == "cuda":
         provider = (PROVIDERS[device], {"use_tf32": "0"})
-    session = ort.InferenceSession(model, sess_options=session_options(settings), providers=[provider])
+    options = session_options(settings)
+    if ort_format:
+        options.add_session_config_entry("session.load_model_format", "ORT")
+    session = ort.InferenceSession(model, sess_options=options, providers=[provider])
     if session.get_providers()[0] != PROVIDERS[device]:
         raise ProviderUnavailableError(
             f"onnxruntime created the session on {session.get_providers()}, not {PROVIDERS[device]}"
@@ -289,6 +298,26 @@ class _Runtime:
     prepare: Callable[[Feeds], Callable[[], object]]
     sync: Callable[[], None] = lambda: None
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _variant_runtimes(
+    folder: Path, manifest: Manifest, device: Device
+) -> list[tuple[_Runtime, dict[str, Any]]]:
+    """A runtime per shipped variant other than ``model.onnx`` (its hash was checked with the rest)."""
+    found = []
+    for entry in manifest.variants:
+        file = entry.get("file")
+        if file == MODEL or entry.get("status") != "passed" or file not in manifest.files:
+            continue
+        data = (folder / file).read_bytes()
+        session = _session(data, device, ort_format=entry.get("format") == "ort")
+        runtime = _Runtime(
+            f"onnxruntime:{file}",
+            functools.partial(_ort_call, session),
+            detail={"precision": entry.get("precision"), "format": entry.get("format"), "bytes": len(data)},
+        )
+        found.append((runtime, {"available": True, "provider": PROVIDERS[device], **runtime.detail}))
+    return found
 
 
 def _rebuild_eager(
@@ -674,6 +703,7 @@ def run_bench(
     device: Device = "cpu",
     weights: Path | None = None,
     runtimes: Sequence[str] = RUNTIMES,
+    variants: bool = True,
     settings: bool = True,
     ragged: bool = True,
     rounds: int = 5,
@@ -686,8 +716,9 @@ def run_bench(
 
     ``shapes`` are ``(batch, seq)`` pairs (default: the :data:`DEFAULT_BATCHES` x
     :data:`DEFAULT_SEQS` grid). ``runtimes`` selects among :data:`RUNTIMES`; ``onnxruntime`` always
-    runs. ``torch_threads`` sets PyTorch's intra-op threads for eager (default: PyTorch's own choice).
-    A runtime that cannot run here is reported with the reason, not raised; the artifact's files are
+    runs, and with ``variants`` every other shipped model file too (``onnxruntime:model.int8.onnx``).
+    ``torch_threads`` sets PyTorch's intra-op threads for eager (default: PyTorch's own choice). A
+    runtime that cannot run here is reported with the reason, not raised; the artifact's files are
     checked against the manifest first, as ``rnnexport verify`` does.
     """
     folder = Path(folder)
@@ -715,6 +746,12 @@ def run_bench(
     status: dict[str, dict[str, Any]] = {
         ONNXRUNTIME: {"available": True, "provider": PROVIDERS[device], **artifact_facts}
     }
+    # The artifact's other shipped model files (fp16, int8, .ort) are timed too, each as a runtime
+    # named after its file, so that a variant's speed is measured beside its accuracy.
+    if variants:
+        for runtime, extra in _variant_runtimes(folder, manifest, device):
+            active.append(runtime)
+            status[runtime.name] = extra
     model = None
     if EAGER in runtimes or PLAIN in runtimes:
         on_step("rebuilding the model in PyTorch")
@@ -766,7 +803,7 @@ def run_bench(
     for batch, seq in shapes:
         artifact = by_key[(ONNXRUNTIME, batch, seq)]["best_round_p50_ms"]
         entry: dict[str, Any] = {"batch": batch, "seq": seq}
-        for name in (EAGER, PLAIN):
+        for name in (EAGER, PLAIN, *(n for n in status if n.startswith(f"{ONNXRUNTIME}:"))):
             if (name, batch, seq) in by_key:
                 entry[f"vs_{name}"] = by_key[(name, batch, seq)]["best_round_p50_ms"] / artifact
         speedups.append(entry)

@@ -338,3 +338,21 @@ def test_parallel_execution_is_tried_only_for_independent_branches() -> None:
     assert {} in _candidates(1)  # onnxruntime's defaults are always the reference
     for candidate in _candidates(3):
         session_options(candidate)
+
+
+def test_shipped_variants_are_timed_beside_the_artifact(tmp_path: Path) -> None:
+    build("many-to-many", out=tmp_path, device="cpu", precisions="fp32,int8", formats="onnx,ort")
+    result = _run("bench", str(tmp_path / "many-to-many"), *QUICK, "--no-eager", "--no-plain", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    timed = {r["runtime"] for r in report["results"]}
+    assert timed == {
+        "onnxruntime",
+        "onnxruntime:model.ort",
+        "onnxruntime:model.int8.onnx",
+        "onnxruntime:model.int8.ort",
+    }
+    assert report["runtimes"]["onnxruntime:model.int8.onnx"]["precision"] == "int8"
+    for entry in report["results"]:
+        _positive_stats(entry)
+    assert all("vs_onnxruntime:model.int8.ort" in s for s in report["speedup"])
