@@ -490,6 +490,24 @@ def build(
         "branches": branches,
     }
     reporter = _Reporter(quiet=quiet, verbose=verbose)
+    # What every build takes, whether of a registered architecture or of a --model.
+    common: dict[str, Any] = {
+        "out": out,
+        "weights": weights,
+        "device": device.value,
+        "exporter": exporter.value,
+        "opset": opset,
+        "atol": atol,
+        "rtol": rtol,
+        "tf32": tf32,
+        "inputs": inputs or None,
+        "force": force,
+        "state_dict_key": state_dict_key,
+        "strip_prefix": strip_prefix,
+        "rule": rule.value,
+        "precisions": precision,
+        "formats": model_format,
+    }
     if model is not None or io_file is not None or name is not None:
         with _reported(as_json=as_json):
             if arch is not None or build_all or model is None or io_file is None:
@@ -504,27 +522,7 @@ def build(
                 )
             _require_build_extra()
             _build_user_model(
-                model,
-                io_file,
-                name=name,
-                out=out,
-                weights=weights,
-                config=config,
-                device=device.value,
-                exporter=exporter.value,
-                opset=opset,
-                atol=atol,
-                rtol=rtol,
-                tf32=tf32,
-                inputs=inputs,
-                force=force,
-                state_dict_key=state_dict_key,
-                strip_prefix=strip_prefix,
-                rule=rule.value,
-                precisions=precision,
-                formats=model_format,
-                as_json=as_json,
-                reporter=reporter,
+                model, io_file, name=name, config=config, as_json=as_json, reporter=reporter, **common
             )
         return
     with _reported(as_json=as_json):
@@ -559,26 +557,7 @@ def build(
                 if not as_json or _err.is_terminal:
                     reporter.headline(f"building {name}")
                 try:
-                    manifest: Manifest = run_build(
-                        name,
-                        out=out,
-                        weights=weights,
-                        config=given,
-                        device=device.value,
-                        exporter=exporter.value,
-                        opset=opset,
-                        atol=atol,
-                        rtol=rtol,
-                        tf32=tf32,
-                        inputs=inputs or None,
-                        force=force,
-                        progress=reporter,
-                        state_dict_key=state_dict_key,
-                        strip_prefix=strip_prefix,
-                        rule=rule.value,
-                        precisions=precision,
-                        formats=model_format,
-                    )
+                    manifest: Manifest = run_build(name, config=given, progress=reporter, **common)
                 except RnnExportError as exc:  # report it, then go on with the other architectures
                     reporter.close()
                     _print_error(exc)
