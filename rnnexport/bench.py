@@ -427,7 +427,7 @@ def plain_export(model: Any, contract: Contract, *, opset: int) -> bytes:
     import torch
 
     from rnnexport.contract import check_contract
-    from rnnexport.simplify import simplify_onnx
+    from rnnexport.simplify import native_stderr_discarded, simplify_onnx
 
     example = make_feeds(contract, batch=2, seq=3, rng=np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[n]) for n in contract.input_names)
@@ -436,7 +436,9 @@ def plain_export(model: Any, contract: Contract, *, opset: int) -> bytes:
     # The exporter's deprecation and batch-size warnings are noise here, as in rnnexport build.
     # No export patches: the modules trace as they run in eager PyTorch (rnnexport's rewrites are
     # applied from outside the model, by rnnexport.patch, during its own export only).
+    # torch's C++ shape inference warns about packed sequences straight to the terminal.
     with (
+        native_stderr_discarded(),
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
         torch.no_grad(),

@@ -19,7 +19,7 @@ import onnxsim
 from rnnexport.errors import SimplifyError
 from rnnexport.feeds import Feeds
 
-__all__ = ["SimplifyStats", "simplify_onnx"]
+__all__ = ["SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,11 @@ class SimplifyStats:
 
 
 @contextlib.contextmanager
-def _native_stderr_discarded() -> Iterator[None]:
+def native_stderr_discarded() -> Iterator[None]:
     """Send whatever native code writes to file descriptor 2 during the block to a discarded file.
+
+    For native libraries that log straight to the terminal (ONNX Runtime's and torch's C++ loggers),
+    where the failure, if any, is raised to us and reported properly.
 
     onnxsim checks the simplified graph in ONNX Runtime with sessions whose log level it sets itself
     (errors), so a graph that fails there (a frozen ``Reshape``) is logged by ORT's C++ logger straight
@@ -105,7 +108,7 @@ def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.M
     try:
         # onnxsim prints progress and may warn, and its check runs ONNX Runtime, whose C++ logger
         # writes straight to the terminal; none of it belongs on the user's terminal.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), _native_stderr_discarded():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), native_stderr_discarded():
             warnings.simplefilter("ignore")
             simplified, check_ok = onnxsim.simplify(model, check_n=1, input_data=dict(check_feeds))
     except Exception as exc:  # onnxsim raises many unrelated types; all mean "could not simplify"
