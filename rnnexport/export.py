@@ -38,6 +38,7 @@ from rnnexport.errors import ExportError, RnnExportError
 from rnnexport.feeds import make_feeds
 from rnnexport.patch import TracerWarning, export_patches, frozen_trace_values
 from rnnexport.spec import Contract
+from rnnexport.text import first_line
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -148,7 +149,7 @@ def export_onnx(
     except RnnExportError:  # the export patches' own refusals already say what to do
         raise
     except Exception as exc:  # any exporter failure is reported the same way
-        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        summary = first_line(exc)
         advice = (
             DYNAMO_RNN_NOTE
             if exporter == "dynamo"

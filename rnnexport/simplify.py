@@ -18,6 +18,7 @@ import onnxsim
 
 from rnnexport.errors import SimplifyError
 from rnnexport.feeds import Feeds
+from rnnexport.text import first_line
 
 __all__ = ["SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
 
@@ -112,7 +113,7 @@ def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.M
             warnings.simplefilter("ignore")
             simplified, check_ok = onnxsim.simplify(model, check_n=1, input_data=dict(check_feeds))
     except Exception as exc:  # onnxsim raises many unrelated types; all mean "could not simplify"
-        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+        summary = first_line(exc, default="no message")
         raise SimplifyError(
             f"onnxsim failed to simplify the exported graph: {type(exc).__name__}: {summary}. "
             "The unsimplified export is not shipped either; report the model and the versions of "

@@ -12,11 +12,24 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["visible"]
+__all__ = ["first_line", "visible"]
 
 # C0 controls (tab and newline included: one message is one paragraph), DEL, C1 controls, and the
 # Unicode format characters that reorder or hide text (bidi embeddings, overrides and isolates).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+# Colour and cursor sequences that libraries put in their own exception messages (torch.export does).
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def first_line(exc: BaseException, *, default: str = "") -> str:
+    """The first non-empty line of an exception's message, without terminal colour codes.
+
+    For quoting a third-party library's error inside one of rnnexport's one-paragraph messages.
+    """
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return lines[0] if lines else (default or type(exc).__name__)
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -332,3 +332,11 @@ def test_dynamo_failure_says_why_and_leaks_no_runtime_logs(tmp_path: Path) -> No
     assert "[E:onnxruntime" not in result.stderr
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_first_line_of_a_library_error_drops_colour_codes() -> None:
+    from rnnexport.text import first_line
+
+    error = RuntimeError("\n  Failed to export. \x1b[96mThis is step 1/3\x1b[0m of exporting.\nmore detail")
+    assert first_line(error) == "Failed to export. This is step 1/3 of exporting."
+    assert first_line(RuntimeError("")) == "RuntimeError"
