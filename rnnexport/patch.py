@@ -44,9 +44,19 @@ from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 from torch.onnx import symbolic_helper
 
-from rnnexport.errors import ExportError
+from rnnexport.errors import ExportError, UsageError
 
-__all__ = ["ExportWatch", "PaddedBatch", "TracerWarning", "export_patches", "frozen_trace_values"]
+__all__ = [
+    "ExportWatch",
+    "PaddedBatch",
+    "RecurrentState",
+    "StreamingModule",
+    "TracerWarning",
+    "export_patches",
+    "frozen_trace_values",
+    "recurrent_states",
+    "streaming_state",
+]
 
 # torch.jit's stubs do not re-export it; the tracer warns with it whenever a trace freezes a value.
 TracerWarning: type[Warning] = getattr(torch.jit, "TracerWarning")  # noqa: B009
@@ -450,3 +460,171 @@ def export_patches(model: nn.Module | None = None) -> Iterator[ExportWatch]:
                 namespace[name] = original
         for owner, name, value in reversed(originals):
             setattr(owner, name, value)
+
+
+# -- streaming: recurrent state as graph inputs and outputs ----------------------------------------
+
+
+@dataclass(frozen=True)
+class RecurrentState:
+    """One state tensor of one recurrent module (``h``, or an LSTM's ``c``), as a streaming model carries it.
+
+    ``module`` is the module's path in the model (``lstms.0``); ``rows`` is ``num_layers`` (streaming
+    refuses bidirectional layers, see :func:`recurrent_states`), ``size`` the per-row width. The
+    tensor is batch-major: ``[batch, size]`` for a single layer, ``[batch, rows, size]`` otherwise.
+    """
+
+    module: str
+    kind: str  # "h" or "c"
+    rows: int
+    size: int
+
+    @property
+    def key(self) -> str:
+        """``<module path>.<kind>``: the part that the input and output names share."""
+        return f"{self.module}.{self.kind}"
+
+    @property
+    def shape(self) -> tuple[int | str, ...]:
+        """Batch-major shape with the symbolic batch axis."""
+        return ("batch", self.size) if self.rows == 1 else ("batch", self.rows, self.size)
+
+
+def recurrent_states(model: nn.Module) -> list[RecurrentState]:
+    """Every state tensor a streaming export of ``model`` carries, in module order (h before c).
+
+    Raises :class:`UsageError` for a bidirectional recurrence: its backward direction starts from
+    the end of the whole sequence, which a stream never has, so no chunked run can equal it.
+    """
+    states: list[RecurrentState] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, tuple(_ORIGINAL_FORWARD)):
+            continue
+        assert isinstance(module, nn.RNNBase)
+        path = name or "rnn"
+        if module.bidirectional:
+            raise UsageError(
+                f"--streaming cannot export '{path}' (a bidirectional nn.{_base_class(module).__name__}): "
+                "its backward direction reads each sequence from its last step, which a stream has not "
+                "received yet, so no chunk-by-chunk run can compute it exactly. Build without "
+                "--streaming, or make the recurrence unidirectional."
+            )
+        h_size = module.proj_size if module.proj_size > 0 else module.hidden_size
+        states.append(RecurrentState(path, "h", module.num_layers, h_size))
+        if isinstance(module, nn.LSTM):
+            states.append(RecurrentState(path, "c", module.num_layers, module.hidden_size))
+    return states
+
+
+def _time_major(state: torch.Tensor, rows: int) -> torch.Tensor:
+    """A batch-major state ``[batch, (rows,) size]`` as ONNX/PyTorch want it: ``[rows, batch, size]``."""
+    return state.unsqueeze(0) if rows == 1 else state.transpose(0, 1)
+
+
+def _batch_major(state: torch.Tensor, rows: int) -> torch.Tensor:
+    return state.squeeze(0) if rows == 1 else state.transpose(0, 1)
+
+
+@contextlib.contextmanager
+def streaming_state(
+    model: nn.Module, states: list[RecurrentState], initial: dict[str, torch.Tensor]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Inside the block, each recurrent module of ``model`` starts from ``initial[state.key]`` and
+    its final state is written to the yielded dict (batch-major, keyed the same way).
+
+    Hooks, not a second forward: the module's ``forward`` stays whatever is in force (eager, or the
+    export form of :func:`export_patches`), so one mechanism serves the eager reference and the
+    export. A row with no valid step in a packed call (chunk length 0) keeps its state exactly:
+    ONNX Runtime's recurrent ops return zeros for a row with ``sequence_lens`` 0, so the new state is
+    chosen with a ``Where`` on ``lengths > 0``. A module called twice in one forward is refused
+    (one state pair could not describe both calls).
+    """
+    final: dict[str, torch.Tensor] = {}
+    by_module: dict[str, list[RecurrentState]] = {}
+    for s in states:
+        by_module.setdefault(s.module, []).append(s)
+    modules = {name or "rnn": m for name, m in model.named_modules()}
+    handles: list[Any] = []
+
+    def pre_hook(path: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            given = args[1] if len(args) > 1 else kwargs.get("hx")
+            if given is not None:
+                raise ExportError(
+                    f"--streaming needs to set the initial state of '{path}', but the model passes its own "
+                    "(hx) to it. Leave hx out of that call (the stream's state then starts from zeros), or "
+                    "build without --streaming."
+                )
+            h0, *c0 = (_time_major(initial[s.key], s.rows) for s in by_module[path])
+            hx: Any = (h0, c0[0]) if c0 else h0
+            kwargs = {k: v for k, v in kwargs.items() if k != "hx"}
+            return (args[0], hx), kwargs
+
+        return hook
+
+    def post_hook(path: str) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            if any(s.key in final for s in by_module[path]):
+                raise ExportError(
+                    f"--streaming found '{path}' called twice in one forward; its state cannot be carried "
+                    "by one input/output pair. Use one module per call, or build without --streaming."
+                )
+            new = output[1] if isinstance(output[1], tuple) else (output[1],)
+            lengths = args[0].lengths if isinstance(args[0], PaddedBatch) else None
+            for s, value in zip(by_module[path], new, strict=True):
+                old = initial[s.key]
+                value = _batch_major(value, s.rows)
+                if lengths is not None:
+                    moved = (lengths > 0).reshape(-1, *([1] * (value.dim() - 1)))
+                    value = torch.where(moved, value, old)
+                final[s.key] = value
+
+        return hook
+
+    try:
+        for path in by_module:
+            handles.append(modules[path].register_forward_pre_hook(pre_hook(path), with_kwargs=True))
+            handles.append(modules[path].register_forward_hook(post_hook(path), with_kwargs=True))
+        yield final
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class StreamingModule(nn.Module):
+    """``forward(*inputs, *states, *extra) -> (*outputs, *new_states, *new_extra)`` around ``model``.
+
+    ``states`` are the recurrent states (:func:`recurrent_states`), carried by
+    :func:`streaming_state`; ``extra`` counts further states that ``model.<method>`` itself takes
+    after its inputs and returns after its outputs (an architecture's streaming formulation, such as
+    the running softmax of attention pooling). ``inputs``/``outputs`` are the model's own counts.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        states: list[RecurrentState],
+        *,
+        inputs: int,
+        outputs: int,
+        method: str = "forward",
+        extra: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.states = states
+        self.counts = (inputs, outputs, extra)
+        self.method = method
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One chunk: the model's outputs, then every updated state, in the order of the inputs."""
+        inputs, outputs, extra = self.counts
+        carried = dict(
+            zip((s.key for s in self.states), args[inputs : inputs + len(self.states)], strict=True)
+        )
+        rest = args[inputs + len(self.states) :]
+        with streaming_state(self.model, self.states, carried) as final:
+            results = getattr(self.model, self.method)(*args[:inputs], *rest)
+        results = results if isinstance(results, tuple) else (results,)
+        assert len(results) == outputs + extra, (len(results), outputs, extra)
+        return (*results[:outputs], *(final[s.key] for s in self.states), *results[outputs:])

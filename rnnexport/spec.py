@@ -33,6 +33,7 @@ __all__ = [
     "ArchConfig",
     "ArchSpec",
     "Contract",
+    "StreamingForm",
     "Dim",
     "TensorSpec",
 ]
@@ -192,6 +193,22 @@ class Contract:
 
 
 @dataclass(frozen=True)
+class StreamingForm:
+    """An architecture's own streaming formulation, for state that is not a recurrent layer's.
+
+    ``method`` names a module method that takes the inputs, then ``states`` (in order), and returns
+    the outputs, then the updated ``states``; its recurrent layers are carried as for any model.
+    ``states`` are templates like the contract's (``name`` is the state's key, so the graph names
+    are ``state_in.<name>`` / ``state_out.<name>``); each starts a stream as zeros, which the
+    formulation must treat as "nothing seen yet". ``doc`` says what a call returns.
+    """
+
+    method: str
+    states: tuple[TensorSpec, ...]
+    doc: str = ""
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """Everything rnnexport knows about one registered architecture.
 
@@ -216,6 +233,8 @@ class ArchSpec:
     rtol: float = 1e-4
     notes: tuple[str, ...] = field(default=())
     reference: str = "forward"
+    # How the architecture streams, where its recurrent layers' states do not suffice.
+    streaming: StreamingForm | None = None
 
     def __post_init__(self) -> None:
         # These are programming errors in an architecture module, not user errors.
@@ -246,13 +265,16 @@ class ArchSpec:
         """True when every output has a sequence axis (one output per input step)."""
         return all(SEQ in t.shape for t in self.outputs)
 
+    def resolve(self, tensor: TensorSpec, config: ArchConfig) -> TensorSpec:
+        """A template tensor at concrete sizes (dynamic axes stay symbols)."""
+        shape = tuple(
+            d if isinstance(d, int) or d in DYNAMIC_AXES else getattr(config, d) for d in tensor.shape
+        )
+        return dataclasses.replace(tensor, shape=shape)
+
     def contract(self, config: ArchConfig) -> Contract:
         """The I/O contract for concrete sizes."""
-
-        def resolve(t: TensorSpec) -> TensorSpec:
-            shape = tuple(
-                d if isinstance(d, int) or d in DYNAMIC_AXES else getattr(config, d) for d in t.shape
-            )
-            return dataclasses.replace(t, shape=shape)
-
-        return Contract(tuple(resolve(t) for t in self.inputs), tuple(resolve(t) for t in self.outputs))
+        return Contract(
+            tuple(self.resolve(t, config) for t in self.inputs),
+            tuple(self.resolve(t, config) for t in self.outputs),
+        )

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from rnnexport.registry import register
-from rnnexport.spec import BATCH, LENGTHS, SEQ, ArchConfig, ArchSpec, TensorSpec
+from rnnexport.spec import BATCH, LENGTHS, SEQ, ArchConfig, ArchSpec, StreamingForm, TensorSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -177,5 +177,19 @@ register(
         infer_sizes=_read_sizes,
         notes=("many-to-one: one vector per sequence, padded steps take no part in the softmax",),
         reference="forward_packed",
+        streaming=StreamingForm(
+            method="forward_streaming",
+            states=(
+                TensorSpec("attention.max", "float32", (BATCH,), "running maximum attention score"),
+                TensorSpec("attention.sum", "float32", (BATCH,), "running sum of exp(score - max)"),
+                TensorSpec(
+                    "attention.context",
+                    "float32",
+                    (BATCH, "hidden_size"),
+                    "running sum of exp(score - max) * LSTM output",
+                ),
+            ),
+            doc="each call returns the pooled output of every valid step seen so far (exact online softmax)",
+        ),
     )
 )

@@ -74,6 +74,39 @@ class AttentionLSTM(nn.Module):
         y: torch.Tensor = self.fc(context)
         return y
 
+    def forward_streaming(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        running_max: torch.Tensor,
+        running_sum: torch.Tensor,
+        running_context: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One chunk of a stream: exact attention pooling over every valid step seen so far.
+
+        An online softmax carries, per row, a running maximum score ``m``, the sum of
+        ``exp(score - m)`` and the same weighted sum of LSTM outputs; a chunk raises ``m`` where it
+        must and rescales both sums by ``exp(m_old - m_new)``. The pooled context is their ratio,
+        exactly the softmax-weighted mean of :meth:`forward`. A stream starts from zeros: with a
+        zero sum the starting maximum only shifts the exponent (scores are bounded by ``sum(|v|)``,
+        so nothing overflows or underflows to zero), and a row that has seen no valid step yet
+        returns ``fc(0)``, its bias. A row whose chunk length is 0 keeps all three exactly.
+        The LSTM's own state is carried by the streaming wrapper (:mod:`rnnexport.patch`).
+        """
+        valid = valid_steps(lengths, x.shape[1])
+        out = packed_lstm(self.lstm, x, lengths)
+        scores = (torch.tanh(self.attention(out)) * self.v).sum(dim=2)
+        masked = scores.masked_fill(~valid, torch.finfo(out.dtype).min)
+        new_max = torch.maximum(running_max, masked.max(dim=1).values)
+        # exp() of the lowest float minus a finite maximum is exactly 0: padded steps weigh nothing.
+        weights = torch.exp(masked - new_max.unsqueeze(1))
+        rescale = torch.exp(running_max - new_max)
+        new_sum = running_sum * rescale + weights.sum(dim=1)
+        new_context = running_context * rescale.unsqueeze(1) + (weights.unsqueeze(2) * out).sum(dim=1)
+        tiny = torch.finfo(out.dtype).tiny
+        y: torch.Tensor = self.fc(new_context / new_sum.clamp_min(tiny).unsqueeze(1))
+        return y, new_max, new_sum, new_context
+
     def forward_packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Independent reference: pack, then attend over each sequence's own valid steps, row by row."""
         out = packed_lstm(self.lstm, x, lengths)

@@ -1,0 +1,163 @@
+"""The streaming contract: recurrent state as explicit graph inputs and outputs (torch-free).
+
+A streaming artifact (``rnnexport build ... --streaming``) computes one chunk per call. Besides the
+model's own inputs and outputs it takes every state tensor as an input ``state_in.<key>`` and
+returns the updated state as ``state_out.<key>``, where ``<key>`` is ``<module path>.h`` (or
+``.c`` for an LSTM's cell state, or an architecture's own running statistic). Names starting with
+``state_in.`` / ``state_out.`` are refused in a model's own I/O description, so they cannot collide.
+
+Every state tensor is **batch-major** (``[batch, size]``, or ``[batch, layers, size]`` for a
+stacked layer), unlike ONNX's recurrent ``[layers, batch, size]``: Triton's sequence batcher (and
+most serving code) slices and stacks requests on the first axis of every tensor. The initial state
+of a new stream is all zeros. Feeding a call's ``state_out.*`` into the next call's ``state_in.*``
+continues the sequence exactly; ``chunk_axis`` names the axis the chunks are cut along.
+
+The manifest's ``streaming`` section (and the model's ``rnnexport.streaming`` metadata, the same
+JSON) records this, plus ``chains``: test-data sets that form consecutive calls of one stream,
+which ``rnnexport verify`` replays by feeding each call's state outputs to the next call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rnnexport.spec import BATCH, SEQ, Contract, Dim, TensorSpec
+
+__all__ = ["STATE_IN", "STATE_OUT", "StateSpec", "Streaming", "streaming_problems"]
+
+STATE_IN = "state_in."
+STATE_OUT = "state_out."
+_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+_SET = re.compile(r"test_data_set_(0|[1-9][0-9]{0,5})")
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One carried state tensor: ``state_in.<key>`` -> ``state_out.<key>``, initial value zeros."""
+
+    key: str
+    shape: tuple[Dim, ...]
+    dtype: str = "float32"
+    initial: str = "zeros"
+
+    @property
+    def input(self) -> str:
+        """The graph input that takes the state."""
+        return STATE_IN + self.key
+
+    @property
+    def output(self) -> str:
+        """The graph output that returns the updated state."""
+        return STATE_OUT + self.key
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest entry."""
+        return {
+            "input": self.input,
+            "output": self.output,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "initial": self.initial,
+        }
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """The streaming section: the carried states, the chunk axis, and the chained test-data sets."""
+
+    states: tuple[StateSpec, ...]
+    chunk_axis: str = SEQ
+    chains: tuple[tuple[str, ...], ...] = ()
+
+    def contract(self, base: Contract) -> Contract:
+        """``base`` with one input and one output per state, after the model's own."""
+        doc = "carried state (batch-major); zeros to start a stream"
+        inputs = tuple(TensorSpec(s.input, s.dtype, s.shape, doc) for s in self.states)
+        outputs = tuple(TensorSpec(s.output, s.dtype, s.shape, doc) for s in self.states)
+        return Contract(base.inputs + inputs, base.outputs + outputs)
+
+    @property
+    def pairs(self) -> dict[str, str]:
+        """State output name -> the input name it feeds on the next call."""
+        return {s.output: s.input for s in self.states}
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's ``streaming`` section (also the model's ``rnnexport.streaming`` metadata)."""
+        return {
+            "states": [s.to_json() for s in self.states],
+            "chunk_axis": self.chunk_axis,
+            "chains": [list(c) for c in self.chains],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, need: Callable[[object, str], None]) -> Streaming:
+        """Validate and parse a ``streaming`` section; ``need(condition, what)`` reports a problem."""
+        need(isinstance(data, dict), "'streaming' must be an object")
+        states, chains = data.get("states"), data.get("chains", [])
+        need(isinstance(states, list) and states, "'streaming.states' must be a non-empty list")
+        need(data.get("chunk_axis") == SEQ, f"'streaming.chunk_axis' must be {SEQ!r}")
+        parsed = []
+        for s in states:
+            need(isinstance(s, dict), "every 'streaming.states' entry must be an object")
+            name = s.get("input")
+            need(isinstance(name, str) and name.startswith(STATE_IN), f"a state has the input {name!r}")
+            key = name[len(STATE_IN) :]
+            need(_KEY.fullmatch(key), f"a state has the input {name!r}")
+            need(s.get("output") == STATE_OUT + key, f"state {name!r} has the output {s.get('output')!r}")
+            need(s.get("dtype") == "float32", f"state {name!r} has the dtype {s.get('dtype')!r}")
+            need(s.get("initial") == "zeros", f"state {name!r} has the initial value {s.get('initial')!r}")
+            shape = s.get("shape")
+            need(
+                isinstance(shape, list)
+                and shape
+                and shape[0] == BATCH
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape[1:]),
+                f"state {name!r} has the shape {shape!r}; expected ['batch', sizes...]",
+            )
+            parsed.append(StateSpec(key, tuple(shape)))
+        need(len({s.key for s in parsed}) == len(parsed), "'streaming.states' names a state twice")
+        need(isinstance(chains, list), "'streaming.chains' must be a list")
+        for chain in chains:
+            need(
+                isinstance(chain, list)
+                and len(chain) >= 2
+                and all(isinstance(d, str) and _SET.fullmatch(d) for d in chain),
+                f"'streaming.chains' holds {chain!r}; expected lists of test_data_set_N names",
+            )
+        flat = [d for c in chains for d in c]
+        need(len(set(flat)) == len(flat), "'streaming.chains' names a test-data set twice")
+        return cls(tuple(parsed), SEQ, tuple(tuple(c) for c in chains))
+
+
+def streaming_problems(streaming: Streaming, contract: Contract, test_sets: Sequence[str]) -> list[str]:
+    """Every way the streaming section and the I/O contract (or the test-data sets) disagree."""
+    problems = []
+    inputs = {t.name: t for t in contract.inputs}
+    outputs = {t.name: t for t in contract.outputs}
+    for s in streaming.states:
+        for name, tensors in ((s.input, inputs), (s.output, outputs)):
+            t = tensors.get(name)
+            if t is None:
+                problems.append(
+                    f"the streaming state '{name}' is not a graph {'input' if tensors is inputs else 'output'}"
+                )
+            elif t.dtype != s.dtype or t.shape != s.shape:
+                problems.append(
+                    f"the streaming state '{name}' is {s.dtype}{list(s.shape)}, the graph has {t.shape_str()}"
+                )
+    declared = {s.input for s in streaming.states} | {s.output for s in streaming.states}
+    stray = [n for n in [*inputs, *outputs] if n.startswith((STATE_IN, STATE_OUT)) and n not in declared]
+    if stray:
+        problems.append(f"the graph has state tensors {stray} that the streaming section does not declare")
+    missing = sorted({d for c in streaming.chains for d in c} - set(test_sets))
+    if missing:
+        problems.append(f"'streaming.chains' names test-data sets {missing} that the manifest does not list")
+    return problems
+
+
+def state_feeds_of(streaming: Streaming, outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The next call's state inputs, from one call's outputs."""
+    return {s.input: outputs[s.output] for s in streaming.states}
