@@ -49,6 +49,7 @@ from rnnexport.oracle import FLOAT64_OUTPUT, seq_axes
 from rnnexport.runtime import DEVICES, Device, resolve_devices
 from rnnexport.safeio import check_path, describe_os_error, file_kind, loads_strict, read_bounded, write_file
 from rnnexport.spec import DTYPES, DYNAMIC_AXES, ROLES, ArchConfig, Contract
+from rnnexport.streaming import Streaming, streaming_problems
 from rnnexport.variants import VariantResult, verify_shipped_variants
 
 __all__ = [
@@ -103,6 +104,8 @@ class Manifest:
     variants: list[dict[str, Any]] = field(default_factory=list)
     # A user model's origin (module, class or factory, config); None for a registered architecture.
     source: dict[str, Any] | None = None
+    # A streaming model's carried states and chained test data (see rnnexport.streaming); else None.
+    streaming: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document, keys in a stable order."""
@@ -114,6 +117,7 @@ class Manifest:
             "versions": self.versions,
             "export": self.export,
             **self.contract.to_json(),
+            **({"streaming": self.streaming} if self.streaming is not None else {}),
             "simplification": self.simplification,
             "weights": self.weights,
             "verification": self.verification,
@@ -142,6 +146,7 @@ class Manifest:
             format=int(data["format"]),
             variants=list(data.get("variants", [])),
             source=None if data.get("source") is None else dict(data["source"]),
+            streaming=None if data.get("streaming") is None else dict(data["streaming"]),
         )
 
     def tolerance(self, device: Device) -> Tolerance:
@@ -267,6 +272,10 @@ def parse_manifest(data: bytes, *, path: Path) -> Manifest:
         Criterion.from_json(doc["verification"].get("rule"))
     except (TypeError, ValueError) as exc:
         need(False, f"'verification.rule' is not one rnnexport applies: {exc}")
+    if doc.get("streaming") is not None:
+        streaming = Streaming.from_json(doc["streaming"], need)
+        problems = streaming_problems(streaming, Contract.from_json(doc), dirs)
+        need(not problems, "; ".join(problems))
     return Manifest.from_json(doc)
 
 
@@ -982,6 +991,13 @@ def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
         "rnnexport.config": manifest.config,
         "rnnexport.contract": manifest.contract.to_json(),
     }
+    if manifest.streaming is not None:
+        # The model carries the states; the chains name the artifact's test-data folders.
+        expected["rnnexport.streaming"] = {k: v for k, v in manifest.streaming.items() if k != "chains"}
+    elif "rnnexport.streaming" in props:
+        problems.append(
+            "the model carries 'rnnexport.streaming' metadata, but the manifest has no streaming section"
+        )
     for key, want in expected.items():
         if key not in props:
             problems.append(f"the model has no '{key}' metadata")
@@ -1132,6 +1148,11 @@ def verify_artifact(
     criterion = Criterion.from_json(manifest.verification.get("rule"))
     seconds = time_limit if time_limit is not None else limits.run_seconds(len(data))
     devices = resolve_devices(device)
+    chained: dict[str, Any] = {}
+    if manifest.streaming is not None:
+        # Replays each chain: a call's state inputs are what the provider returned for the call before.
+        streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
+        chained = {"chains": streaming.chains, "state_pairs": streaming.pairs}
     results = {
         d: verify_with_deadline(
             data,
@@ -1143,6 +1164,7 @@ def verify_artifact(
             criterion=criterion,
             float64=float64,
             seq_axes=seq_axes(manifest.contract),
+            **chained,
         )
         for d in devices
     }

@@ -470,6 +470,15 @@ def build(
             "tolerance: |ort - float32| <= atol + rtol*|float32|."
         ),
     ] = RuleChoice.oracle,
+    streaming: Annotated[
+        bool,
+        typer.Option(
+            "--streaming",
+            help="Ship a stateful model: every recurrent state is an input (state_in.*) and an output "
+            "(state_out.*), batch-major, zeros to start; the manifest's 'streaming' section lists them. "
+            "float32 ONNX only; a bidirectional recurrence is refused.",
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing rnnexport artifact completely.")
     ] = False,
@@ -507,6 +516,7 @@ def build(
         "rule": rule.value,
         "precisions": precision,
         "formats": model_format,
+        "streaming": streaming,
     }
     if model is not None or io_file is not None or name is not None:
         with _reported(as_json=as_json):

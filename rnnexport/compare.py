@@ -446,8 +446,15 @@ def verify_on_device(
     criterion: Criterion | None = None,
     float64: Mapping[str, Feeds] | None = None,
     seq_axes: Mapping[str, int] | None = None,
+    chains: Sequence[Sequence[str]] | None = None,
+    state_pairs: Mapping[str, str] | None = None,
 ) -> ProviderResult:
     """Run every case through ONNX Runtime on ``device`` and compare with the cases' expected outputs.
+
+    ``chains`` lists streaming cases that are consecutive calls of one stream: every call after the
+    first takes its state inputs from what ONNX Runtime returned for the call before it
+    (``state_pairs``: state output -> state input), not from the recorded values, so the chain is
+    replayed on this provider the way a device runs it.
 
     ``float64`` maps case names to the float64 reference outputs; ``criterion`` says which rule
     decides (see the module docstring) and ``seq_axes`` which outputs are reported per time bucket.
@@ -476,9 +483,18 @@ def verify_on_device(
         )
     results = []
     accumulator = ErrorAccumulator(seq_axes or {})
+    previous = {later: earlier for chain in chains or () for earlier, later in zip(chain, chain[1:])}
+    returned: dict[str, Feeds] = {}
     for case in cases:
         try:
-            actual = runner.infer(case.inputs)
+            feeds = case.inputs
+            if case.name in previous:
+                before = returned.get(previous[case.name])
+                if before is None:
+                    raise RuntimeError(f"the call before it in its chain ({previous[case.name]}) did not run")
+                feeds = {**feeds, **{i: before[o] for o, i in (state_pairs or {}).items()}}
+            actual = runner.infer(feeds)
+            returned[case.name] = actual
             exact = float64.get(case.name)
             outputs = compare_outputs(
                 actual, case.outputs, tol, criterion=criterion, float64=exact, seq_axes=seq_axes

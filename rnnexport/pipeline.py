@@ -64,13 +64,16 @@ from rnnexport.limits import (
     format_bytes,
 )
 from rnnexport.oracle import seq_axes, write_float64_outputs
+from rnnexport.patch import recurrent_states
 from rnnexport.progress import Progress, SilentProgress
 from rnnexport.reference import ModuleRunner, TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, write_file, writing
 from rnnexport.simplify import simplify_onnx
-from rnnexport.spec import ArchConfig, ArchSpec, Contract
+from rnnexport.spec import ArchConfig, ArchSpec, Contract, TensorSpec
+from rnnexport.stateful import StreamingModel, chain_cases, make_streaming, single_call_cases
+from rnnexport.streaming import Streaming
 from rnnexport.usermodel import ModelSource, check_outputs, load_user_weights, state_sha256
 from rnnexport.variants import FORMATS, PRECISIONS, Format, Precision, parse_choices
 from rnnexport.weights import check_state_dict, read_checkpoint
@@ -360,13 +363,15 @@ def _sweep(contract: Contract, runner: ModuleRunner) -> list[Case]:
     return cases
 
 
-def _finalise_model(model: onnx.ModelProto, subject: _Subject) -> onnx.ModelProto:
+def _finalise_model(
+    model: onnx.ModelProto, subject: _Subject, contract: Contract, streaming: Streaming | None
+) -> onnx.ModelProto:
     """Make the bytes reproducible and the model self-describing.
 
     Exporters leave doc strings that may carry source locations; they are cleared so that the same
     model built from another folder is byte-identical. Metadata carries the architecture (or the
     user model's artifact name), the rnnexport version, the config and the I/O contract, for anyone
-    holding only the .onnx file.
+    holding only the .onnx file; a streaming model also its ``rnnexport.streaming`` section.
     """
     model.doc_string = ""
     model.graph.doc_string = ""
@@ -377,8 +382,10 @@ def _finalise_model(model: onnx.ModelProto, subject: _Subject) -> onnx.ModelProt
         "rnnexport.arch": subject.name,
         "rnnexport.version": __version__,
         "rnnexport.config": json.dumps(subject.config, sort_keys=True),
-        "rnnexport.contract": json.dumps(subject.contract.to_json(), sort_keys=True),
+        "rnnexport.contract": json.dumps(contract.to_json(), sort_keys=True),
     }
+    if streaming is not None:
+        props["rnnexport.streaming"] = json.dumps(streaming.to_json(chains=False), sort_keys=True)
     onnx.helper.set_model_props(model, props)
     return model
 
@@ -421,6 +428,9 @@ class _Subject:
     load: Callable[[_Request], tuple[torch.nn.Module, list[Case], dict[str, Any]]]
     source: dict[str, Any] | None = None  # a user model's module, class and config
     reference: str = "forward"  # the method whose outputs are the reference (see ArchSpec.reference)
+    # How it streams (see StreamingForm): the method, and its own states (resolved templates).
+    stream_method: str = "forward"
+    stream_extra: tuple[TensorSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -444,6 +454,7 @@ class _Request:
     weights_read: dict[str, Any]  # how the checkpoint was read (entry, prefix, dtypes), for the manifest
     user_cases: list[tuple[str, Feeds]]
     notes: list[str]
+    streaming: bool = False
 
 
 def _accuracy_options(
@@ -458,6 +469,16 @@ def _accuracy_options(
     chosen_precisions = cast(list[Precision], parse_choices(precisions, PRECISIONS, option="--precision"))
     chosen_formats = cast(list[Format], parse_choices(formats, FORMATS, option="--format"))
     return Criterion(rule), chosen_precisions, chosen_formats
+
+
+def _check_streaming(streaming: bool, precisions: list[Precision], formats: list[Format]) -> None:
+    """A streaming build ships float32 ONNX only: its variants are not verified as streams (yet)."""
+    if streaming and (precisions != ["fp32"] or formats != ["onnx"]):
+        raise UsageError(
+            f"--streaming builds ship model.onnx in float32 only; got --precision {','.join(precisions)} "
+            f"--format {','.join(formats)}. Their chained state is verified for that file alone. Leave "
+            "--precision and --format out with --streaming, or build the variants without --streaming."
+        )
 
 
 def _check_options(*, exporter: str, opset: int, atol: float | None, rtol: float | None) -> None:
@@ -502,6 +523,7 @@ def _resolve(
     rule: str,
     precisions: str | Sequence[str] | None,
     formats: str | Sequence[str] | None,
+    streaming: bool = False,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
@@ -510,6 +532,7 @@ def _resolve(
         if path is not None:
             check_path(path, what=option)
     criterion, chosen_precisions, chosen_formats = _accuracy_options(rule, precisions, formats)
+    _check_streaming(streaming, chosen_precisions, chosen_formats)
     destination, recovered = prepare_destination(out, spec.name, force=force)
     devices = _requested_devices(device)
     if weights is None and (state_dict_key is not None or strip_prefix is not None):
@@ -540,6 +563,8 @@ def _resolve(
         config=config_.subset(spec.sizes),
         load=lambda request: _model_and_references(request, spec, config_),
         reference=spec.reference,
+        stream_method=spec.streaming.method if spec.streaming else "forward",
+        stream_extra=tuple(spec.resolve(t, config_) for t in spec.streaming.states) if spec.streaming else (),
     )
     return _Request(
         subject=subject,
@@ -559,6 +584,7 @@ def _resolve(
         weights_read=checkpoint.manifest_entry() if checkpoint else {},
         user_cases=user_cases,
         notes=notes,
+        streaming=streaming,
     )
 
 
@@ -667,6 +693,7 @@ def build(
     rule: Rule = "oracle",
     precisions: str | Sequence[str] | None = None,
     formats: str | Sequence[str] | None = None,
+    streaming: bool = False,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
@@ -675,6 +702,10 @@ def build(
     ``auto`` (every provider that really works here). ``inputs`` adds verification cases (files or
     test-data folders, see :func:`read_user_cases`); they ship in the artifact's test data.
     ``progress`` receives each stage's start, progress and end.
+
+    ``streaming`` ships a stateful model instead: every recurrent state (and the architecture's own
+    streaming state, such as attention's running softmax) is a graph input and output, verified per
+    call and over chained calls (see :mod:`rnnexport.streaming`); float32 ONNX only.
 
     ``rule`` decides verification: ``oracle`` (default) judges the artifact against a float64 run of
     the same model relative to PyTorch float32's own error, ``tolerance`` by atol/rtol against float32
@@ -705,6 +736,7 @@ def build(
         rule=rule,
         precisions=precisions,
         formats=formats,
+        streaming=streaming,
     )
     return _run(request, progress)
 
@@ -720,10 +752,23 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
     )
     progress = progress or SilentProgress()
     contract = subject.contract
+    stream: StreamingModel | None = None
+    chains: list[list[str]] = []
     with staging_folder(request.destination) as staging:
         with _stage(progress, "model") as stage, one_torch_thread():
             model, cases, weights_origin = subject.load(request)
-            float64 = float64_references(contract, model, cases, method=subject.reference)
+            reference = subject.reference
+            if request.streaming:
+                # Every case becomes one call of a new stream (zero state), plus chained calls; the
+                # references are the streaming wrapper in eager PyTorch, state carried by PyTorch.
+                stream = make_streaming(
+                    model, contract, method=subject.stream_method, extra=subject.stream_extra
+                )
+                chained, chains = chain_cases(stream, contract, seed=SWEEP_SEED)
+                cases = single_call_cases(stream, cases) + chained
+                contract, model, reference = stream.contract, stream.module, "forward"
+                stage.details.append(f"streaming: {len(stream.streaming.states)} state tensors")
+            float64 = float64_references(contract, model, cases, method=reference)
             stage.details += [
                 *request.notes,
                 f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
@@ -742,7 +787,8 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
             if exporter != "dynamo" or DYNAMO_RNN_NOTE in str(exc):
                 raise
             raise type(exc)(f"{exc} {DYNAMO_RNN_NOTE}") from exc
-        model_bytes = _finalise_model(simplified, subject).SerializeToString()
+        streaming = stream.streaming if stream is not None else None
+        model_bytes = _finalise_model(simplified, subject, contract, streaming).SerializeToString()
         write_file(staging / MODEL, model_bytes, where=request.destination.parent)
 
         # Verify the bytes that will ship, on every requested provider; all must pass.
@@ -759,6 +805,8 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     criterion=request.criterion,
                     float64=float64,
                     seq_axes=seq_axes(contract),
+                    chains=chains,
+                    state_pairs=streaming.pairs if streaming is not None else None,
                 )
                 stage.ok = result.status == "passed"
                 stage.details.append(
@@ -802,7 +850,13 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
             names = [_sweep_name(batch, seq) for batch, seq in TEST_DATA_SHAPES]
             shipped = [c for c in cases if c.name.startswith("user:")]
             shipped += sorted((c for c in cases if c.name in names), key=lambda c: names.index(c.name))
+            shipped += [c for c in cases if any(c.name in chain for chain in chains)]
             test_data = write_test_data(staging, shipped, contract)
+            if streaming is not None:
+                folder_of = {e["case"]: e["dir"] for e in test_data}
+                streaming = dataclasses.replace(
+                    streaming, chains=tuple(tuple(folder_of[n] for n in chain) for chain in chains)
+                )
             write_float64_outputs(staging, [float64[c.name] for c in shipped], contract)
             manifest = Manifest(
                 arch=subject.name,
@@ -832,6 +886,7 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 files=hash_files(staging),
                 variants=[result.to_json() for result, _ in variants],
                 source=subject.source,
+                streaming=None if streaming is None else streaming.to_json(),
             )
             manifest.write(staging)
             publish(staging, request.destination, force=force)
@@ -908,6 +963,7 @@ def build_model_artifact(
     rule: Rule = "oracle",
     precisions: str | Sequence[str] | None = None,
     formats: str | Sequence[str] | None = None,
+    streaming: bool = False,
 ) -> Manifest:
     """Export, simplify, verify and package any recurrent ``module`` into ``out/name``.
 
@@ -920,7 +976,8 @@ def build_model_artifact(
     ``source`` and ``config`` are what the manifest records about where the module came from (the
     CLI fills them from ``--model`` and ``--config``). The rest is as for :func:`build`; so is the
     verification: the same shape sweep, lengths-aware inputs, rule (``rule``), variants
-    (``precisions``, ``formats``) and report, against ``forward`` in eager PyTorch.
+    (``precisions``, ``formats``) and report, against ``forward`` in eager PyTorch. ``streaming``
+    ships a stateful model (see :mod:`rnnexport.streaming`); a bidirectional recurrence is refused.
     """
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"build_model_artifact needs an nn.Module, got a {type(module).__name__}.")
@@ -932,6 +989,9 @@ def build_model_artifact(
         raise UsageError(f"--name {name!r} cannot name a folder; use letters, digits, '-' or '_'.")
     _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
     criterion, chosen_precisions, chosen_formats = _accuracy_options(rule, precisions, formats)
+    _check_streaming(streaming, chosen_precisions, chosen_formats)
+    if streaming:
+        recurrent_states(module)  # refuses a bidirectional recurrence before anything is done
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()]
     for option, path in [("--weights", weights), *(("--inputs", p) for p in paths)]:
         if path is not None:
@@ -988,5 +1048,6 @@ def build_model_artifact(
         weights_read=weights_read,
         user_cases=user_cases,
         notes=recovered,
+        streaming=streaming,
     )
     return _run(request, progress)

@@ -84,13 +84,13 @@ class Streaming:
         """State output name -> the input name it feeds on the next call."""
         return {s.output: s.input for s in self.states}
 
-    def to_json(self) -> dict[str, Any]:
-        """The manifest's ``streaming`` section (also the model's ``rnnexport.streaming`` metadata)."""
-        return {
-            "states": [s.to_json() for s in self.states],
-            "chunk_axis": self.chunk_axis,
-            "chains": [list(c) for c in self.chains],
-        }
+    def to_json(self, *, chains: bool = True) -> dict[str, Any]:
+        """The manifest's ``streaming`` section; without ``chains``, the model's ``rnnexport.streaming``
+        metadata (the chains name the artifact's test-data folders, not part of the model)."""
+        data: dict[str, Any] = {"states": [s.to_json() for s in self.states], "chunk_axis": self.chunk_axis}
+        if chains:
+            data["chains"] = [list(c) for c in self.chains]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, need: Callable[[object, str], None]) -> Streaming:
