@@ -25,6 +25,7 @@ Checks run in the order count, shape, dtype, values, and every case of every out
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,7 +484,7 @@ def verify_on_device(
         )
     results = []
     accumulator = ErrorAccumulator(seq_axes or {})
-    previous = {later: earlier for chain in chains or () for earlier, later in zip(chain, chain[1:])}
+    previous = {later: earlier for chain in chains or () for earlier, later in itertools.pairwise(chain)}
     returned: dict[str, Feeds] = {}
     for case in cases:
         try:

@@ -537,7 +537,7 @@ def streaming_state(
     export. A row with no valid step in a packed call (chunk length 0) keeps its state exactly:
     ONNX Runtime's recurrent ops return zeros for a row with ``sequence_lens`` 0, so the new state is
     chosen with a ``Where`` on ``lengths > 0``. A module called twice in one forward is refused
-    (one state pair could not describe both calls).
+    (one state pair could not describe both calls), as is a model that passes its own ``hx``.
     """
     final: dict[str, torch.Tensor] = {}
     by_module: dict[str, list[RecurrentState]] = {}
@@ -550,10 +550,10 @@ def streaming_state(
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             given = args[1] if len(args) > 1 else kwargs.get("hx")
             if given is not None:
-                raise ExportError(
+                raise UsageError(
                     f"--streaming needs to set the initial state of '{path}', but the model passes its own "
-                    "(hx) to it. Leave hx out of that call (the stream's state then starts from zeros), or "
-                    "build without --streaming."
+                    "(hx) to it. A model that takes its state as inputs already streams as it is: build "
+                    "it without --streaming; or leave hx out of that call."
                 )
             h0, *c0 = (_time_major(initial[s.key], s.rows) for s in by_module[path])
             hx: Any = (h0, c0[0]) if c0 else h0
@@ -565,7 +565,7 @@ def streaming_state(
     def post_hook(path: str) -> Callable[..., Any]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             if any(s.key in final for s in by_module[path]):
-                raise ExportError(
+                raise UsageError(
                     f"--streaming found '{path}' called twice in one forward; its state cannot be carried "
                     "by one input/output pair. Use one module per call, or build without --streaming."
                 )

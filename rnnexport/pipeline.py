@@ -72,7 +72,14 @@ from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
 from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, write_file, writing
 from rnnexport.simplify import simplify_onnx
 from rnnexport.spec import ArchConfig, ArchSpec, Contract, TensorSpec
-from rnnexport.stateful import StreamingModel, chain_cases, make_streaming, single_call_cases
+from rnnexport.stateful import (
+    StreamingModel,
+    chain_cases,
+    check_streamable,
+    make_streaming,
+    require_streamable,
+    single_call_cases,
+)
 from rnnexport.streaming import Streaming
 from rnnexport.usermodel import ModelSource, check_outputs, load_user_weights, state_sha256
 from rnnexport.variants import FORMATS, PRECISIONS, Format, Precision, parse_choices
@@ -765,6 +772,9 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     model, contract, method=subject.stream_method, extra=subject.stream_extra
                 )
                 chained, chains = chain_cases(stream, contract, seed=SWEEP_SEED)
+                require_streamable(
+                    check_streamable(stream, contract, model, chained, chains), f"'{subject.name}'"
+                )
                 cases = single_call_cases(stream, cases) + chained
                 contract, model, reference = stream.contract, stream.module, "forward"
                 stage.details.append(f"streaming: {len(stream.streaming.states)} state tensors")

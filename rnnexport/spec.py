@@ -33,8 +33,8 @@ __all__ = [
     "ArchConfig",
     "ArchSpec",
     "Contract",
-    "StreamingForm",
     "Dim",
+    "StreamingForm",
     "TensorSpec",
 ]
 

@@ -8,19 +8,31 @@ become inputs and outputs; :mod:`rnnexport.streaming` describes the contract tha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from rnnexport.errors import UsageError
 from rnnexport.feeds import Case, Feeds, make_feeds
 from rnnexport.patch import StreamingModule, recurrent_states
 from rnnexport.reference import ModuleRunner
-from rnnexport.spec import Contract, TensorSpec
+from rnnexport.spec import BATCH, SEQ, Contract, TensorSpec
 from rnnexport.streaming import StateSpec, Streaming
 
-__all__ = ["CHAINS", "StreamingModel", "chain_cases", "make_streaming", "single_call_cases", "zero_states"]
+__all__ = [
+    "CHAINS",
+    "StreamingModel",
+    "batch_size",
+    "chain_cases",
+    "check_streamable",
+    "make_streaming",
+    "require_streamable",
+    "single_call_cases",
+    "zero_states",
+]
 
 # The chained test cases every streaming build verifies and ships: (batch, chunk lengths), uneven.
 CHAINS = ((1, (1, 1, 3)), (3, (2, 5, 1, 4)))
@@ -62,6 +74,12 @@ def make_streaming(
         extra=len(extra),
     ).eval()
     return StreamingModel(module, streaming.contract(contract), streaming)
+
+
+def batch_size(contract: Contract, feeds: Feeds) -> int:
+    """The batch size of ``feeds``: the ``batch`` axis of the first input that has one."""
+    spec = next(t for t in contract.inputs if BATCH in t.shape)
+    return int(feeds[spec.name].shape[spec.shape.index(BATCH)])
 
 
 def zero_states(streaming: Streaming, batch: int) -> Feeds:
@@ -108,7 +126,110 @@ def single_call_cases(stream: StreamingModel, cases: Sequence[Case]) -> list[Cas
     runner = ModuleRunner(stream.contract, stream.module)
     result = []
     for case in cases:
-        batch = int(next(iter(case.inputs.values())).shape[0])
+        batch = batch_size(stream.contract, case.inputs)
         feeds = {**case.inputs, **zero_states(stream.streaming, batch)}
         result.append(Case(case.name, feeds, runner.infer(feeds)))
     return result
+
+
+def _step_axis(spec: TensorSpec) -> int | None:
+    """The axis of ``spec`` that runs along time: ``seq``, or any other dynamic axis but ``batch``
+    (``max(lengths)`` steps, for example)."""
+    return next((i for i, d in enumerate(spec.shape) if isinstance(d, str) and d != BATCH), None)
+
+
+def _to_rows(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``array`` with its batch axis first and its step axis (if any) second."""
+    batch, step = spec.shape.index(BATCH), _step_axis(spec)
+    if step is None:
+        return np.moveaxis(array, batch, 0)
+    return np.moveaxis(array, (batch, step), (0, 1))
+
+
+def _from_rows(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    batch, step = spec.shape.index(BATCH), _step_axis(spec)
+    if step is None:
+        return np.moveaxis(array, 0, batch)
+    return np.moveaxis(array, (0, 1), (batch, step))
+
+
+def check_streamable(
+    stream: StreamingModel,
+    base: Contract,
+    call: Callable[..., Any],
+    cases: Sequence[Case],
+    chains: Sequence[Sequence[str]],
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> list[str]:
+    """Chunk consistency in eager PyTorch: every chained call equals the whole sequence so far.
+
+    For call ``j`` of a chain, ``call`` (the plain, non-streaming model) runs on the concatenation
+    of every chunk up to ``j`` (each row's valid steps only, where a lengths input says how many);
+    per-step outputs of call ``j`` must equal that run's steps of chunk ``j``, other outputs that
+    run's outputs. A model that looks across chunk boundaries other than through its recurrent
+    state (a convolution or normalisation over time, attention over the whole sequence) fails
+    here. Returns one line per mismatch (empty when it streams).
+    """
+    by_name = {c.name: c for c in cases}
+    runner = ModuleRunner(base, call)
+    lengths_spec = base.lengths_input
+    stepped = [t for t in base.inputs if SEQ in t.shape]
+    problems: list[str] = []
+    for chain in chains:
+        # Per stepped input and row: the valid steps received so far.
+        seen: dict[str, list[list[np.ndarray]]] = {}
+        offsets: np.ndarray | None = None
+        for name in chain:
+            case = by_name[name]
+            batch = batch_size(base, case.inputs)
+            first = _to_rows(case.inputs[stepped[0].name], stepped[0])
+            counts = (
+                case.inputs[lengths_spec.name].astype(np.int64)
+                if lengths_spec is not None
+                else np.full(batch, first.shape[1], np.int64)
+            )
+            start = np.zeros(batch, np.int64) if offsets is None else offsets
+            total = start + counts
+            feeds: Feeds = dict(case.inputs)
+            for t in stepped:
+                rows = _to_rows(case.inputs[t.name], t)
+                parts = seen.setdefault(t.name, [[] for _ in range(batch)])
+                whole = np.zeros((batch, int(total.max()), *rows.shape[2:]), rows.dtype)
+                for b in range(batch):
+                    parts[b].append(rows[b, : counts[b]])
+                    whole[b, : total[b]] = np.concatenate(parts[b])
+                feeds[t.name] = _from_rows(whole, t)
+            if lengths_spec is not None:
+                feeds[lengths_spec.name] = total.astype(lengths_spec.dtype)
+            reference = runner.infer({k: feeds[k] for k in base.input_names})
+            for t in base.outputs:
+                got, want = case.outputs[t.name], reference[t.name]
+                if _step_axis(t) is not None:
+                    got_rows, want_rows = _to_rows(got, t), _to_rows(want, t)
+                    pairs = [
+                        (got_rows[b, : counts[b]], want_rows[b, start[b] : total[b]]) for b in range(batch)
+                    ]
+                else:
+                    pairs = [(got, want)]
+                for g, w in pairs:
+                    if g.shape != w.shape or not np.allclose(g, w, atol=atol, rtol=rtol):
+                        error = float(np.abs(g - w).max()) if g.shape == w.shape else float("inf")
+                        problems.append(
+                            f"'{t.name}' of {name} differs from the whole sequence by {error:.2e}"
+                        )
+                        break
+            offsets = total
+    return problems
+
+
+def require_streamable(problems: Sequence[str], what: str) -> None:
+    """Refuse a model whose chained calls do not equal the whole sequence (see :func:`check_streamable`)."""
+    if problems:
+        raise UsageError(
+            f"{what} does not stream: fed chunk by chunk with its recurrent state carried, it computes "
+            f"something else than on the whole sequence ({'; '.join(problems[:3])}). Something in it "
+            "looks across chunk boundaries other than through a recurrent layer's state (a convolution, "
+            "normalisation or attention over time, for example). Build it without --streaming."
+        )

@@ -141,9 +141,8 @@ def streaming_problems(streaming: Streaming, contract: Contract, test_sets: Sequ
         for name, tensors in ((s.input, inputs), (s.output, outputs)):
             t = tensors.get(name)
             if t is None:
-                problems.append(
-                    f"the streaming state '{name}' is not a graph {'input' if tensors is inputs else 'output'}"
-                )
+                kind = "input" if tensors is inputs else "output"
+                problems.append(f"the streaming state '{name}' is not a graph {kind}")
             elif t.dtype != s.dtype or t.shape != s.shape:
                 problems.append(
                     f"the streaming state '{name}' is {s.dtype}{list(s.shape)}, the graph has {t.shape_str()}"
