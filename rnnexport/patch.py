@@ -563,7 +563,7 @@ def streaming_state(
         return hook
 
     def post_hook(path: str) -> Callable[..., Any]:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
             if any(s.key in final for s in by_module[path]):
                 raise UsageError(
                     f"--streaming found '{path}' called twice in one forward; its state cannot be carried "
@@ -571,13 +571,15 @@ def streaming_state(
                 )
             new = output[1] if isinstance(output[1], tuple) else (output[1],)
             lengths = args[0].lengths if isinstance(args[0], PaddedBatch) else None
+            kept = []
             for s, value in zip(by_module[path], new, strict=True):
-                old = initial[s.key]
-                value = _batch_major(value, s.rows)
-                if lengths is not None:
-                    moved = (lengths > 0).reshape(-1, *([1] * (value.dim() - 1)))
-                    value = torch.where(moved, value, old)
-                final[s.key] = value
+                if lengths is not None:  # time-major [rows, batch, size]: rows with no step keep theirs
+                    moved = (lengths > 0).reshape(1, -1, 1)
+                    value = torch.where(moved, value, _time_major(initial[s.key], s.rows))
+                kept.append(value)
+                final[s.key] = _batch_major(value, s.rows)
+            # The model reads the kept state too (a head on h_n, for example), not ORT's zeros.
+            return output[0], (tuple(kept) if isinstance(output[1], tuple) else kept[0])
 
         return hook
 
