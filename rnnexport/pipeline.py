@@ -478,8 +478,16 @@ def _accuracy_options(
     return Criterion(rule), chosen_precisions, chosen_formats
 
 
-def _check_streaming(streaming: bool, precisions: list[Precision], formats: list[Format]) -> None:
-    """A streaming build ships float32 ONNX only: its variants are not verified as streams (yet)."""
+def _check_streaming(
+    streaming: bool, precisions: list[Precision], formats: list[Format], exporter: str
+) -> None:
+    """A streaming build ships float32 ONNX only (its variants are not verified as streams), and
+    exports with TorchScript: the state I/O lives in the export patches, which dynamo does not run."""
+    if streaming and exporter != "torchscript":
+        raise UsageError(
+            f"--streaming exports with the TorchScript exporter only; got --exporter {exporter}. The "
+            "state inputs and outputs are added while the model is traced. Leave --exporter out."
+        )
     if streaming and (precisions != ["fp32"] or formats != ["onnx"]):
         raise UsageError(
             f"--streaming builds ship model.onnx in float32 only; got --precision {','.join(precisions)} "
@@ -539,7 +547,7 @@ def _resolve(
         if path is not None:
             check_path(path, what=option)
     criterion, chosen_precisions, chosen_formats = _accuracy_options(rule, precisions, formats)
-    _check_streaming(streaming, chosen_precisions, chosen_formats)
+    _check_streaming(streaming, chosen_precisions, chosen_formats, exporter)
     destination, recovered = prepare_destination(out, spec.name, force=force)
     devices = _requested_devices(device)
     if weights is None and (state_dict_key is not None or strip_prefix is not None):
@@ -999,7 +1007,7 @@ def build_model_artifact(
         raise UsageError(f"--name {name!r} cannot name a folder; use letters, digits, '-' or '_'.")
     _check_options(exporter=exporter, opset=opset, atol=atol, rtol=rtol)
     criterion, chosen_precisions, chosen_formats = _accuracy_options(rule, precisions, formats)
-    _check_streaming(streaming, chosen_precisions, chosen_formats)
+    _check_streaming(streaming, chosen_precisions, chosen_formats, exporter)
     if streaming:
         recurrent_states(module)  # refuses a bidirectional recurrence before anything is done
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs or ()]

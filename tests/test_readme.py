@@ -36,3 +36,24 @@ def test_own_model_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     exec(compile(_block("own-model"), "README.md", "exec"), {"__name__": "readme_example"})
+
+
+def test_streaming_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's streaming loop, on a streaming build; one step at a time equals one call."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from rnnexport.pipeline import build
+
+    monkeypatch.chdir(tmp_path)
+    build("many-to-many", out="dist", device="cpu", streaming=True)
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    exec(compile(_block("streaming"), "README.md", "exec"), namespace)
+    steps = namespace["steps"]
+    assert isinstance(steps, np.ndarray)
+    session = ort.InferenceSession("dist/many-to-many/model.onnx", providers=["CPUExecutionProvider"])
+    whole = np.concatenate(list(steps), axis=1)  # [batch, 100, input]
+    zeros = {i.name: np.zeros([1, *i.shape[1:]], np.float32) for i in session.get_inputs()[1:]}
+    (y, *_) = session.run(None, {"x": whole, **zeros})
+    streamed = np.concatenate(namespace["ys"], axis=1)  # type: ignore[arg-type]
+    np.testing.assert_allclose(streamed, y, atol=1e-5, rtol=1e-4)
