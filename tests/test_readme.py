@@ -55,5 +55,7 @@ def test_streaming_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     whole = np.concatenate(list(steps), axis=1)  # [batch, 100, input]
     zeros = {i.name: np.zeros([1, *i.shape[1:]], np.float32) for i in session.get_inputs()[1:]}
     (y, *_) = session.run(None, {"x": whole, **zeros})
-    streamed = np.concatenate(namespace["ys"], axis=1)  # type: ignore[arg-type]
+    ys = namespace["ys"]
+    assert isinstance(ys, list)
+    streamed = np.concatenate(ys, axis=1)
     np.testing.assert_allclose(streamed, y, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Streaming speed, measured here (never by timed unit tests).
+
+    python scripts/bench_streaming.py                    # every architecture, default sizes, CPU
+    python scripts/bench_streaming.py --arch attention --rounds 7 --json figures.json
+
+For each architecture at the default sizes it builds the stateless and the streaming artifact
+(``rnnexport build`` and ``build --streaming``) and times, on ONNX Runtime's CPU provider at batch 1
+with one intra-op thread (the batch-1 latency setting; more threads only synchronise here):
+
+- one streaming step (a chunk of one step, state in and out): median over many calls;
+- a 1,000-step stream (each call's state fed to the next) against 1,000 x that median, and a 100-step
+  stream per step, so that "linear in T" is a measured ratio;
+- the stateless artifact re-running the growing prefix, the only way to stream without state:
+  one call at prefix 1, 100 and 1,000 steps (the cost of step T), and the whole 1,000-step stream
+  that way (the sum over every prefix, estimated from the three points by the trapezoidal rule).
+
+Targets (exit 1 if one is missed): one step <= 25 us median; a 1,000-step stream within 1.2x of
+1,000 single steps. Each figure is the best round's median (rounds interleave the architectures), the
+figure that moves least on a loaded machine; the load average is printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+STEP_TARGET_US = 25.0
+STREAM_RATIO_TARGET = 1.2
+PREFIXES = (1, 100, 1000)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _feeds(manifest: dict[str, Any], steps: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Batch-1 inputs of ``steps`` steps for the model's own inputs (by role and shape)."""
+    feeds = {}
+    for t in manifest["inputs"]:
+        if t["name"].startswith("state_in."):
+            continue
+        if t.get("role") == "lengths":
+            feeds[t["name"]] = np.array([steps], dtype=t["dtype"])
+        else:
+            shape = [1 if d == "batch" else steps if d == "seq" else d for d in t["shape"]]
+            feeds[t["name"]] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _median_call(call: Callable[[], Any], *, calls: int) -> float:
+    """Median seconds of ``call`` over ``calls`` calls (after a warm-up)."""
+    for _ in range(min(50, calls)):
+        call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class Subject:
+    """One architecture: its stateless and streaming sessions and their inputs."""
+
+    def __init__(self, name: str, stateless: Path, streaming: Path) -> None:
+        self.name = name
+        self.plain = _session(stateless / "model.onnx")
+        self.stream = _session(streaming / "model.onnx")
+        self.plain_manifest = json.loads((stateless / "manifest.json").read_text())
+        manifest = json.loads((streaming / "manifest.json").read_text())
+        self.states = manifest["streaming"]["states"]
+        rng = np.random.default_rng(0)
+        self.step = _feeds(manifest, 1, rng)
+        self.prefix = {p: _feeds(self.plain_manifest, p, rng) for p in PREFIXES}
+        self.zeros = {s["input"]: np.zeros([1, *s["shape"][1:]], np.float32) for s in self.states}
+
+    def one_step(self, calls: int) -> float:
+        feeds = {**self.step, **self.zeros}
+        return _median_call(lambda: self.stream.run(None, feeds), calls=calls)
+
+    def stream_of(self, steps: int) -> float:
+        """Seconds for a stream of ``steps`` single-step calls, state carried."""
+        names = [o.name for o in self.stream.get_outputs()]
+        index = {s["input"]: names.index(s["output"]) for s in self.states}
+        state = dict(self.zeros)
+        start = time.perf_counter()
+        for _ in range(steps):
+            results = self.stream.run(None, {**self.step, **state})
+            state = {name: results[k] for name, k in index.items()}
+        return time.perf_counter() - start
+
+    def prefix_call(self, steps: int, calls: int) -> float:
+        feeds = self.prefix[steps]
+        return _median_call(lambda: self.plain.run(None, feeds), calls=calls)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", action="append", help="architecture (repeatable; default: all)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=2000, help="calls per median of one step")
+    parser.add_argument("--json", type=Path, help="write every figure here as JSON")
+    args = parser.parse_args()
+
+    from rnnexport.pipeline import build
+    from rnnexport.registry import list_architectures
+
+    names = args.arch or [s.name for s in list_architectures()]
+    work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
+    subjects = []
+    for name in names:
+        build(name, out=work / "plain", device="cpu")
+        build(name, out=work / "stream", device="cpu", streaming=True)
+        subjects.append(Subject(name, work / "plain" / name, work / "stream" / name))
+
+    rounds: dict[str, dict[str, list[float]]] = {s.name: {} for s in subjects}
+    for _ in range(args.rounds):
+        for s in subjects:  # interleaved: a burst of load hits every architecture alike
+            figures = {
+                "step": s.one_step(args.calls),
+                "stream_100": s.stream_of(100),
+                "stream_1000": s.stream_of(1000),
+                **{f"prefix_{p}": s.prefix_call(p, max(20, args.calls // (10 * p) + 20)) for p in PREFIXES},
+            }
+            for key, value in figures.items():
+                rounds[s.name].setdefault(key, []).append(value)
+
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures move under load)")
+    print(
+        f"{'arch':<24} {'step us':>8} {'1000-stream/1000 steps':>23} {'100 vs 1000 per step':>21} "
+        + " ".join(f"{'prefix ' + str(p) + ' us':>14}" for p in PREFIXES)
+        + f" {'stateless 1000-stream ms':>25} {'streaming 1000-stream ms':>25}"
+    )
+    failures, table = [], {}
+    for s in subjects:
+        r = rounds[s.name]
+        best = int(np.argmin(r["step"]))
+        step = r["step"][best]
+        stream_1000, stream_100 = min(r["stream_1000"]), min(r["stream_100"])
+        prefix = {p: min(r[f"prefix_{p}"]) for p in PREFIXES}
+        # The stateless stream of 1000 steps runs every prefix 1..1000 once: integrate the cost curve.
+        stateless_stream = float(np.trapezoid([prefix[p] for p in PREFIXES], PREFIXES)) + prefix[1]
+        ratio = stream_1000 / (1000 * step)
+        linear = (stream_1000 / 1000) / (stream_100 / 100)
+        table[s.name] = {
+            "step_us": step * 1e6,
+            "stream_1000_ms": stream_1000 * 1e3,
+            "stream_ratio": ratio,
+            "per_step_1000_vs_100": linear,
+            "prefix_us": {str(p): v * 1e6 for p, v in prefix.items()},
+            "stateless_stream_1000_ms": stateless_stream * 1e3,
+        }
+        print(
+            f"{s.name:<24} {step * 1e6:>8.1f} {ratio:>23.2f} {linear:>21.2f} "
+            + " ".join(f"{prefix[p] * 1e6:>14.1f}" for p in PREFIXES)
+            + f" {stateless_stream * 1e3:>25.1f} {stream_1000 * 1e3:>25.1f}"
+        )
+        if step * 1e6 > STEP_TARGET_US:
+            failures.append(f"{s.name}: one step {step * 1e6:.1f} us > {STEP_TARGET_US} us")
+        if ratio > STREAM_RATIO_TARGET:
+            failures.append(
+                f"{s.name}: 1000-step stream {ratio:.2f}x 1000 single steps > {STREAM_RATIO_TARGET}x"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2) + "\n")
+    for line in failures:
+        print("MISSED", line)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
