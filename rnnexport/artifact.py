@@ -969,6 +969,21 @@ def _template_problems(manifest: Manifest) -> list[str]:
         return [
             f"the config {manifest.config} is not the sizes '{spec.name}' takes ({', '.join(spec.sizes)})"
         ]
+    if manifest.streaming is not None:
+        # The recurrent states follow from the module (torch), the section lists them; the
+        # architecture's own streaming states follow from its declaration, and are checked here.
+        streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
+        expected = streaming.contract(expected)
+        declared = {s.key: s.shape for s in streaming.states}
+        own = spec.streaming.states if spec.streaming is not None else ()
+        config = ArchConfig.from_mapping(manifest.config, origin="the manifest's config")
+        for t in own:
+            want = spec.resolve(t, config).shape
+            if declared.get(t.name) != want:
+                return [
+                    f"'{spec.name}' streams with the state '{t.name}' {list(want)}, the manifest says "
+                    f"{declared.get(t.name)}"
+                ]
     if expected.to_json() != manifest.contract.to_json():
         return [
             f"'{spec.name}' with {manifest.config} has the contract {expected.to_json()}, "
