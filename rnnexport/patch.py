@@ -21,6 +21,11 @@ swapped, and restored on exit:
 - ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` ``forward``: unchanged, but counted in ``watch``,
   so that a cell stepped by a Python loop (which a trace unrolls at the example's length) is refused.
 
+For a streaming export (``--streaming``), :func:`streaming_state` adds, with module hooks, an initial
+state from a graph input to every recurrent call and sends its final state to a graph output, and
+:class:`StreamingModule` is the wrapper that exports as ``(*inputs, *states) -> (*outputs,
+*new_states)``; :func:`recurrent_states` lists what it carries (and refuses bidirectional layers).
+
 The packing functions are swapped wherever a loaded module's globals, or the globals of the model's
 own methods, hold them, so ``from torch.nn.utils.rnn import pack_padded_sequence`` in the user's
 file (or notebook) is covered too.

@@ -350,3 +350,16 @@ def test_verify_replays_the_chain_with_its_own_state(attention_artifact: Path, t
     (copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="does not declare"):
         verify_artifact(copy, device="cpu")
+
+
+def test_verify_of_a_streaming_artifact_needs_no_torch(attention_artifact: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from rnnexport.artifact import verify_artifact\n"
+        f"assert verify_artifact({str(attention_artifact)!r}, device='cpu').passed\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
