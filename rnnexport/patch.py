@@ -190,8 +190,11 @@ def _constant(g: Any, t: torch.Tensor) -> Any:
     return g.op("Constant", value_t=t)
 
 
-def _rows(g: Any, state: Any, layer: int, dirs: int) -> Any:
-    """``state[layer*dirs : (layer+1)*dirs]`` of an initial state ``[layers*dirs, batch, size]``."""
+def _rows(g: Any, state: Any, layer: int, dirs: int, layers: int = 0) -> Any:
+    """``state[layer*dirs : (layer+1)*dirs]`` of an initial state ``[layers*dirs, batch, size]``
+    (the state itself for a single layer: a Slice of every row costs a node per call)."""
+    if layers == 1:
+        return state
     return symbolic_helper._slice_helper(g, state, axes=[0], starts=[layer * dirs], ends=[(layer + 1) * dirs])
 
 
@@ -263,12 +266,12 @@ class _RecurrentOp(torch.autograd.Function):
                 _constant(g, weights.b),
                 seq_lens,
             ]
-            initial_h = _none(g) if h0 is None else _rows(g, h0, layer, dirs)
+            initial_h = _none(g) if h0 is None else _rows(g, h0, layer, dirs, module.num_layers)
             if h0 is not None and weights.unprojection is not None:
                 initial_h = g.op("MatMul", initial_h, _constant(g, weights.unprojection))
             inputs.append(initial_h)
             if kind == "LSTM":
-                inputs.append(_none(g) if c0 is None else _rows(g, c0, layer, dirs))
+                inputs.append(_none(g) if c0 is None else _rows(g, c0, layer, dirs, module.num_layers))
             outputs = g.op(kind, *inputs, outputs=3 if kind == "LSTM" else 2, **attributes)
             y, states = outputs[0], list(outputs[1:])  # y: [seq, dirs, batch, hidden]
             if weights.projection is not None:
