@@ -171,6 +171,11 @@ def test_architecture_chunks_equal_the_whole_sequence(
             for b, row in enumerate(_per_row(calls, counts, "y")):
                 _close(row, want[0][b, : valid[b]])
         else:  # many-to-one: each call returns the pooled output of everything seen so far
+            seen = np.cumsum(counts, axis=0)
+            for call, upto in zip(calls, seen, strict=True):
+                assert lengths is not None
+                prefix, _ = _eager(model, [np.ascontiguousarray(x[:, : int(upto.max())]), upto])
+                _close(call["y"], prefix[0])
             _close(calls[-1]["y"], want[0])
         for key, value in finals.items():  # recurrent states equal the non-streaming final states
             _close(state[key], value)
@@ -265,6 +270,18 @@ def test_cli_refuses_a_bidirectional_model_with_exit_2(tmp_path: Path) -> None:
     assert "bidirectional" in result.output
     assert "Traceback" not in result.output
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_cli_builds_a_streaming_user_model(tmp_path: Path) -> None:
+    io = tmp_path / "io.json"
+    io.write_text(json.dumps(ZOO["dropout-rnn"].io))
+    out = tmp_path / "dist"
+    args = ["build", "--model", "tests.zoo.models:DropoutRNN", "--io", str(io), "--out", str(out)]
+    result = cli.invoke(app, [*args, "--streaming", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "dropoutrnn" / MANIFEST).read_text())
+    assert manifest["streaming"]["states"][0]["input"] == "state_in.rnn.h"
+    assert manifest["streaming"]["states"][0]["shape"] == ["batch", 2, 24]  # two layers, batch-major
 
 
 def test_streaming_refuses_variants(tmp_path: Path) -> None:
