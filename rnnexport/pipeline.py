@@ -780,9 +780,7 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     model, contract, method=subject.stream_method, extra=subject.stream_extra
                 )
                 chained, chains = chain_cases(stream, contract, seed=SWEEP_SEED)
-                require_streamable(
-                    check_streamable(stream, contract, model, chained, chains), f"'{subject.name}'"
-                )
+                require_streamable(check_streamable(contract, model, chained, chains), f"'{subject.name}'")
                 cases = single_call_cases(stream, cases) + chained
                 contract, model, reference = stream.contract, stream.module, "forward"
                 stage.details.append(f"streaming: {len(stream.streaming.states)} state tensors")

@@ -154,7 +154,6 @@ def _from_rows(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def check_streamable(
-    stream: StreamingModel,
     base: Contract,
     call: Callable[..., Any],
     cases: Sequence[Case],
