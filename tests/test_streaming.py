@@ -380,3 +380,26 @@ def test_verify_of_a_streaming_artifact_needs_no_torch(attention_artifact: Path)
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_attention_streams_exactly_whatever_the_scores_range() -> None:
+    # Scores far below zero (a trained 'v' can reach them): exp(score - 0) would underflow to 0, so
+    # the stream must not let its zero starting maximum shift the first valid steps.
+    spec = get_arch("attention")
+    assert spec.streaming is not None
+    model: Any = build_model(spec, spec.default_config, seed=0)
+    with torch.no_grad():
+        model.v.copy_(torch.full_like(model.v, -200.0))
+        model.attention.bias.fill_(5.0)  # tanh(...) near 1: every score near -4000
+    extra = tuple(spec.resolve(t, spec.default_config) for t in spec.streaming.states)
+    session, states = _export(
+        model, spec.contract(spec.default_config), method=spec.streaming.method, extra=extra
+    )
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, T, 10), dtype=np.float32)
+    lengths = np.array([T, 5, 1], np.int64)
+    want, _ = _eager(model, [x, lengths])
+    for chunks in CHUNKINGS.values():
+        calls, _, _ = _stream(session, states, x, chunks, lengths)
+        assert np.isfinite(calls[-1]["y"]).all()
+        _close(calls[-1]["y"], want[0])

@@ -87,20 +87,27 @@ class AttentionLSTM(nn.Module):
         An online softmax carries, per row, a running maximum score ``m``, the sum of
         ``exp(score - m)`` and the same weighted sum of LSTM outputs; a chunk raises ``m`` where it
         must and rescales both sums by ``exp(m_old - m_new)``. The pooled context is their ratio,
-        exactly the softmax-weighted mean of :meth:`forward`. A stream starts from zeros: with a
-        zero sum the starting maximum only shifts the exponent (scores are bounded by ``sum(|v|)``,
-        so nothing overflows or underflows to zero), and a row that has seen no valid step yet
-        returns ``fc(0)``, its bias. A row whose chunk length is 0 keeps all three exactly.
+        exactly the softmax-weighted mean of :meth:`forward`. A stream starts from zeros; a row's
+        first valid steps then set its maximum (the starting zero never shifts them, whatever the
+        scores' range), and a row that has seen no valid step yet returns ``fc(0)``, its bias. A row
+        whose chunk length is 0 keeps all three exactly.
         The LSTM's own state is carried by the streaming wrapper (:mod:`rnnexport.patch`).
         """
         valid = valid_steps(lengths, x.shape[1])
         out = packed_lstm(self.lstm, x, lengths)
         scores = (torch.tanh(self.attention(out)) * self.v).sum(dim=2)
         masked = scores.masked_fill(~valid, torch.finfo(out.dtype).min)
-        new_max = torch.maximum(running_max, masked.max(dim=1).values)
+        chunk_max = masked.max(dim=1).values
+        seen_before = running_sum > 0
+        # A row's first valid steps set its maximum themselves: the zero a stream starts from must
+        # not shift them (exp(score - 0) underflows to 0 for scores below about -87, which trained
+        # weights can reach). A row with no valid step yet keeps its finite starting maximum.
+        start = torch.where(seen_before | (lengths == 0), running_max, chunk_max)
+        new_max = torch.maximum(start, chunk_max)
         # exp() of the lowest float minus a finite maximum is exactly 0: padded steps weigh nothing.
         weights = torch.exp(masked - new_max.unsqueeze(1))
-        rescale = torch.exp(running_max - new_max)
+        # Only what was seen is rescaled (by at most 1); nothing seen, nothing to rescale.
+        rescale = torch.where(seen_before, torch.exp(running_max - new_max), torch.zeros_like(running_max))
         new_sum = running_sum * rescale + weights.sum(dim=1)
         new_context = running_context * rescale.unsqueeze(1) + (weights.unsqueeze(2) * out).sum(dim=1)
         tiny = torch.finfo(out.dtype).tiny
