@@ -23,6 +23,7 @@ import torch
 from rnnexport.errors import UsageError, WeightsError
 from rnnexport.safeio import loads_strict, read_bounded
 from rnnexport.spec import Contract
+from rnnexport.weights import key_mismatches
 
 __all__ = [
     "ModelSource",
@@ -158,19 +159,8 @@ def load_user_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
     """Load ``state`` strictly; every missing, unexpected or wrongly shaped key is listed."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
-    missing = [f"{k} {list(s)}" for k, s in expected.items() if k not in got]
-    unexpected = [f"{k} {list(s)}" for k, s in got.items() if k not in expected]
-    wrong = [
-        f"{k}: expected {list(expected[k])}, got {list(s)}"
-        for k, s in got.items()
-        if k in expected and s != expected[k]
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} ({len(items)}): " + "; ".join(items[:8]) + (" ..." if len(items) > 8 else "")
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if items
-        ]
+    parts, _, _ = key_mismatches(expected, got, limit=8)
+    if parts:
         raise WeightsError(
             f"The weights in {origin} do not fit the model: "
             + ". ".join(parts)

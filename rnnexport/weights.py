@@ -343,6 +343,32 @@ def load_state_dict(
     return checkpoint.load()
 
 
+def key_mismatches(
+    expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]], *, limit: int | None = None
+) -> tuple[list[str], list[str], list[str]]:
+    """How a checkpoint's key shapes depart from a model's: ``(parts, missing, unexpected)``.
+
+    ``parts`` is one ``"missing (N): 'key' [shape]; ..."`` line per kind (missing, unexpected,
+    wrong shape), keys quoted with ``repr`` so nothing from the file reaches a terminal raw, at most
+    ``limit`` keys each; empty when every key fits.
+    """
+    missing = [f"{k!r} {list(s)}" for k, s in expected.items() if k not in got]
+    unexpected = [f"{k!r} {list(s)}" for k, s in got.items() if k not in expected]
+    wrong = [
+        f"{k!r}: expected {list(expected[k])}, got {list(s)}"
+        for k, s in got.items()
+        if k in expected and s != expected[k]
+    ]
+    parts = [
+        f"{label} ({len(items)}): "
+        + "; ".join(items[:limit])
+        + (" ..." if limit is not None and len(items) > limit else "")
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if items
+    ]
+    return parts, missing, unexpected
+
+
 def check_state_dict(
     spec: ArchSpec,
     config: ArchConfig,
@@ -360,19 +386,8 @@ def check_state_dict(
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
     _check_rnn_structure(spec, model, got, origin=origin)
-    missing = [f"{k!r} {list(s)}" for k, s in expected.items() if k not in got]
-    unexpected = [f"{k!r} {list(s)}" for k, s in got.items() if k not in expected]
-    wrong = [
-        f"{k!r}: expected {list(expected[k])}, got {list(s)}"
-        for k, s in got.items()
-        if k in expected and s != expected[k]
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} ({len(items)}): " + "; ".join(items)
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if items
-        ]
+    parts, missing, unexpected = key_mismatches(expected, got)
+    if parts:
         used = config.subset(spec.sizes)
         sizes = ", ".join(f"{k}={v}" for k, v in used.items())
         matching = _architectures_with_keys(got)

@@ -400,3 +400,20 @@ def test_a_user_model_builds_every_variant(tmp_path: Path) -> None:
     assert set(json.loads(result.stdout)["variants"]) == {f for f, s in shipped.items() if s == "passed"} - {
         "model.onnx"
     }
+
+
+def test_user_weights_that_do_not_fit_are_listed_by_key(tmp_path: Path) -> None:
+    from rnnexport.errors import WeightsError
+
+    entry = ZOO["stateful-lstm"]
+    state = {f"\x1b[2J{k}": v for k, v in entry.make().state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(WeightsError) as info:
+        rnnexport.build_model_artifact(
+            entry.make(), io=entry.io, weights=tmp_path / "w.safetensors", out=tmp_path / "out", device="cpu"
+        )
+    message = str(info.value)
+    assert "do not fit the model: missing (" in message
+    assert "unexpected (" in message
+    assert "'\\x1b[2J" in message  # keys quoted with repr: no raw escape reaches a terminal
+    assert not (tmp_path / "out").exists()
