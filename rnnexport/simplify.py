@@ -20,7 +20,16 @@ from rnnexport.errors import SimplifyError
 from rnnexport.feeds import Feeds
 from rnnexport.text import first_line
 
-__all__ = ["SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
+__all__ = ["SKIPPED_PASSES", "SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
+
+# onnxsim passes that make a recurrent model slower. ``fuse_matmul_add_bias_into_gemm_batched`` turns
+# the output layer's MatMul + Add on [batch, seq, hidden] into Reshape -> Gemm -> Reshape plus a
+# Shape/Slice/Concat to rebuild the output shape: six nodes for two, all run on every call. ONNX
+# Runtime's MatMul already dispatches the same GEMM kernel for a 3-D input, and a one-step streaming
+# call is dominated by per-node overhead (about 1-2 us a node on one CPU core), so the rewrite costs
+# 5-8 us a call there and gains nothing at the sweep's sizes (measured by scripts/bench_streaming.py
+# and scripts/bench.py).
+SKIPPED_PASSES = ("fuse_matmul_add_bias_into_gemm_batched",)
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,12 @@ def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.M
         # writes straight to the terminal; none of it belongs on the user's terminal.
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), native_stderr_discarded():
             warnings.simplefilter("ignore")
-            simplified, check_ok = onnxsim.simplify(model, check_n=1, input_data=dict(check_feeds))
+            simplified, check_ok = onnxsim.simplify(
+                model,
+                check_n=1,
+                input_data=dict(check_feeds),
+                skipped_optimizers=list(SKIPPED_PASSES),
+            )
     except Exception as exc:  # onnxsim raises many unrelated types; all mean "could not simplify"
         summary = first_line(exc, default="no message")
         raise SimplifyError(

@@ -6,18 +6,30 @@
 
 For each architecture at the default sizes it builds the stateless and the streaming artifact
 (``rnnexport build`` and ``build --streaming``) and times, on ONNX Runtime's CPU provider at batch 1
-with one intra-op thread (the batch-1 latency setting; more threads only synchronise here):
+with one intra-op thread (the batch-1 latency setting; more threads only synchronise here), two
+ways of calling the model:
 
-- one streaming step (a chunk of one step, state in and out): median over many calls;
-- a 1,000-step stream (each call's state fed to the next) against 1,000 x that median, and a 100-step
-  stream per step, so that "linear in T" is a measured ratio;
-- the stateless artifact re-running the growing prefix, the only way to stream without state:
-  one call at prefix 1, 100 and 1,000 steps (the cost of step T), and the whole 1,000-step stream
-  that way (the sum over every prefix, estimated from the three points by the trapezoidal rule).
+- **bound**: the device loop. ONNX Runtime I/O binding with every buffer bound once; two bindings
+  alternate so that a call writes its state outputs straight into the buffers the next call reads
+  (no copy, no allocation), and each call copies its chunk into the bound input buffer. This is
+  how a C, C++ or Java runtime drives a stream, and the README's fast loop.
+- **run**: ``session.run`` with a dict of numpy arrays, which converts every input and allocates
+  every output on each call (about 1-2 us per tensor here).
 
-Targets (exit 1 if one is missed): one step <= 25 us median; a 1,000-step stream within 1.2x of
-1,000 single steps. Each figure is the best round's median (rounds interleave the architectures), the
-figure that moves least on a loaded machine; the load average is printed beside them.
+Figures, per architecture:
+
+- one streaming step (a chunk of one step, state in and out), bound and run: median over many calls;
+- the stateless artifact's one-step call, bound: the same model with no state at all, a floor
+  that no streaming design of that architecture can go under on this machine;
+- a 1,000-step bound stream against 1,000 x the bound step, and a 100-step stream per step, so that
+  "linear in T" is a measured ratio;
+- the stateless artifact re-running the growing prefix (``session.run``), the only way to stream
+  without state: one call at prefix 1, 100 and 1,000 steps (the cost of step T), and the whole
+  1,000-step stream that way (the sum over every prefix, by the trapezoidal rule on the 3 points).
+
+Targets (exit 1 if one is missed): one bound step <= 25 us median; a 1,000-step stream within 1.2x
+of 1,000 single steps. Each figure is the best round's median (rounds interleave the architectures),
+the figure that moves least on a loaded machine; the load average is printed beside them.
 """
 
 from __future__ import annotations
@@ -52,6 +64,11 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _shape(spec: dict[str, Any], steps: int) -> list[int]:
+    """A manifest tensor's shape at batch 1 and ``steps`` steps."""
+    return [1 if d == "batch" else steps if d == "seq" else d for d in spec["shape"]]
+
+
 def _feeds(manifest: dict[str, Any], steps: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Batch-1 inputs of ``steps`` steps for the model's own inputs (by role and shape)."""
     feeds = {}
@@ -61,9 +78,49 @@ def _feeds(manifest: dict[str, Any], steps: int, rng: np.random.Generator) -> di
         if t.get("role") == "lengths":
             feeds[t["name"]] = np.array([steps], dtype=t["dtype"])
         else:
-            shape = [1 if d == "batch" else steps if d == "seq" else d for d in t["shape"]]
-            feeds[t["name"]] = rng.standard_normal(shape).astype(np.float32)
+            feeds[t["name"]] = rng.standard_normal(_shape(t, steps)).astype(np.float32)
     return feeds
+
+
+class BoundLoop:
+    """One-step calls with every buffer bound once (ONNX Runtime I/O binding).
+
+    State buffers come in two sets; binding ``k`` reads set ``k`` and writes set ``1 - k``, so
+    alternating the bindings carries the state with no copy. A model without state has one binding.
+    """
+
+    def __init__(self, session: Any, manifest: dict[str, Any], feeds: dict[str, np.ndarray]) -> None:
+        states = manifest.get("streaming", {}).get("states", [])
+        pairs = {s["input"]: s["output"] for s in states}
+        written = set(pairs.values())
+        state = [{s["input"]: np.zeros(_shape(s, 1), s["dtype"]) for s in states} for _ in range(2)]
+        self.inputs = {name: np.array(value) for name, value in feeds.items()}  # refilled every call
+        self.chunks = dict(feeds)
+        outputs = {
+            t["name"]: np.zeros(_shape(t, 1), t["dtype"])
+            for t in manifest["outputs"]
+            if t["name"] not in written
+        }
+        self.bindings = []
+        for k in range(2 if states else 1):
+            binding = session.io_binding()
+            for name, array in {**self.inputs, **state[k]}.items():
+                binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            written_to = {pairs[name]: array for name, array in state[1 - k].items()}
+            for name, array in {**outputs, **written_to}.items():
+                binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            self.bindings.append(binding)
+        # The bindings hold raw pointers: these arrays must live as long as they do.
+        self.buffers = (state, outputs)
+        self.run = session.run_with_iobinding
+        self.calls = 0
+
+    def step(self) -> None:
+        """One call: copy the chunk in, run, and switch to the other state set."""
+        for name, chunk in self.chunks.items():
+            np.copyto(self.inputs[name], chunk)
+        self.run(self.bindings[self.calls % len(self.bindings)])
+        self.calls += 1
 
 
 def _median_call(call: Callable[[], Any], *, calls: int) -> float:
@@ -92,20 +149,28 @@ class Subject:
         self.step = _feeds(manifest, 1, rng)
         self.prefix = {p: _feeds(self.plain_manifest, p, rng) for p in PREFIXES}
         self.zeros = {s["input"]: np.zeros([1, *s["shape"][1:]], np.float32) for s in self.states}
+        self.bound = BoundLoop(self.stream, manifest, self.step)
+        self.plain_bound = BoundLoop(self.plain, self.plain_manifest, self.prefix[1])
 
     def one_step(self, calls: int) -> float:
+        """Median seconds of one bound streaming step."""
+        return _median_call(self.bound.step, calls=calls)
+
+    def one_run_step(self, calls: int) -> float:
+        """Median seconds of one streaming step through ``session.run``."""
         feeds = {**self.step, **self.zeros}
         return _median_call(lambda: self.stream.run(None, feeds), calls=calls)
 
+    def stateless_step(self, calls: int) -> float:
+        """Median seconds of the stateless artifact's bound one-step call."""
+        return _median_call(self.plain_bound.step, calls=calls)
+
     def stream_of(self, steps: int) -> float:
-        """Seconds for a stream of ``steps`` single-step calls, state carried."""
-        names = [o.name for o in self.stream.get_outputs()]
-        index = {s["input"]: names.index(s["output"]) for s in self.states}
-        state = dict(self.zeros)
+        """Seconds for a bound stream of ``steps`` single-step calls, state carried."""
+        step = self.bound.step
         start = time.perf_counter()
         for _ in range(steps):
-            results = self.stream.run(None, {**self.step, **state})
-            state = {name: results[k] for name, k in index.items()}
+            step()
         return time.perf_counter() - start
 
     def prefix_call(self, steps: int, calls: int) -> float:
@@ -139,6 +204,8 @@ def main() -> int:
         for s in subjects:  # interleaved: a burst of load hits every architecture alike
             figures = {
                 "step": s.one_step(args.calls),
+                "run_step": s.one_run_step(args.calls),
+                "stateless_step": s.stateless_step(args.calls),
                 "stream_100": s.stream_of(100),
                 "stream_1000": s.stream_of(1000),
                 **{f"prefix_{p}": s.prefix_call(p, max(20, args.calls // (10 * p) + 20)) for p in PREFIXES},
@@ -148,7 +215,8 @@ def main() -> int:
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures move under load)")
     print(
-        f"{'arch':<24} {'step us':>8} {'1000-stream/1000 steps':>23} {'100 vs 1000 per step':>21} "
+        f"{'arch':<24} {'step us':>8} {'run us':>7} {'floor us':>9} {'1000-stream/1000 steps':>23} "
+        f"{'100 vs 1000 per step':>21} "
         + " ".join(f"{'prefix ' + str(p) + ' us':>14}" for p in PREFIXES)
         + f" {'stateless 1000-stream ms':>25} {'streaming 1000-stream ms':>25}"
     )
@@ -157,6 +225,7 @@ def main() -> int:
         r = rounds[s.name]
         best = int(np.argmin(r["step"]))
         step = r["step"][best]
+        run_step, floor = min(r["run_step"]), min(r["stateless_step"])
         stream_1000, stream_100 = min(r["stream_1000"]), min(r["stream_100"])
         prefix = {p: min(r[f"prefix_{p}"]) for p in PREFIXES}
         # The stateless stream of 1000 steps runs every prefix 1..1000 once: integrate the cost curve.
@@ -165,6 +234,8 @@ def main() -> int:
         linear = (stream_1000 / 1000) / (stream_100 / 100)
         table[s.name] = {
             "step_us": step * 1e6,
+            "run_step_us": run_step * 1e6,
+            "stateless_step_us": floor * 1e6,
             "stream_1000_ms": stream_1000 * 1e3,
             "stream_ratio": ratio,
             "per_step_1000_vs_100": linear,
@@ -172,7 +243,8 @@ def main() -> int:
             "stateless_stream_1000_ms": stateless_stream * 1e3,
         }
         print(
-            f"{s.name:<24} {step * 1e6:>8.1f} {ratio:>23.2f} {linear:>21.2f} "
+            f"{s.name:<24} {step * 1e6:>8.1f} {run_step * 1e6:>7.1f} {floor * 1e6:>9.1f} {ratio:>23.2f} "
+            f"{linear:>21.2f} "
             + " ".join(f"{prefix[p] * 1e6:>14.1f}" for p in PREFIXES)
             + f" {stateless_stream * 1e3:>25.1f} {stream_1000 * 1e3:>25.1f}"
         )

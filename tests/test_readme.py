@@ -59,3 +59,14 @@ def test_streaming_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert isinstance(ys, list)
     streamed = np.concatenate(ys, axis=1)
     np.testing.assert_allclose(streamed, y, atol=1e-5, rtol=1e-4)
+
+    # The bound loop, continuing the same namespace: the same stream, buffers bound once.
+    exec(compile(_block("streaming-bound"), "README.md", "exec"), namespace)
+    fast = namespace["fast"]
+    assert isinstance(fast, list)
+    assert len(fast) == len(ys)
+    np.testing.assert_allclose(np.concatenate(fast, axis=1), y, atol=1e-5, rtol=1e-4)
+    # The state really alternates between the two sets: both hold a non-zero state by the end.
+    states = namespace["states"]
+    assert isinstance(states, list)
+    assert all(np.abs(array).max() > 0 for k in range(2) for array in states[k].values())
