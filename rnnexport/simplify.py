@@ -19,17 +19,13 @@ import onnxsim
 from rnnexport.errors import SimplifyError
 from rnnexport.feeds import Feeds
 from rnnexport.text import first_line
+from rnnexport.tidy import tidy_graph
 
-__all__ = ["SKIPPED_PASSES", "SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
+__all__ = ["BATCHED_GEMM_PASS", "SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
 
-# onnxsim passes that make a recurrent model slower. ``fuse_matmul_add_bias_into_gemm_batched`` turns
-# the output layer's MatMul + Add on [batch, seq, hidden] into Reshape -> Gemm -> Reshape plus a
-# Shape/Slice/Concat to rebuild the output shape: six nodes for two, all run on every call. ONNX
-# Runtime's MatMul already dispatches the same GEMM kernel for a 3-D input, and a one-step streaming
-# call is dominated by per-node overhead (about 1-2 us a node on one CPU core), so the rewrite costs
-# 5-8 us a call there and gains nothing at the sweep's sizes (measured by scripts/bench_streaming.py
-# and scripts/bench.py).
-SKIPPED_PASSES = ("fuse_matmul_add_bias_into_gemm_batched",)
+# onnxsim's rewrite of a MatMul + Add on [batch, seq, hidden] into Reshape -> Gemm -> Reshape, plus a
+# Shape/Slice/Concat to rebuild the output shape: six nodes for two. See ``batched_gemm`` below.
+BATCHED_GEMM_PASS = "fuse_matmul_add_bias_into_gemm_batched"
 
 
 @dataclass(frozen=True)
@@ -106,13 +102,25 @@ def native_stderr_discarded() -> Iterator[None]:
         os.close(saved)
 
 
-def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.ModelProto, SimplifyStats]:
+def simplify_onnx(
+    model: onnx.ModelProto, *, check_feeds: Feeds, batched_gemm: bool = True
+) -> tuple[onnx.ModelProto, SimplifyStats]:
     """Run onnxsim on ``model``, letting it compare original and simplified graphs on ``check_feeds``.
 
     onnxsim reports its own comparison as a second return value instead of raising; a ``False``
     there, or any exception inside onnxsim, becomes :class:`SimplifyError`. The caller re-checks the
     I/O contract afterwards, since constant folding is where a traced length gets baked into a
     ``Reshape``.
+
+    ``batched_gemm=False`` skips onnxsim's :data:`BATCHED_GEMM_PASS`. ONNX Runtime's MatMul already
+    runs the same GEMM kernel on a 3-D input, so the rewrite's extra nodes are pure per-call overhead
+    (1-2 us a node on one CPU core), which is most of a one-step streaming call. It stays on by
+    default because ONNX Runtime 1.32's CPU provider crashes (a segmentation fault in its
+    ``NchwcTransformer``) creating a session for the float16 conversion of the unfused graph.
+
+    After onnxsim, :func:`~rnnexport.tidy.tidy_graph` joins parallel
+    branches before their layout nodes (the same values, fewer nodes per call); the pipeline's
+    verification then runs on the graph that ships.
     """
     log = io.StringIO()
     try:
@@ -124,7 +132,7 @@ def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.M
                 model,
                 check_n=1,
                 input_data=dict(check_feeds),
-                skipped_optimizers=list(SKIPPED_PASSES),
+                skipped_optimizers=[] if batched_gemm else [BATCHED_GEMM_PASS],
             )
     except Exception as exc:  # onnxsim raises many unrelated types; all mean "could not simplify"
         summary = first_line(exc, default="no message")
@@ -139,4 +147,6 @@ def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.M
             "different outputs from the original. Nothing was shipped; report the model with the "
             "versions of onnx and onnxsim."
         )
+    # Our one rewrite on top: per-branch layout nodes move after the Concat of the branches.
+    tidy_graph(simplified)
     return simplified, SimplifyStats.between(model, simplified)

@@ -107,7 +107,7 @@ class AttentionLSTM(nn.Module):
         # exp() of the lowest float minus a finite maximum is exactly 0: padded steps weigh nothing.
         weights = torch.exp(masked - new_max.unsqueeze(1))
         # Only what was seen is rescaled (by at most 1); nothing seen, nothing to rescale.
-        rescale = torch.where(seen_before, torch.exp(running_max - new_max), torch.zeros_like(running_max))
+        rescale = torch.where(seen_before, torch.exp(running_max - new_max), 0.0)
         new_sum = running_sum * rescale + weights.sum(dim=1)
         new_context = running_context * rescale.unsqueeze(1) + (weights.unsqueeze(2) * out).sum(dim=1)
         tiny = torch.finfo(out.dtype).tiny

@@ -1,0 +1,207 @@
+"""The Concat rewrite: the same values with fewer layout nodes, and no change where it must not apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from rnnexport.tidy import tidy_graph
+
+RNG = np.random.default_rng(0)
+
+
+def _model(
+    nodes: list[onnx.NodeProto], inputs: dict[str, list[int]], extra_outputs: tuple[str, ...] = ()
+) -> onnx.ModelProto:
+    axes = [numpy_helper.from_array(np.array([1], np.int64), "axes1")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", *extra_outputs)],
+        axes,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [np.asarray(v) for v in session.run(None, feeds)]
+
+
+def _branches(count: int, concat_axis: int) -> onnx.ModelProto:
+    """Branch outputs [seq, 1, batch, hidden] -> Squeeze(1) -> Transpose(1, 0, 2) -> Concat."""
+    nodes = []
+    for k in range(count):
+        nodes += [
+            helper.make_node("Squeeze", [f"b{k}", "axes1"], [f"s{k}"]),
+            helper.make_node("Transpose", [f"s{k}"], [f"t{k}"], perm=[1, 0, 2]),
+        ]
+    nodes.append(helper.make_node("Concat", [f"t{k}" for k in range(count)], ["y"], axis=concat_axis))
+    return _model(nodes, {f"b{k}": [5, 1, 3, 4 + k] for k in range(count)})
+
+
+@pytest.mark.parametrize("concat_axis", [2, -1])
+def test_parallel_branches_share_one_squeeze_and_one_transpose(concat_axis: int) -> None:
+    model = _branches(3, concat_axis)
+    feeds = {f"b{k}": RNG.standard_normal((5, 1, 3, 4 + k)).astype(np.float32) for k in range(3)}
+    # Expected values from numpy, not from the graph under test.
+    expected = np.concatenate([feeds[f"b{k}"][:, 0].transpose(1, 0, 2) for k in range(3)], axis=2)
+    assert tidy_graph(model) == 4
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["Concat", "Squeeze", "Transpose"]
+    (y,) = _run(model, feeds)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_a_layout_node_with_another_reader_stays() -> None:
+    model = _branches(2, 2)
+    # t0 is also a graph output: moving its Transpose would change that output.
+    model.graph.output.append(helper.make_tensor_value_info("t0", TensorProto.FLOAT, None))
+    before = [n.op_type for n in model.graph.node]
+    assert tidy_graph(model) == 0
+    assert [n.op_type for n in model.graph.node] == before
+
+
+def test_different_permutations_stay() -> None:
+    nodes = [
+        helper.make_node("Transpose", ["a"], ["ta"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["b"], ["tb"], perm=[0, 2, 1]),
+        helper.make_node("Concat", ["ta", "tb"], ["y"], axis=0),
+    ]
+    model = _model(nodes, {"a": [3, 3, 3], "b": [3, 3, 3]})
+    assert tidy_graph(model) == 0
+    assert len(model.graph.node) == 3
+
+
+def test_squeeze_axis_maps_past_the_squeezed_axis() -> None:
+    nodes = [
+        helper.make_node("Squeeze", ["a", "axes1"], ["sa"]),
+        helper.make_node("Squeeze", ["b", "axes1"], ["sb"]),
+        helper.make_node("Concat", ["sa", "sb"], ["y"], axis=1),
+    ]
+    model = _model(nodes, {"a": [2, 1, 3, 4], "b": [2, 1, 5, 4]})
+    feeds = {
+        "a": RNG.standard_normal((2, 1, 3, 4)).astype(np.float32),
+        "b": RNG.standard_normal((2, 1, 5, 4)).astype(np.float32),
+    }
+    expected = np.concatenate([feeds["a"][:, 0], feeds["b"][:, 0]], axis=1)
+    assert tidy_graph(model) == 1
+    assert model.graph.node[0].op_type == "Concat"
+    assert helper.get_attribute_value(model.graph.node[0].attribute[0]) == 2
+    (y,) = _run(model, feeds)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_parallel_architectures_ship_one_transpose_after_the_branches() -> None:
+    import tempfile
+    from pathlib import Path
+
+    from rnnexport.pipeline import build
+
+    with tempfile.TemporaryDirectory() as out:
+        build("parallel-gru", out=out, device="cpu")
+        model = onnx.load(str(Path(out) / "parallel-gru" / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("GRU") == 3
+    # One Transpose into the shared time-major input, one out of the joined branches.
+    assert ops.count("Transpose") == 2
+    assert ops.count("Squeeze") == 1
+
+
+def _padded(zero_at: int, concat_axis: int) -> onnx.ModelProto:
+    """Concat(a, zeros) where the zeros' shape is [.., 0 at ``zero_at`` ..] built from a's shape."""
+    pieces = [numpy_helper.from_array(np.array([v], np.int64), f"p{i}") for i, v in enumerate([7, 7, 4])]
+    pieces[zero_at] = numpy_helper.from_array(np.array([0], np.int64), f"p{zero_at}")
+    nodes = [
+        helper.make_node("Shape", ["a"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "zero"], ["batch1"]),
+        helper.make_node(
+            "Concat", ["p0", "batch1", "p2"] if zero_at != 1 else ["p0", "p1", "p2"], ["zshape"], axis=0
+        ),
+        helper.make_node("ConstantOfShape", ["zshape"], ["zeros"]),
+        helper.make_node("Concat", ["a", "zeros"], ["y"], axis=concat_axis),
+    ]
+    model = _model(nodes, {"a": [5, 3, 4]})
+    model.graph.initializer.extend(
+        [
+            *pieces,
+            numpy_helper.from_array(np.array(1, np.int64), "one"),
+            numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        ]
+    )
+    return model
+
+
+def test_an_empty_padding_input_and_what_built_it_go() -> None:
+    model = _padded(zero_at=0, concat_axis=0)
+    feeds = {"a": RNG.standard_normal((5, 3, 4)).astype(np.float32)}
+    (before,) = _run(model, feeds)
+    assert tidy_graph(model) == 5
+    assert [n.op_type for n in model.graph.node] == ["Identity"]
+    (after,) = _run(model, feeds)
+    np.testing.assert_array_equal(after, feeds["a"])
+    np.testing.assert_array_equal(after, before)
+
+
+def test_zeros_empty_on_another_axis_stay() -> None:
+    # [0, batch, 4] concatenated on axis 2 is not "nothing": it is refused by the shapes, or empty
+    # output; either way the rewrite must not decide it.
+    model = _padded(zero_at=0, concat_axis=2)
+    assert tidy_graph(model) == 0
+    assert len(model.graph.node) == 6
+
+
+def test_a_value_read_only_inside_a_subgraph_is_kept() -> None:
+    then_branch = helper.make_graph(
+        [helper.make_node("Identity", ["hidden"], ["out"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["out2"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("out2", TensorProto.FLOAT, None)],
+    )
+    model = _padded(zero_at=0, concat_axis=0)
+    graph = model.graph
+    graph.node.extend(
+        [
+            helper.make_node("Neg", ["a"], ["hidden"]),
+            helper.make_node("ReduceMax", ["a"], ["m"], keepdims=0),
+            helper.make_node("Greater", ["m", "fzero"], ["cond"]),
+            helper.make_node("If", ["cond"], ["z"], then_branch=then_branch, else_branch=else_branch),
+        ]
+    )
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "fzero"))
+    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    tidy_graph(model)
+    assert "Neg" in [n.op_type for n in model.graph.node]  # read by the If's then-branch only
+    feeds = {"a": np.abs(RNG.standard_normal((5, 3, 4))).astype(np.float32) + 0.1}
+    _, z = _run(model, feeds)
+    np.testing.assert_array_equal(z, -feeds["a"])
+
+
+def test_streaming_graphs_keep_the_output_layer_a_matmul(tmp_path: Path) -> None:
+    """onnxsim's batched Gemm rewrite is skipped for streaming builds (four more nodes every call)."""
+    from rnnexport.pipeline import build
+
+    build("many-to-many", out=tmp_path / "stream", device="cpu", streaming=True)
+    build("many-to-many", out=tmp_path / "plain", device="cpu")
+    stream = [
+        n.op_type for n in onnx.load(str(tmp_path / "stream" / "many-to-many" / "model.onnx")).graph.node
+    ]
+    plain = [n.op_type for n in onnx.load(str(tmp_path / "plain" / "many-to-many" / "model.onnx")).graph.node]
+    assert "MatMul" in stream
+    assert "Gemm" not in stream
+    assert "Reshape" not in stream
+    # Stateless builds keep it: their float16 variant of the unfused graph crashes ONNX Runtime 1.32.
+    assert "Gemm" in plain
