@@ -11,6 +11,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -97,13 +98,23 @@ def native_stderr_discarded() -> Iterator[None]:
         os.close(saved)
 
 
-def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.ModelProto, SimplifyStats]:
+def simplify_onnx(
+    model: onnx.ModelProto, *, check_feeds: Feeds, path: Path | None = None
+) -> tuple[onnx.ModelProto, SimplifyStats]:
     """Run onnxsim on ``model``, letting it compare original and simplified graphs on ``check_feeds``.
 
     onnxsim reports its own comparison as a second return value instead of raising; a ``False``
     there, or any exception inside onnxsim, becomes :class:`SimplifyError`. The caller re-checks the
     I/O contract afterwards, since constant folding is where a traced length gets baked into a
     ``Reshape``.
+
+    ``path``: where ``model`` was saved (its weights possibly in external data beside it; ``model``
+    may then be its structure only). onnxsim reads the file itself. Given a path, onnxsim 0.8 loads
+    the model as its own, and when the result does not fit one protobuf message (2 GiB) it saves
+    it with external data in a temporary folder, simplifies and checks it there file to file, and
+    returns it loaded with its weights; given a ``ModelProto`` of that size it would first copy it
+    whole. The result holds its weights in memory either way (a model past 2 GiB can be held, only
+    not serialized).
     """
     log = io.StringIO()
     try:
@@ -111,7 +122,9 @@ def simplify_onnx(model: onnx.ModelProto, *, check_feeds: Feeds) -> tuple[onnx.M
         # writes straight to the terminal; none of it belongs on the user's terminal.
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), native_stderr_discarded():
             warnings.simplefilter("ignore")
-            simplified, check_ok = onnxsim.simplify(model, check_n=1, input_data=dict(check_feeds))
+            simplified, check_ok = onnxsim.simplify(
+                model if path is None else str(path), check_n=1, input_data=dict(check_feeds)
+            )
     except Exception as exc:  # onnxsim raises many unrelated types; all mean "could not simplify"
         summary = first_line(exc, default="no message")
         raise SimplifyError(
