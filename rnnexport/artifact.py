@@ -1088,6 +1088,8 @@ class ArtifactReport:
     manifest_sha256: str = ""
     # Every shipped variant other than model.onnx, by file name.
     variants: dict[str, VariantResult] = field(default_factory=dict)
+    # The size of model.onnx.data (verified) when the weights are external data; None otherwise.
+    external_data_bytes: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -1107,6 +1109,9 @@ class ArtifactReport:
             "tolerance": {d: r.tolerance.to_json() for d, r in self.results.items()},
             "providers": {r.provider: r.to_json() for r in self.results.values()},
             "variants": {name: v.to_json() for name, v in self.variants.items()},
+            "external_data": None
+            if self.external_data_bytes is None
+            else {"file": EXTERNAL_DATA, "bytes": self.external_data_bytes},
         }
 
 
@@ -1410,5 +1415,11 @@ def verify_artifact(
             tf32=tf32,
         )
         return ArtifactReport(
-            folder, manifest, results, notes=notes, manifest_sha256=digest, variants=variants
+            folder,
+            manifest,
+            results,
+            notes=notes,
+            manifest_sha256=digest,
+            variants=variants,
+            external_data_bytes=data_size,
         )
