@@ -1,6 +1,7 @@
 """The shipped artifact: its manifest, test data, atomic publication, and re-verification.
 
-An artifact folder holds ``model.onnx`` (one file, no external data), ONNX test-data sets
+An artifact folder holds ``model.onnx`` (and, for weights past the inline limit, ``model.onnx.data``
+beside it: ONNX external data, every large tensor in that one file), ONNX test-data sets
 (``test_data_set_N/input_K.pb`` / ``output_K.pb``, the layout ``onnx_test_runner`` and
 ``onnxruntime_perf_test`` read) and ``manifest.json``, which lists the sha256 of every other file.
 
@@ -8,8 +9,10 @@ An artifact folder holds ``model.onnx`` (one file, no external data), ONNX test-
 ``lstat`` before it is opened, read once within a size bound, hashed and parsed from those same
 bytes; no tensor is ever read from outside the folder; everything the manifest claims about the
 model is checked against the graph and its metadata; and the model runs in a child process with a
-time bound. Everything here is torch-free: it runs on the target machine with only ONNX Runtime,
-onnx and numpy installed.
+time bound. ``model.onnx.data`` may be larger than memory, so it is hashed as it streams into a
+private copy, and external-data references are accepted only into that file, at regions inside
+it; the model runs from the private copies. Everything here is torch-free: it runs on the target
+machine with only ONNX Runtime, onnx and numpy installed.
 
 Folders rnnexport creates beside a destination carry their owner in their name
 (``.NAME.partial-PID-START-XXXX`` while building, ``.NAME.old-PID-START`` while ``--force`` swaps),
