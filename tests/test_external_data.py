@@ -371,3 +371,16 @@ def test_onnx_runtime_runs_the_verified_copy_not_the_folder(
     monkeypatch.setattr(artifact, "copy_bounded", then_tamper)
     report = verify_artifact(folder, device="cpu")
     assert report.passed
+
+
+def test_bench_times_an_external_data_artifact_by_path(folder: Path) -> None:
+    from rnnexport.bench import run_bench
+
+    report = run_bench(
+        folder, shapes=[(1, 2)], runtimes=["onnxruntime"], settings=False, ragged=False, rounds=1, repeats=2
+    )
+    data = report.to_json()
+    assert data["runtimes"]["onnxruntime"]["available"]
+    [node] = data["runtimes"]["onnxruntime"]["recurrent_nodes"]  # its R read from model.onnx.data
+    assert node["recurrence_bytes"] == 4 * 20 * 20 * 4
+    assert [(r["runtime"], r["batch"], r["seq"]) for r in report.rows()] == [("onnxruntime", 1, 2)]
