@@ -907,17 +907,17 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
             if exporter != "dynamo" or DYNAMO_RNN_NOTE in str(exc):
                 raise
             raise type(exc)(f"{exc} {DYNAMO_RNN_NOTE}") from exc
-        model_source: bytes | Path
         if layout is None:
             model_bytes = simplified.SerializeToString()
             write_file(staging / MODEL, model_bytes, where=request.destination.parent)
-            model_source = model_bytes
         else:
-            # ONNX Runtime resolves model.onnx.data beside the staged model.onnx: verification runs
-            # the files that ship, and never a serialized copy of the whole model.
-            layout["inline_limit_bytes"] = request.limits.inline_model_bytes
             model_bytes = (staging / MODEL).read_bytes()
-            model_source = staging / MODEL
+            layout["inline_limit_bytes"] = request.limits.inline_model_bytes
+            if not layout["tensors"]:  # no tensor reached the size for external data: one file after all
+                layout = None
+        # With external data, ONNX Runtime resolves model.onnx.data beside the staged model.onnx:
+        # verification runs the files that ship, and never a serialized copy of the whole model.
+        model_source: bytes | Path = model_bytes if layout is None else staging / MODEL
 
         # Verify the bytes that will ship, on every requested provider; all must pass.
         results: dict[Device, ProviderResult] = {}

@@ -384,3 +384,10 @@ def test_bench_times_an_external_data_artifact_by_path(folder: Path) -> None:
     [node] = data["runtimes"]["onnxruntime"]["recurrent_nodes"]  # its R read from model.onnx.data
     assert node["recurrence_bytes"] == 4 * 20 * 20 * 4
     assert [(r["runtime"], r["batch"], r["seq"]) for r in report.rows()] == [("onnxruntime", 1, 2)]
+
+
+def test_the_two_files_are_byte_identical_between_builds(shipped: Path, tmp_path: Path) -> None:
+    build("many-to-many", out=tmp_path / "elsewhere", device="cpu", limits=TINY)
+    again = tmp_path / "elsewhere" / "many-to-many"
+    for name in ("model.onnx", DATA):
+        assert (again / name).read_bytes() == (shipped / name).read_bytes(), name
