@@ -1,6 +1,7 @@
 """The shipped artifact: its manifest, test data, atomic publication, and re-verification.
 
-An artifact folder holds ``model.onnx`` (one file, no external data), ONNX test-data sets
+An artifact folder holds ``model.onnx`` (and, for weights past the inline limit, ``model.onnx.data``
+beside it: ONNX external data, every large tensor in that one file), ONNX test-data sets
 (``test_data_set_N/input_K.pb`` / ``output_K.pb``, the layout ``onnx_test_runner`` and
 ``onnxruntime_perf_test`` read) and ``manifest.json``, which lists the sha256 of every other file.
 
@@ -8,8 +9,10 @@ An artifact folder holds ``model.onnx`` (one file, no external data), ONNX test-
 ``lstat`` before it is opened, read once within a size bound, hashed and parsed from those same
 bytes; no tensor is ever read from outside the folder; everything the manifest claims about the
 model is checked against the graph and its metadata; and the model runs in a child process with a
-time bound. Everything here is torch-free: it runs on the target machine with only ONNX Runtime,
-onnx and numpy installed.
+time bound. ``model.onnx.data`` may be larger than memory, so it is hashed as it streams into a
+private copy, and external-data references are accepted only into that file, at regions inside
+it; the model runs from the private copies. Everything here is torch-free: it runs on the target
+machine with only ONNX Runtime, onnx and numpy installed.
 
 Folders rnnexport creates beside a destination carry their owner in their name
 (``.NAME.partial-PID-START-XXXX`` while building, ``.NAME.old-PID-START`` while ``--force`` swaps),
@@ -20,6 +23,7 @@ a dead one's even when the PID has been reused, and clean up or finish what the 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import itertools
@@ -47,12 +51,22 @@ from rnnexport.feeds import Case, Feeds, validate_feeds
 from rnnexport.limits import DEFAULT_LIMITS, Limits, check_tolerance, format_bytes
 from rnnexport.oracle import FLOAT64_OUTPUT, seq_axes
 from rnnexport.runtime import DEVICES, Device, resolve_devices
-from rnnexport.safeio import check_path, describe_os_error, file_kind, loads_strict, read_bounded, write_file
+from rnnexport.safeio import (
+    check_path,
+    copy_bounded,
+    describe_os_error,
+    file_kind,
+    loads_strict,
+    read_bounded,
+    write_file,
+)
 from rnnexport.spec import DTYPES, DYNAMIC_AXES, ROLES, ArchConfig, Contract
 from rnnexport.streaming import Streaming, streaming_problems
 from rnnexport.variants import VariantResult, verify_shipped_variants
 
 __all__ = [
+    "EXTERNAL_DATA",
+    "EXTERNAL_TENSOR_BYTES",
     "MANIFEST",
     "MANIFEST_FORMAT",
     "MODEL",
@@ -68,10 +82,18 @@ __all__ = [
     "sha256_file",
     "staging_folder",
     "verify_artifact",
+    "write_external_model",
     "write_test_data",
 ]
 
 MODEL = "model.onnx"
+# A model whose weights do not fit in one protobuf message keeps them in this one file beside it
+# (ONNX external data); model.onnx refers to it by this exact name.
+EXTERNAL_DATA = "model.onnx.data"
+# Tensors smaller than this stay inline in model.onnx: shapes and scalars, not worth an indirection.
+EXTERNAL_TENSOR_BYTES = 1024
+# The keys of an external-data reference rnnexport writes (and the only ones verify accepts).
+_EXTERNAL_KEYS = ("location", "offset", "length")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
@@ -442,6 +464,70 @@ def read_test_data(folder: Path, contract: Contract, *, limits: Limits = DEFAULT
     return _cases_from(contents, sets, contract, folder=folder)
 
 
+# -- the model with its weights beside it -----------------------------------------------------------
+
+
+def write_external_model(model: onnx.ModelProto, folder: Path) -> dict[str, Any]:
+    """Write ``model`` as ``model.onnx`` plus every tensor of at least :data:`EXTERNAL_TENSOR_BYTES`
+    bytes in one file, ``model.onnx.data``, into ``folder`` (a staging folder: both must be new).
+
+    ``model`` is changed in place: its tensors then refer to the data file instead of holding their
+    values, which frees their memory. Returns the manifest's record of the layout (without the
+    threshold, which the caller knows). Never serializes the model whole, so past 2 GiB works.
+
+    The export keeps the recurrent weights in ``Constant`` nodes (the recurrent nodes' W, R and B),
+    which onnxsim leaves as they are. A large one becomes a graph initializer of the same name
+    first: ONNX Runtime reads external data for initializers, and ``verify`` accepts external data
+    there alone, so that what it checks is exactly what rnnexport writes.
+    """
+    _constants_to_initializers(model.graph, EXTERNAL_TENSOR_BYTES)
+    for name in (MODEL, EXTERNAL_DATA):
+        if os.path.lexists(folder / name):  # onnx appends to an existing data file; never let it
+            raise FileExistsError(errno.EEXIST, "File exists", str(folder / name))
+    onnx.save_model(
+        model,
+        str(folder / MODEL),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA,
+        size_threshold=EXTERNAL_TENSOR_BYTES,
+        convert_attribute=False,
+    )
+    external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    data = folder / EXTERNAL_DATA
+    if data.exists():
+        data.chmod(0o644)  # onnx creates it private; it ships like every other file
+    return {
+        "file": EXTERNAL_DATA,
+        "bytes": data.stat().st_size if data.exists() else 0,
+        "tensors": len(external),
+        "tensor_threshold_bytes": EXTERNAL_TENSOR_BYTES,
+    }
+
+
+def _constants_to_initializers(graph: onnx.GraphProto, threshold: int) -> None:
+    """Replace each top-level ``Constant`` node whose ``value`` holds ``threshold`` bytes or more by an
+    initializer named like its output (the same value under the same name: the graph computes the same)."""
+    kept = []
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+        if (
+            node.op_type == "Constant"
+            and node.domain in ("", "ai.onnx")
+            and len(node.attribute) == 1
+            and value is not None
+            and len(value.raw_data) >= threshold
+        ):
+            tensor = graph.initializer.add()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            continue
+        kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 # -- files and hashes ------------------------------------------------------------------------------
 
 
@@ -530,14 +616,24 @@ def _listed_name_problem(name: str) -> str | None:
     return None
 
 
+def _size_limit(name: str, limits: Limits) -> int:
+    if name == MODEL:
+        return limits.model_bytes
+    return limits.external_data_bytes if name == EXTERNAL_DATA else limits.test_data_bytes
+
+
 def _read_listed(
-    folder: Path, listed: Mapping[str, str], limits: Limits
+    folder: Path, listed: Mapping[str, str], limits: Limits, *, copy_to: Path | None = None
 ) -> tuple[dict[str, bytes], list[str]]:
     """Read every listed file once, within the size bounds, and hash those bytes.
 
     Returns the contents of the files whose hash matched and every problem found: paths outside
     the folder, links, pipes and devices, extra, missing, oversized or modified files, and folders
     the manifest does not account for (an empty ``test_data_set_x/`` included).
+
+    ``model.onnx.data`` (ONNX external data, up to gigabytes) is never held in memory: it is hashed
+    as it streams, and written as it streams into the private folder ``copy_to`` when given, where
+    it stays only if its hash matched. It is not in the returned contents.
     """
     problems = [p for p in map(_listed_name_problem, listed) if p]
     if problems:
@@ -557,7 +653,7 @@ def _read_listed(
         problems.append(f"'{name}/' is a folder the manifest does not account for (empty or unexpected)")
     total = 0
     for name in sorted(present & set(listed)):
-        limit = limits.model_bytes if name == MODEL else limits.test_data_bytes
+        limit = _size_limit(name, limits)
         total += scan.files[name]
         if scan.files[name] > limit:
             problems.append(
@@ -572,7 +668,19 @@ def _read_listed(
         return {}, problems
     contents: dict[str, bytes] = {}
     for name in sorted(present & set(listed)):
-        limit = limits.model_bytes if name == MODEL else limits.test_data_bytes
+        limit = _size_limit(name, limits)
+        if name == EXTERNAL_DATA:
+            copy = None if copy_to is None else copy_to / name
+            if copy is not None and os.path.lexists(copy):
+                copy.unlink()  # from an earlier read of a folder that was replaced meanwhile
+            digest, _ = copy_bounded(
+                folder / name, copy, limit=limit, what="artifact file", error=ArtifactError
+            )
+            if digest != listed[name]:
+                problems.append(f"'{name}' was modified: its sha256 does not match the manifest")
+                if copy is not None:
+                    copy.unlink()
+            continue
         data = read_bounded(folder / name, limit=limit, what="artifact file", error=ArtifactError)
         if hashlib.sha256(data).hexdigest() != listed[name]:
             problems.append(f"'{name}' was modified: its sha256 does not match the manifest")
@@ -612,21 +720,90 @@ def _tensors_of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from _tensors_of_nodes(graph.node)
 
 
-def _external_data_problems(model: onnx.ModelProto, folder: Path) -> list[str]:
-    """Every tensor, anywhere in the model, that refers to data outside the .onnx bytes."""
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0
+
+
+def _not_followed(tensor: onnx.TensorProto) -> str:
+    """Today's refusal of an external reference, in words; the location is judged by its text alone
+    (nothing is resolved, so no link on the way is followed and nothing outside is examined)."""
+    location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+    pure = PurePosixPath(location.replace("\\", "/"))
+    outside = pure.is_absolute() or ".." in pure.parts or location.startswith("\\")
+    where = "outside the artifact folder" if outside else "a side file"
+    return f"tensor '{tensor.name}' points at external data '{location}' ({where}); it was not read"
+
+
+_DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+def _reference_problem(tensor: onnx.TensorProto, data_size: int) -> str | None:
+    """Why ``tensor``'s reference into ``model.onnx.data`` (``data_size`` bytes) is not one rnnexport
+    writes, or None: exactly the keys location, offset and length, the location that very file, and
+    the region the tensor's dims and type call for, inside the file."""
+    keys = [e.key for e in tensor.external_data]
+    if sorted(keys) != sorted(_EXTERNAL_KEYS) or tensor.data_location != TensorProto.EXTERNAL:
+        odd = sorted(set(keys) - set(_EXTERNAL_KEYS)) or sorted(set(_EXTERNAL_KEYS) - set(keys)) or keys
+        return (
+            f"tensor '{tensor.name}' refers to external data with the keys {keys} (refused: rnnexport "
+            f"writes exactly {list(_EXTERNAL_KEYS)}, each once; {odd} is not that); it was not read"
+        )
+    entry = {e.key: e.value for e in tensor.external_data}
+    if entry["location"] != EXTERNAL_DATA:
+        return f"{_not_followed(tensor)}; the only external data an artifact may hold is '{EXTERNAL_DATA}'"
+    if not (_DIGITS.fullmatch(entry["offset"]) and _DIGITS.fullmatch(entry["length"])):
+        return (
+            f"tensor '{tensor.name}' gives the offset {entry['offset']!r} and length {entry['length']!r} "
+            f"into '{EXTERNAL_DATA}'; expected whole numbers; it was not read"
+        )
+    offset, length = int(entry["offset"]), int(entry["length"])
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        itemsize = 0
+    dims = list(tensor.dims)
+    wanted = math.prod(dims) * itemsize if all(d >= 0 for d in dims) else -1
+    if itemsize == 0 or tensor.data_type == TensorProto.STRING or length != wanted:
+        return (
+            f"tensor '{tensor.name}' (dims {dims}, type {tensor.data_type}) takes {length} bytes of "
+            f"'{EXTERNAL_DATA}'; its dims and type call for {wanted}; it was not read"
+        )
+    if offset + length > data_size:
+        return (
+            f"tensor '{tensor.name}' refers to bytes {offset}..{offset + length} of '{EXTERNAL_DATA}', "
+            f"which holds {data_size} bytes; it was not read"
+        )
+    held = [f.name for f, _ in tensor.ListFields() if f.name.endswith("_data") and f.name != "external_data"]
+    if held:
+        return f"tensor '{tensor.name}' refers to external data and also holds values in {held}"
+    return None
+
+
+def _external_data_problems(model: onnx.ModelProto, *, data_size: int | None) -> tuple[list[str], int]:
+    """Every tensor, anywhere in the model, whose external-data reference is not one rnnexport
+    writes, and how many tensors refer to ``model.onnx.data``.
+
+    ``data_size`` is the size of the verified ``model.onnx.data``, or None when the artifact has
+    none. Only the main graph's initializers may refer to it (that is where rnnexport puts them);
+    any other external reference is refused as it always was, and none is ever followed.
+    """
     problems = []
-    tensors = itertools.chain(
-        _tensors_of_graph(model.graph), *(_tensors_of_nodes(f.node) for f in model.functions)
+    referring = 0
+    for tensor in model.graph.initializer:
+        if not _is_external(tensor):
+            continue
+        problem = _not_followed(tensor) if data_size is None else _reference_problem(tensor, data_size)
+        if problem:
+            problems.append(problem)
+        else:
+            referring += 1
+    others = itertools.chain(
+        (t for sparse in model.graph.sparse_initializer for t in (sparse.values, sparse.indices)),
+        _tensors_of_nodes(model.graph.node),
+        *(_tensors_of_nodes(f.node) for f in model.functions),
     )
-    for tensor in tensors:
-        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            inside = (folder / location).resolve().is_relative_to(folder.resolve())
-            where = "a side file" if inside else "outside the artifact folder"
-            problems.append(
-                f"tensor '{tensor.name}' points at external data '{location}' ({where}); it was not read"
-            )
-    return problems
+    problems += [_not_followed(tensor) for tensor in others if _is_external(tensor)]
+    return problems, referring
 
 
 # -- destination handling --------------------------------------------------------------------------
@@ -747,7 +924,7 @@ def _holds_only_build_output(folder: Path) -> bool:
     try:
         for entry in os.scandir(folder):
             mode = entry.stat(follow_symlinks=False).st_mode
-            if entry.name in (MODEL, MANIFEST) and stat.S_ISREG(mode):
+            if entry.name in (MODEL, EXTERNAL_DATA, MANIFEST) and stat.S_ISREG(mode):
                 continue
             if not (_TEST_SET.fullmatch(entry.name) and stat.S_ISDIR(mode)):
                 return False
@@ -914,6 +1091,8 @@ class ArtifactReport:
     manifest_sha256: str = ""
     # Every shipped variant other than model.onnx, by file name.
     variants: dict[str, VariantResult] = field(default_factory=dict)
+    # The size of model.onnx.data (verified) when the weights are external data; None otherwise.
+    external_data_bytes: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -933,6 +1112,9 @@ class ArtifactReport:
             "tolerance": {d: r.tolerance.to_json() for d, r in self.results.items()},
             "providers": {r.provider: r.to_json() for r in self.results.values()},
             "variants": {name: v.to_json() for name, v in self.variants.items()},
+            "external_data": None
+            if self.external_data_bytes is None
+            else {"file": EXTERNAL_DATA, "bytes": self.external_data_bytes},
         }
 
 
@@ -1051,7 +1233,7 @@ def _folder_identity(folder: Path) -> tuple[int, int] | None:
 
 
 def _read_consistently(
-    folder: Path, limits: Limits, attempts: int = 3
+    folder: Path, limits: Limits, attempts: int = 3, *, copy_to: Path | None = None
 ) -> tuple[Manifest, bytes, dict[str, bytes], list[str]]:
     """The manifest and every listed file, all read from one and the same folder.
 
@@ -1062,7 +1244,7 @@ def _read_consistently(
     for _ in range(attempts):
         before = _folder_identity(folder)
         manifest, manifest_bytes = _read_manifest(folder, limits)
-        contents, problems = _read_listed(folder, manifest.files, limits)
+        contents, problems = _read_listed(folder, manifest.files, limits, copy_to=copy_to)
         if before is not None and _folder_identity(folder) == before:
             break
     return manifest, manifest_bytes, contents, problems
@@ -1109,91 +1291,138 @@ def verify_artifact(
             f"{folder} is {file_kind(mode)}, not a folder. "
             "Pass the artifact folder that 'rnnexport build' wrote."
         )
-    manifest, manifest_bytes, contents, problems = _read_consistently(folder, limits)
-    digest = hashlib.sha256(manifest_bytes).hexdigest()
-    if expect_sha256 is not None and digest != expect_sha256.strip().lower():
-        raise ArtifactError(
-            f"{folder / MANIFEST} has sha256 {digest}, expected {expect_sha256.strip().lower()}: "
-            "this is not the artifact you pinned. Get it again from where it was built."
-        )
-    if problems:
-        raise ArtifactError(
-            f"The artifact in {folder} does not match its manifest: " + "; ".join(problems) + f". {_REBUILD}"
-        )
-    if MODEL not in contents:
-        raise ArtifactError(f"The manifest in {folder} does not list {MODEL}. {_REBUILD}")
-    data = contents[MODEL]
-    try:
-        model = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not a model
-        raise ArtifactError(f"{folder / MODEL} is not a readable ONNX model ({exc}). {_REBUILD}") from None
-    external = _external_data_problems(model, folder)
-    if external:
-        raise ArtifactError(
-            f"{folder / MODEL} is not self-contained: " + "; ".join(external) + ". rnnexport artifacts are a "
-            f"single file. {_REBUILD}"
-        )
-    try:
-        check_contract(model, manifest.contract, stage=f"in {folder / MODEL}")
-    except RnnExportError as exc:
-        raise ArtifactError(f"{exc} {_REBUILD}") from None
-    claims = _metadata_problems(model, manifest)
-    if claims:
-        raise ArtifactError(
-            f"The manifest of {folder} does not describe its model: " + "; ".join(claims) + f". {_REBUILD}"
-        )
-    listed_sets = sorted({n.split("/", 1)[0] for n in manifest.files if n.startswith("test_data_set_")})
-    declared = [e["dir"] for e in manifest.test_data]
-    if sorted(declared) != listed_sets:
-        raise ArtifactError(
-            f"The manifest of {folder} declares the test-data sets {sorted(declared)} but lists files for "
-            f"{listed_sets}. {_REBUILD}"
-        )
-    for name in manifest.files:
-        head, _, tail = name.partition("/")
-        if _TEST_SET.fullmatch(head) and not _TEST_FILE.fullmatch(tail):
+    # A private folder for what ONNX Runtime must read from files (a model with external data): it
+    # gets copies of the verified bytes, never the artifact's own files.
+    with tempfile.TemporaryDirectory(prefix="rnnexport-verify-") as private:
+        scratch = Path(private)
+        manifest, manifest_bytes, contents, problems = _read_consistently(folder, limits, copy_to=scratch)
+        digest = hashlib.sha256(manifest_bytes).hexdigest()
+        if expect_sha256 is not None and digest != expect_sha256.strip().lower():
             raise ArtifactError(
-                f"The manifest of {folder} lists '{name}', which no test-data set holds. {_REBUILD}"
+                f"{folder / MANIFEST} has sha256 {digest}, expected {expect_sha256.strip().lower()}: "
+                "this is not the artifact you pinned. Get it again from where it was built."
             )
-    cases = _cases_from(contents, declared, manifest.contract, folder=folder)
-    if not cases:
-        raise ArtifactError(f"{folder} has no test_data_set_N folders to verify against. {_REBUILD}")
-    float64 = _float64_from(contents, declared, manifest.contract, folder=folder)
-    tf32 = bool(manifest.verification.get("tf32", False))
-    criterion = Criterion.from_json(manifest.verification.get("rule"))
-    seconds = time_limit if time_limit is not None else limits.run_seconds(len(data))
-    devices = resolve_devices(device)
-    chained: dict[str, Any] = {}
-    if manifest.streaming is not None:
-        # Replays each chain: a call's state inputs are what the provider returned for the call before.
-        streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
-        chained = {"chains": streaming.chains, "state_pairs": streaming.pairs}
-    results = {
-        d: verify_with_deadline(
-            data,
+        if problems:
+            raise ArtifactError(
+                f"The artifact in {folder} does not match its manifest: "
+                + "; ".join(problems)
+                + f". {_REBUILD}"
+            )
+        if MODEL not in contents:
+            raise ArtifactError(f"The manifest in {folder} does not list {MODEL}. {_REBUILD}")
+        data = contents[MODEL]
+        try:
+            model = onnx.load_from_string(data)
+        except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not a model
+            raise ArtifactError(
+                f"{folder / MODEL} is not a readable ONNX model ({exc}). {_REBUILD}"
+            ) from None
+        copied = scratch / EXTERNAL_DATA
+        data_size = copied.stat().st_size if EXTERNAL_DATA in manifest.files and copied.exists() else None
+        external, referring = _external_data_problems(model, data_size=data_size)
+        if external:
+            raise ArtifactError(
+                f"{folder / MODEL} refers to data it may not: " + "; ".join(external) + ". An rnnexport "
+                f"artifact holds its weights in {MODEL}, or in the one file {EXTERNAL_DATA} beside it, "
+                f"listed and hashed in the manifest, at offsets inside it. {_REBUILD}"
+            )
+        layout = manifest.export.get("external_data")
+        recorded = isinstance(layout, dict) and layout.get("file") == EXTERNAL_DATA
+        if data_size is not None and (referring == 0 or not recorded):
+            raise ArtifactError(
+                f"The manifest of {folder} lists {EXTERNAL_DATA}, but "
+                + (f"no tensor of {MODEL} refers to it" if referring == 0 else "does not record that layout")
+                + f" ('export.external_data'). {_REBUILD}"
+            )
+        if data_size is None and layout is not None:
+            raise ArtifactError(
+                f"The manifest of {folder} records weights in external data ('export.external_data'), but "
+                f"does not list {EXTERNAL_DATA}. {_REBUILD}"
+            )
+        source: bytes | Path = data
+        if data_size is not None:
+            # onnx.checker and ONNX Runtime find the data file beside the model they load (an in-memory
+            # model's beside the current folder), so both load the private copies: model.onnx from the
+            # bytes hashed and checked above, model.onnx.data as written while it was hashed. A file
+            # swapped in the artifact after its check is never read, and nothing outside is looked at.
+            write_file(scratch / MODEL, data)
+            source = scratch / MODEL
+        try:
+            check_contract(
+                model,
+                manifest.contract,
+                stage=f"in {folder / MODEL}",
+                path=source if isinstance(source, Path) else None,
+            )
+        except RnnExportError as exc:
+            raise ArtifactError(f"{exc} {_REBUILD}") from None
+        claims = _metadata_problems(model, manifest)
+        if claims:
+            raise ArtifactError(
+                f"The manifest of {folder} does not describe its model: "
+                + "; ".join(claims)
+                + f". {_REBUILD}"
+            )
+        listed_sets = sorted({n.split("/", 1)[0] for n in manifest.files if n.startswith("test_data_set_")})
+        declared = [e["dir"] for e in manifest.test_data]
+        if sorted(declared) != listed_sets:
+            raise ArtifactError(
+                f"The manifest of {folder} declares the test-data sets {sorted(declared)} but lists files "
+                f"for {listed_sets}. {_REBUILD}"
+            )
+        for name in manifest.files:
+            head, _, tail = name.partition("/")
+            if _TEST_SET.fullmatch(head) and not _TEST_FILE.fullmatch(tail):
+                raise ArtifactError(
+                    f"The manifest of {folder} lists '{name}', which no test-data set holds. {_REBUILD}"
+                )
+        cases = _cases_from(contents, declared, manifest.contract, folder=folder)
+        if not cases:
+            raise ArtifactError(f"{folder} has no test_data_set_N folders to verify against. {_REBUILD}")
+        float64 = _float64_from(contents, declared, manifest.contract, folder=folder)
+        tf32 = bool(manifest.verification.get("tf32", False))
+        criterion = Criterion.from_json(manifest.verification.get("rule"))
+        seconds = time_limit if time_limit is not None else limits.run_seconds(len(data) + (data_size or 0))
+        devices = resolve_devices(device)
+        chained: dict[str, Any] = {}
+        if manifest.streaming is not None:
+            # Replays each chain: a call's state inputs are what the provider returned for the call before.
+            streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
+            chained = {"chains": streaming.chains, "state_pairs": streaming.pairs}
+        results = {
+            d: verify_with_deadline(
+                source,
+                cases,
+                device=d,
+                tol=manifest.tolerance(d),
+                tf32=tf32 and d == "cuda",
+                seconds=seconds,
+                criterion=criterion,
+                float64=float64,
+                seq_axes=seq_axes(manifest.contract),
+                **chained,
+            )
+            for d in devices
+        }
+        variants = verify_shipped_variants(
+            folder,
+            manifest.variants,
+            contents,
             cases,
-            device=d,
-            tol=manifest.tolerance(d),
-            tf32=tf32 and d == "cuda",
-            seconds=seconds,
+            float64,
+            run=functools.partial(verify_with_deadline, seconds=seconds),
+            contract=manifest.contract,
+            devices=devices,
+            own={d: manifest.tolerance(d) for d in devices},
             criterion=criterion,
-            float64=float64,
-            seq_axes=seq_axes(manifest.contract),
-            **chained,
+            tf32=tf32,
         )
-        for d in devices
-    }
-    variants = verify_shipped_variants(
-        folder,
-        manifest.variants,
-        contents,
-        cases,
-        float64,
-        run=functools.partial(verify_with_deadline, seconds=seconds),
-        contract=manifest.contract,
-        devices=devices,
-        own={d: manifest.tolerance(d) for d in devices},
-        criterion=criterion,
-        tf32=tf32,
-    )
-    return ArtifactReport(folder, manifest, results, notes=notes, manifest_sha256=digest, variants=variants)
+        return ArtifactReport(
+            folder,
+            manifest,
+            results,
+            notes=notes,
+            manifest_sha256=digest,
+            variants=variants,
+            external_data_bytes=data_size,
+        )

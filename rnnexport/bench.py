@@ -47,7 +47,15 @@ import numpy as np
 import onnx
 
 from rnnexport._version import __version__
-from rnnexport.artifact import MANIFEST, MODEL, Manifest, check_files, read_test_data, sha256_file
+from rnnexport.artifact import (
+    EXTERNAL_DATA,
+    MANIFEST,
+    MODEL,
+    Manifest,
+    check_files,
+    read_test_data,
+    sha256_file,
+)
 from rnnexport.compare import compare_outputs
 from rnnexport.errors import ArtifactError, RnnExportError, UsageError
 from rnnexport.feeds import Feeds, make_feeds
@@ -252,9 +260,15 @@ def session_options(settings: Mapping[str, Any] | None = None) -> Any:
 
 
 def _session(
-    model: bytes, device: Device, settings: Mapping[str, Any] | None = None, *, ort_format: bool = False
+    model: bytes | str,
+    device: Device,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    ort_format: bool = False,
 ) -> Any:
     """A session on ``device``'s provider with ``settings``; refused if it fell back elsewhere.
+
+    ``model`` is the model's bytes, or its path when its weights are external data beside it.
 
     ``ort_format``: ``model`` is in ONNX Runtime's own format (a ``.ort`` variant), which ONNX
     Runtime cannot tell from the bytes alone.
@@ -494,8 +508,20 @@ def _plain_runtime(model: Any, folder: Path, manifest: Manifest, device: Device)
 _RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
-def _graph_facts(graph: onnx.GraphProto) -> dict[str, Any]:
-    """Recurrent nodes and their recurrence matrices: bytes and the fraction of exact zeros."""
+def _readable(tensor: onnx.TensorProto, base: Path | None) -> bool:
+    """Whether ``tensor``'s values can be read: inline, or external in ``base``'s model.onnx.data
+    (the one file an artifact may hold them in; any other reference is left unread)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL and not len(tensor.external_data):
+        return True
+    location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+    return base is not None and location == EXTERNAL_DATA
+
+
+def _graph_facts(graph: onnx.GraphProto, base: Path | None = None) -> dict[str, Any]:
+    """Recurrent nodes and their recurrence matrices: bytes and the fraction of exact zeros.
+
+    ``base``: the artifact folder, where a model with external data keeps model.onnx.data.
+    """
     from onnx import numpy_helper
 
     # Weights are initializers, or Constant nodes where the exporter handed them over as such.
@@ -507,8 +533,11 @@ def _graph_facts(graph: onnx.GraphProto) -> dict[str, Any]:
                 tensors[node.output[0]] = value
     nodes = []
     for node in graph.node:
-        if node.op_type in _RECURRENT_OPS and len(node.input) > 2 and node.input[2] in tensors:
-            r = numpy_helper.to_array(tensors[node.input[2]])
+        recurrence = (
+            tensors.get(node.input[2]) if node.op_type in _RECURRENT_OPS and len(node.input) > 2 else None
+        )
+        if recurrence is not None and _readable(recurrence, base):
+            r = numpy_helper.to_array(recurrence, base_dir=str(base or ""))
             nodes.append(
                 {
                     "op": node.op_type,
@@ -554,7 +583,7 @@ def _label(settings: Mapping[str, Any]) -> str:
 
 
 def _settings_sweep(
-    model: bytes,
+    model: bytes | str,
     contract: Contract,
     recurrent_nodes: int,
     *,
@@ -741,9 +770,12 @@ def run_bench(
     shapes = list(shapes or grid_shapes(DEFAULT_BATCHES, DEFAULT_SEQS))
     contract = manifest.contract
     model_bytes = (folder / MODEL).read_bytes()
+    # With external data, ONNX Runtime must load the model by path to find model.onnx.data beside it
+    # (both were just checked against the manifest, as model.onnx alone is otherwise).
+    source: bytes | str = str(folder / MODEL) if EXTERNAL_DATA in manifest.files else model_bytes
     on_step(f"loading {MODEL} on {PROVIDERS[device]}")
-    artifact_session = _session(model_bytes, device)
-    artifact_facts = _graph_facts(onnx.load_from_string(model_bytes).graph)
+    artifact_session = _session(source, device)
+    artifact_facts = _graph_facts(onnx.load_from_string(model_bytes).graph, base=folder)
     active = [_Runtime(ONNXRUNTIME, lambda feeds: _ort_call(artifact_session, feeds), detail=artifact_facts)]
     status: dict[str, dict[str, Any]] = {
         ONNXRUNTIME: {"available": True, "provider": PROVIDERS[device], **artifact_facts}
@@ -839,7 +871,7 @@ def run_bench(
     if settings and device == "cpu":
         on_step("session settings per regime")
         data["settings"] = _settings_sweep(
-            model_bytes,
+            source,
             contract,
             len(artifact_facts["recurrent_nodes"]),
             rounds=rounds,

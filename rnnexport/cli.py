@@ -595,6 +595,14 @@ def _report_artifact(
     """
     providers = manifest.verification["providers"]
     reporter.providers(f"{name}: verified artifact in {destination}", providers, requested=requested)
+    layout = manifest.export.get("external_data")
+    if layout is not None:
+        from rnnexport.limits import format_bytes
+
+        reporter.line(
+            f"weights in {layout['file']} ({format_bytes(layout['bytes'])}, ONNX external data): load "
+            f"model.onnx by its path and keep {layout['file']} beside it"
+        )
     failed = [v["file"] for v in manifest.variants if v.get("status") != "passed"]
     if not reporter.quiet and len(manifest.variants) > 1:
         _print_variants(f"{name}: variants", manifest.variants)
@@ -610,6 +618,7 @@ def _report_artifact(
         "artifact": str(destination),
         "providers": providers,
         "variants": manifest.variants,
+        "external_data": layout,
     }
 
 
@@ -706,6 +715,15 @@ def verify(
     providers = {r.provider: r.to_json() for r in report.results.values()}
     if not quiet:
         _err.print(f"{_mark(True)} files      sha256 of every file matches the manifest; no extra files")
+        if report.external_data_bytes is not None:
+            from rnnexport.artifact import EXTERNAL_DATA
+            from rnnexport.limits import format_bytes
+
+            _err.print(
+                f"{_mark(True)} data       weights in {EXTERNAL_DATA} "
+                f"({format_bytes(report.external_data_bytes)}), every reference inside it; run from a "
+                "private copy of the verified bytes"
+            )
         _err.print(f"{_mark(True)} contract   names, dtypes and dynamic axes match the manifest")
     reporter.providers(f"{report.manifest.arch}: {directory}", providers, requested=device.value)
     if not quiet and report.variants:

@@ -7,6 +7,8 @@ dimension must have the declared size. Torch-free, so ``rnnexport verify`` uses 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -59,14 +61,23 @@ def _problems(kind: str, declared: tuple[TensorSpec, ...], actual: tuple[TensorS
     return problems
 
 
-def check_contract(model: onnx.ModelProto, contract: Contract, *, stage: str, trace_sizes: str = "") -> None:
+def check_contract(
+    model: onnx.ModelProto,
+    contract: Contract,
+    *,
+    stage: str,
+    trace_sizes: str = "",
+    path: Path | None = None,
+) -> None:
     """Raise :class:`ContractError` listing every way ``model`` departs from ``contract``.
 
     Runs ``onnx.checker`` first. ``stage`` ("after export", "after simplification", ...) and
-    ``trace_sizes`` (a note on the example shapes used for tracing) go into the message.
+    ``trace_sizes`` (a note on the example shapes used for tracing) go into the message. ``path``,
+    where ``model`` was saved with its weights in ONNX external data, is what the checker reads:
+    checking the in-memory model would serialize it, and past 2 GiB protobuf cannot.
     """
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model if path is None else str(path))
     except onnx.checker.ValidationError as exc:
         raise ContractError(
             f"The ONNX model {stage} is invalid: onnx.checker says {str(exc).strip().splitlines()[0]}. "

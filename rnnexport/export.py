@@ -28,6 +28,7 @@ import io
 import logging
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -104,8 +105,15 @@ def export_onnx(
     *,
     exporter: Exporter = "torchscript",
     opset: int = DEFAULT_OPSET,
+    to: Path | None = None,
 ) -> onnx.ModelProto:
     """Export ``model`` (in eval mode) to an in-memory ONNX model with the contract's dynamic axes.
+
+    ``to`` (a path in a folder the caller owns) exports to that file instead, for
+    models too large for one protobuf message: torch.onnx refuses to write more than 2 GiB to a
+    buffer, and to a path it writes the weights as ONNX external data files beside it. The model
+    returned is then its structure only (the weights stay in those files): what the contract check
+    and the node counts need, without holding the weights in memory once more.
 
     The result is *not* trusted yet: the caller runs :func:`rnnexport.contract.check_contract` on it.
     Raises :class:`ExportError` when the exporter fails, or when the trace froze a tensor value into
@@ -123,7 +131,9 @@ def export_onnx(
                     torch.onnx.export(
                         model,
                         args,
-                        buffer,  # type: ignore[arg-type]  # file objects work; the stub admits paths only
+                        # File objects work; the stub admits paths only. A path (a str: torch tests
+                        # for str, not PathLike) is where external data can go.
+                        buffer if to is None else str(to),  # type: ignore[arg-type]
                         dynamo=False,
                         dynamic_axes=dynamic_axes,
                         opset_version=opset,
@@ -131,7 +141,11 @@ def export_onnx(
                         input_names=inputs,
                         output_names=outputs,
                     )
-                proto = onnx.load_from_string(buffer.getvalue())
+                proto = (
+                    onnx.load_from_string(buffer.getvalue())
+                    if to is None
+                    else onnx.load(str(to), load_external_data=False)
+                )
             else:
                 program = torch.onnx.export(
                     model,
@@ -146,6 +160,15 @@ def export_onnx(
                 if program is None:  # pragma: no cover - dynamo=True always returns a program
                     raise RuntimeError("torch.onnx.export returned no program")
                 proto = program.model_proto
+                if to is not None:  # the same contract as TorchScript's: the weights in files beside `to`
+                    onnx.save_model(
+                        proto,
+                        str(to),
+                        save_as_external_data=True,
+                        all_tensors_to_one_file=True,
+                        location=f"{to.name}.data",
+                    )
+                    proto = onnx.load(str(to), load_external_data=False)
     except RnnExportError:  # the export patches' own refusals already say what to do
         raise
     except Exception as exc:  # any exporter failure is reported the same way

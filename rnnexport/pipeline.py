@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ import torch
 from rnnexport._version import __version__
 from rnnexport.accuracy import build_variants, float64_references, one_torch_thread, write_variant_files
 from rnnexport.artifact import (
+    EXTERNAL_DATA,
     MODEL,
     Manifest,
     hash_files,
@@ -31,6 +33,7 @@ from rnnexport.artifact import (
     publish,
     sha256_file,
     staging_folder,
+    write_external_model,
     write_test_data,
 )
 from rnnexport.compare import RULES, Criterion, ProviderResult, Rule, Tolerance, verify_on_device
@@ -57,7 +60,6 @@ from rnnexport.golden import load_golden
 from rnnexport.iospec import check_signature, read_io
 from rnnexport.limits import (
     DEFAULT_LIMITS,
-    PROTOBUF_LIMIT,
     Limits,
     available_memory,
     check_tolerance,
@@ -209,7 +211,10 @@ class ResourceEstimate:
     memory_bytes: int  # peak of the whole build, roughly
 
     # The weights are held about this many times over at the peak: the eager model, the exporter's
-    # graph and its serialized proto, onnxsim's input and output, and an ONNX Runtime session.
+    # graph and its serialized proto, onnxsim's input and output, and an ONNX Runtime session. A
+    # model past the inline limit is exported to a file and goes to onnxsim as a path, which trades
+    # a copy in memory for one in a temporary file; onnxsim still holds its own copies, so the
+    # estimate stays the same for both layouts.
     COPIES = 6
 
 
@@ -232,19 +237,14 @@ def estimate_resources(spec: ArchSpec, config: ArchConfig) -> ResourceEstimate:
 
 
 def _check_resources(spec: ArchSpec, config: ArchConfig, *, available: int | None) -> ResourceEstimate:
-    """Refuse, with the numbers, a build whose model cannot be one ONNX file or cannot fit in memory."""
+    """Refuse, with the numbers, a build that cannot fit in memory (a model of any size fits on disk:
+    past the inline limit its weights go to ONNX external data)."""
     estimate = estimate_resources(spec, config)
     sizes = ", ".join(f"{k}={v}" for k, v in config.subset(spec.sizes).items())
     what = (
         f"'{spec.name}' with {sizes} has {estimate.parameters:,} parameters, "
         f"{format_bytes(estimate.weight_bytes)} of float32 weights"
     )
-    if estimate.weight_bytes >= PROTOBUF_LIMIT:
-        raise UsageError(
-            f"{what}; a single-file ONNX model must stay under 2 GiB (protobuf's limit on one message), and "
-            "rnnexport ships exactly one model.onnx. Nothing was built. Choose smaller sizes "
-            "(--hidden-size, --input-size" + (", --branches" if "branches" in spec.sizes else "") + ")."
-        )
     if available is not None and estimate.memory_bytes > available:
         raise UsageError(
             f"{what}; building and verifying it needs about {format_bytes(estimate.memory_bytes)} of memory "
@@ -462,6 +462,59 @@ class _Request:
     user_cases: list[tuple[str, Feeds]]
     notes: list[str]
     streaming: bool = False
+    limits: Limits = DEFAULT_LIMITS
+    # The weights go to model.onnx.data (decided from their float32 size, before anything is built).
+    external: bool = False
+
+
+def _stores_externally(
+    weight_bytes: int,
+    limits: Limits,
+    precisions: Sequence[Precision],
+    formats: Sequence[Format],
+    *,
+    what: str,
+) -> bool:
+    """Whether ``weight_bytes`` of weights go to ONNX external data; refuses variants for such a model.
+
+    The variants are made and verified from one serialized model (float16 and int8 conversion,
+    the ORT format, which has no external data at all), so a model that does not fit in one
+    protobuf message gets ``model.onnx`` and its data file only; refused before anything is built.
+    """
+    external = weight_bytes >= limits.inline_model_bytes
+    if external and (list(precisions) != ["fp32"] or list(formats) != ["onnx"]):
+        raise UsageError(
+            f"{what} has {format_bytes(weight_bytes)} of float32 weights, over the "
+            f"{format_bytes(limits.inline_model_bytes)} that fit inside one model.onnx, so it ships as "
+            f"model.onnx with its weights in {EXTERNAL_DATA}; --precision {','.join(precisions)} "
+            f"--format {','.join(formats)} asks for variants, which rnnexport makes from a single-file "
+            "model only (the ORT format has no external data). Nothing was built. Leave --precision "
+            "and --format out, or choose smaller sizes."
+        )
+    return external
+
+
+def _tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of values the model's initializers hold in the proto itself (external ones count 0)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        total += len(tensor.raw_data) + 4 * (len(tensor.float_data) + len(tensor.int32_data))
+        total += 8 * (len(tensor.int64_data) + len(tensor.double_data))
+    return total
+
+
+@contextmanager
+def _export_folder(external: bool) -> Iterator[Path | None]:
+    """A private temporary folder for an export that goes to a file (external data), else None.
+
+    torch.onnx writes a large model's weights as one file per tensor beside the model file, named
+    after the tensors; a folder of our own keeps those names from meeting anything else.
+    """
+    if not external:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="rnnexport-export-") as folder:
+        yield Path(folder)
 
 
 def _accuracy_options(
@@ -539,6 +592,7 @@ def _resolve(
     precisions: str | Sequence[str] | None,
     formats: str | Sequence[str] | None,
     streaming: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
@@ -563,7 +617,12 @@ def _resolve(
     )
     config_, notes = resolve_config(spec, config, checkpoint.shapes if checkpoint else None)
     estimate = _check_resources(spec, config_, available=available_memory())
+    external = _stores_externally(
+        estimate.weight_bytes, limits, chosen_precisions, chosen_formats, what=f"'{spec.name}'"
+    )
     notes = [*recovered, *notes, f"estimated {format_bytes(estimate.memory_bytes)} of memory at the peak"]
+    if external:
+        notes.append(_external_note(estimate.weight_bytes, limits))
     contract = spec.contract(config_)
     state = None
     if checkpoint is not None:
@@ -600,6 +659,15 @@ def _resolve(
         user_cases=user_cases,
         notes=notes,
         streaming=streaming,
+        limits=limits,
+        external=external,
+    )
+
+
+def _external_note(weight_bytes: int, limits: Limits) -> str:
+    return (
+        f"{format_bytes(weight_bytes)} of weights, over the inline limit of "
+        f"{format_bytes(limits.inline_model_bytes)}: they ship in {EXTERNAL_DATA} beside {MODEL}"
     )
 
 
@@ -611,10 +679,14 @@ _FROZEN_TRACE = (
 )
 
 
-def _check_traced(model: onnx.ModelProto, contract: Contract, exporter: Exporter, *, stage: str) -> None:
+def _check_traced(
+    model: onnx.ModelProto, contract: Contract, exporter: Exporter, *, stage: str, path: Path | None = None
+) -> None:
     """:func:`check_contract`, whose failure after a trace gets the usual cause and fix added."""
     try:
-        check_contract(model, contract, stage=stage, trace_sizes=f"batch {TRACE_BATCH}, seq {TRACE_SEQ}")
+        check_contract(
+            model, contract, stage=stage, trace_sizes=f"batch {TRACE_BATCH}, seq {TRACE_SEQ}", path=path
+        )
     except ContractError as exc:
         if exporter != "torchscript":
             raise
@@ -709,6 +781,7 @@ def build(
     precisions: str | Sequence[str] | None = None,
     formats: str | Sequence[str] | None = None,
     streaming: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
@@ -729,7 +802,9 @@ def build(
     each is verified with its own tolerance, and one that fails is left out of the artifact while the
     rest ship: ``manifest.variants`` says which (``status``). ``state_dict_key`` (the checkpoint
     entry holding the state dict) and ``strip_prefix`` (removed from its keys; ``""`` for none) are
-    detected when left ``None``. Raises an
+    detected when left ``None``. ``limits`` holds the bounds, among them
+    ``inline_model_bytes``: float32 weights of that size or more ship in ``model.onnx.data``, ONNX
+    external data beside ``model.onnx`` (float32 ONNX only; variants are refused). Raises an
     :class:`~rnnexport.errors.RnnExportError` subclass on any failure, and on failure or interruption
     leaves ``out`` exactly as it was.
     """
@@ -752,6 +827,7 @@ def build(
         precisions=precisions,
         formats=formats,
         streaming=streaming,
+        limits=limits,
     )
     return _run(request, progress)
 
@@ -790,33 +866,69 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
             ]
 
+        streaming = stream.streaming if stream is not None else None
+        layout: dict[str, Any] | None = None
         try:
-            with _stage(progress, "export") as stage:
-                exported = export_onnx(model, contract, exporter=exporter, opset=opset)
-                _check_traced(exported, contract, exporter, stage=f"after export ({exporter})")
-                stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
-            with _stage(progress, "simplify") as stage:
-                # A streaming call is mostly per-node overhead; a streaming build has no float16
-                # variant, the one that needs the batched Gemm (see simplify_onnx).
-                simplified, stats = simplify_onnx(
-                    exported, check_feeds=cases[-1].inputs, batched_gemm=stream is None
-                )
-                _check_traced(simplified, contract, exporter, stage="after simplification")
-                stage.details.append(stats.describe())
+            # A model for external data goes through files from the export on: none of its stages
+            # may serialize it whole (protobuf stops at 2 GiB), and each file is private to the build.
+            with _export_folder(request.external) as work:
+                to = None if work is None else work / MODEL
+                with _stage(progress, "export") as stage:
+                    exported = export_onnx(model, contract, exporter=exporter, opset=opset, to=to)
+                    _check_traced(exported, contract, exporter, stage=f"after export ({exporter})", path=to)
+                    stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
+                with _stage(progress, "simplify") as stage:
+                    # A streaming call is mostly per-node overhead; a streaming build has no float16
+                    # variant, the one that needs the batched Gemm (see simplify_onnx).
+                    simplified, stats = simplify_onnx(
+                        exported, check_feeds=cases[-1].inputs, path=to, batched_gemm=stream is None
+                    )
+                    del exported
+                    _finalise_model(simplified, subject, contract, streaming)
+                    held = _tensor_bytes(simplified)
+                    if request.external or held >= request.limits.inline_model_bytes:
+                        # Tested again on what the graph holds: an export may hold more than the
+                        # parameters (a constant the trace folded in).
+                        _stores_externally(
+                            held,
+                            request.limits,
+                            request.precisions,
+                            request.formats,
+                            what=f"'{subject.name}'",
+                        )
+                        with writing(request.destination.parent):
+                            layout = write_external_model(simplified, staging)
+                    # The checker reads the staged files for external data (see check_contract).
+                    staged = staging / MODEL if layout is not None else None
+                    _check_traced(simplified, contract, exporter, stage="after simplification", path=staged)
+                    stage.details.append(stats.describe())
+                    if layout is not None:
+                        stage.details.append(
+                            f"{layout['tensors']} tensors ({format_bytes(layout['bytes'])}) written to "
+                            f"{EXTERNAL_DATA}, beside {MODEL}"
+                        )
         except ExportError as exc:
             if exporter != "dynamo" or DYNAMO_RNN_NOTE in str(exc):
                 raise
             raise type(exc)(f"{exc} {DYNAMO_RNN_NOTE}") from exc
-        streaming = stream.streaming if stream is not None else None
-        model_bytes = _finalise_model(simplified, subject, contract, streaming).SerializeToString()
-        write_file(staging / MODEL, model_bytes, where=request.destination.parent)
+        if layout is None:
+            model_bytes = simplified.SerializeToString()
+            write_file(staging / MODEL, model_bytes, where=request.destination.parent)
+        else:
+            model_bytes = (staging / MODEL).read_bytes()
+            layout["inline_limit_bytes"] = request.limits.inline_model_bytes
+            if not layout["tensors"]:  # no tensor reached the size for external data: one file after all
+                layout = None
+        # With external data, ONNX Runtime resolves model.onnx.data beside the staged model.onnx:
+        # verification runs the files that ship, and never a serialized copy of the whole model.
+        model_source: bytes | Path = model_bytes if layout is None else staging / MODEL
 
         # Verify the bytes that will ship, on every requested provider; all must pass.
         results: dict[Device, ProviderResult] = {}
         for d in request.devices:
             with _stage(progress, f"verify {d}", total=len(cases)) as stage:
                 result = results[d] = verify_on_device(
-                    model_bytes,
+                    model_source,
                     cases,
                     device=d,
                     tol=request.tolerances[d],
@@ -887,6 +999,7 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     "exporter": exporter,
                     "opset": opset,
                     "trace_shape": {"batch": TRACE_BATCH, "seq": TRACE_SEQ},
+                    **({"external_data": layout} if layout is not None else {}),
                 },
                 simplification=stats.to_json(),
                 weights=weights_origin,
@@ -984,6 +1097,7 @@ def build_model_artifact(
     precisions: str | Sequence[str] | None = None,
     formats: str | Sequence[str] | None = None,
     streaming: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Manifest:
     """Export, simplify, verify and package any recurrent ``module`` into ``out/name``.
 
@@ -998,6 +1112,7 @@ def build_model_artifact(
     verification: the same shape sweep, lengths-aware inputs, rule (``rule``), variants
     (``precisions``, ``formats``) and report, against ``forward`` in eager PyTorch. ``streaming``
     ships a stateful model (see :mod:`rnnexport.streaming`); a bidirectional recurrence is refused.
+    ``limits`` as for :func:`build`: weights past ``limits.inline_model_bytes`` ship as external data.
     """
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"build_model_artifact needs an nn.Module, got a {type(module).__name__}.")
@@ -1039,6 +1154,12 @@ def build_model_artifact(
     else:
         origin = {"source": "module", "state_sha256": state_sha256(module)}
     user_cases = read_user_cases(paths, contract)
+    weight_bytes = 4 * sum(p.numel() for p in module.parameters())  # float32, as shipped
+    external = _stores_externally(
+        weight_bytes, limits, chosen_precisions, chosen_formats, what=f"The model {what!r}"
+    )
+    if external:
+        recovered = [*recovered, _external_note(weight_bytes, limits)]
     tolerance = Tolerance(atol=1e-5 if atol is None else atol, rtol=1e-4 if rtol is None else rtol)
     recorded = dict(config or {})
     subject = _Subject(
@@ -1069,5 +1190,7 @@ def build_model_artifact(
         user_cases=user_cases,
         notes=recovered,
         streaming=streaming,
+        limits=limits,
+        external=external,
     )
     return _run(request, progress)

@@ -20,6 +20,7 @@ into one message. Torch-free.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import math
@@ -27,7 +28,7 @@ import os
 import re
 import stat
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,6 +43,7 @@ __all__ = [
     "NAME_MAX",
     "PATH_MAX",
     "check_path",
+    "copy_bounded",
     "describe_os_error",
     "file_kind",
     "load_npz",
@@ -113,6 +115,62 @@ def read_bounded(
     blocks), and a file larger than ``limit`` bytes (checked before reading, and again while
     reading, in case it grows). ``fix`` is appended to every message.
     """
+    chunks: list[bytes] = []
+    _read_chunks(path, chunks.append, limit=limit, what=what, error=error, fix=fix)
+    return b"".join(chunks)
+
+
+def copy_bounded(
+    path: Path,
+    destination: Path | None,
+    *,
+    limit: int,
+    what: str,
+    error: type[RnnExportError] = UsageError,
+    fix: str = "",
+) -> tuple[str, int]:
+    """Read ``path`` once, as :func:`read_bounded` does, hashing it and writing it to ``destination``.
+
+    Returns the sha256 (hex) and the size of the bytes read. For files too large to hold in memory
+    (ONNX external data): the copy in ``destination`` (a new file, in a folder the caller owns) is
+    byte for byte what was hashed, so whatever later reads the copy reads the verified bytes, however
+    the original changes meanwhile. ``destination`` None only hashes.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    handle = None if destination is None else destination.open("xb")
+    try:
+
+        def take(chunk: bytes) -> None:
+            nonlocal size
+            digest.update(chunk)
+            size += len(chunk)
+            if handle is not None:
+                _write(handle, chunk)
+
+        try:
+            _read_chunks(path, take, limit=limit, what=what, error=error, fix=fix)
+        except OSError as exc:  # writing the private copy: a full temporary folder
+            raise error(
+                f"Cannot copy {what} {path} to {destination}: {describe_os_error(exc)}. Free some space "
+                "in the temporary folder (TMPDIR), or point TMPDIR at a larger one."
+            ) from None
+    finally:
+        if handle is not None:
+            handle.close()
+    return digest.hexdigest(), size
+
+
+def _read_chunks(
+    path: Path,
+    take: Callable[[bytes], None],
+    *,
+    limit: int,
+    what: str,
+    error: type[RnnExportError],
+    fix: str,
+) -> None:
+    """The checks and the one read of :func:`read_bounded`, handing each chunk to ``take``."""
     check_path(path, what=what, error=error)
     tail = f" {fix}" if fix else ""
     try:
@@ -139,21 +197,20 @@ def read_bounded(
         # The path may have been swapped between lstat and open: check what was actually opened.
         if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
             raise error(f"{what} {path} changed while it was being opened; refusing to read it.{tail}")
-        chunks = []
         total = 0
         while True:
-            chunk = os.read(fd, min(1 << 24, limit + 1 - total))
+            try:
+                chunk = os.read(fd, min(1 << 24, limit + 1 - total))
+            except OSError as exc:
+                raise error(f"Cannot read {what} {path}: {describe_os_error(exc)}.{tail}") from None
             if not chunk:
                 break
-            chunks.append(chunk)
             total += len(chunk)
             if total > limit:
                 raise error(f"{what} {path} grew past the limit of {limit:,} bytes while it was read.{tail}")
-    except OSError as exc:
-        raise error(f"Cannot read {what} {path}: {describe_os_error(exc)}.{tail}") from None
+            take(chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks)
 
 
 def _write(handle: BinaryIO, data: bytes) -> None:

@@ -11,6 +11,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -103,7 +104,11 @@ def native_stderr_discarded() -> Iterator[None]:
 
 
 def simplify_onnx(
-    model: onnx.ModelProto, *, check_feeds: Feeds, batched_gemm: bool = True
+    model: onnx.ModelProto,
+    *,
+    check_feeds: Feeds,
+    path: Path | None = None,
+    batched_gemm: bool = True,
 ) -> tuple[onnx.ModelProto, SimplifyStats]:
     """Run onnxsim on ``model``, letting it compare original and simplified graphs on ``check_feeds``.
 
@@ -112,15 +117,22 @@ def simplify_onnx(
     I/O contract afterwards, since constant folding is where a traced length gets baked into a
     ``Reshape``.
 
+    ``path``: where ``model`` was saved (its weights possibly in external data beside it; ``model``
+    may then be its structure only). onnxsim reads the file itself. Given a path, onnxsim 0.8 loads
+    the model as its own, and when the result does not fit one protobuf message (2 GiB) it saves
+    it with external data in a temporary folder, simplifies and checks it there file to file, and
+    returns it loaded with its weights; given a ``ModelProto`` of that size it would first copy it
+    whole. The result holds its weights in memory either way (a model past 2 GiB can be held, only
+    not serialized).
+
     ``batched_gemm=False`` skips onnxsim's :data:`BATCHED_GEMM_PASS`. ONNX Runtime's MatMul already
     runs the same GEMM kernel on a 3-D input, so the rewrite's extra nodes are pure per-call overhead
     (1-2 us a node on one CPU core), which is most of a one-step streaming call. It stays on by
     default because ONNX Runtime 1.32's CPU provider crashes (a segmentation fault in its
     ``NchwcTransformer``) creating a session for the float16 conversion of the unfused graph.
 
-    After onnxsim, :func:`~rnnexport.tidy.tidy_graph` joins parallel
-    branches before their layout nodes (the same values, fewer nodes per call); the pipeline's
-    verification then runs on the graph that ships.
+    After onnxsim, :func:`~rnnexport.tidy.tidy_graph` applies rnnexport's two rewrites (the same
+    values, fewer nodes per call); the pipeline's verification then runs on the graph that ships.
     """
     log = io.StringIO()
     try:
@@ -129,7 +141,7 @@ def simplify_onnx(
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), native_stderr_discarded():
             warnings.simplefilter("ignore")
             simplified, check_ok = onnxsim.simplify(
-                model,
+                model if path is None else str(path),
                 check_n=1,
                 input_data=dict(check_feeds),
                 skipped_optimizers=[] if batched_gemm else [BATCHED_GEMM_PASS],

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import helper, numpy_helper
 
 __all__ = ["tidy_graph"]
@@ -198,11 +199,20 @@ def _empty_on(name: str, axis: int, graph: onnx.GraphProto, lengths: dict[str, i
 def _drop_empty_inputs(model: onnx.ModelProto) -> bool:
     """Remove every provably empty input of every Concat; whether any was removed."""
     graph = model.graph
-    concats = [n for n in graph.node if n.op_type == "Concat" and len(n.input) > 1]
+    zeros = {o for n in graph.node if n.op_type == "ConstantOfShape" for o in n.output}
+    concats = [
+        n for n in graph.node if n.op_type == "Concat" and len(n.input) > 1 and zeros.intersection(n.input)
+    ]
     if not concats:
         return False
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
     lengths = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    except (ValueError, EncodeError, onnx.shape_inference.InferenceError):
+        # Inference serializes the model, which protobuf refuses past 2 GiB (weights in memory
+        # before they go to external data). Without inferred lengths, only a 0 at the start of a
+        # shape, or after constant pieces, can be located; the rest is left as it is.
+        inferred = onnx.GraphProto()
     for info in [*inferred.value_info, *inferred.input, *inferred.output]:
         dims = info.type.tensor_type.shape.dim
         if len(dims) == 1 and dims[0].HasField("dim_value"):

@@ -35,7 +35,7 @@ _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 def verify_with_deadline(
-    model: bytes,
+    model: bytes | Path,
     cases: Sequence[Case],
     *,
     device: Device,
@@ -47,6 +47,8 @@ def verify_with_deadline(
     """:func:`~rnnexport.compare.verify_on_device` in a child process that is killed after ``seconds``.
 
     ``options`` (the rule, float64 references, sequence axes) go to ``verify_on_device`` unchanged.
+    ``model`` is the model's bytes, or the path of a model whose external data lies beside it (a
+    private copy: the child reads it from there).
     A child that runs out of time, crashes or is killed gives a ``failed`` result with the reason;
     an interruption of the parent (Ctrl-C, SIGTERM) kills the child before it propagates.
     """

@@ -205,3 +205,36 @@ def test_streaming_graphs_keep_the_output_layer_a_matmul(tmp_path: Path) -> None
     assert "Reshape" not in stream
     # Stateless builds keep it: their float16 variant of the unfused graph crashes ONNX Runtime 1.32.
     assert "Gemm" in plain
+
+
+def test_a_model_too_large_to_infer_still_loses_its_empty_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past 2 GiB shape inference cannot serialize the model; a 0 at the start of the shape needs none."""
+    from google.protobuf.message import EncodeError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise EncodeError("Failed to serialize proto")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
+    model = _padded(zero_at=0, concat_axis=0)
+    assert tidy_graph(model) == 5
+    assert [n.op_type for n in model.graph.node] == ["Identity"]
+
+
+@pytest.mark.parametrize("arch", ["parallel-lstm", "attention"])
+def test_external_data_builds_are_tidied_and_verify(arch: str, tmp_path: Path) -> None:
+    """The rewrites run on a model whose weights go to model.onnx.data, and the result verifies."""
+    import dataclasses
+
+    from rnnexport.artifact import EXTERNAL_DATA, verify_artifact
+    from rnnexport.limits import DEFAULT_LIMITS
+    from rnnexport.pipeline import build
+
+    tiny = dataclasses.replace(DEFAULT_LIMITS, inline_model_bytes=1000)
+    build(arch, out=tmp_path, device="cpu", limits=tiny)
+    folder = tmp_path / arch
+    assert (folder / EXTERNAL_DATA).is_file()
+    ops = [n.op_type for n in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.node]
+    assert "ConstantOfShape" not in ops  # the empty padding is gone (attention) or never was
+    if arch == "parallel-lstm":
+        assert ops.count("Transpose") == 2
+    assert verify_artifact(folder, device="cpu").passed

@@ -442,12 +442,12 @@ def test_a_rebuild_published_while_verify_reads_is_read_again(
     real = artifact._read_listed
     calls: list[int] = []
 
-    def swap_once(where: Path, listed: Any, limits: Limits) -> Any:
+    def swap_once(where: Path, listed: Any, limits: Limits, **options: Any) -> Any:
         if not calls:
             folder.rename(tmp_path / "old")
             (newer / "attention").rename(folder)
         calls.append(1)
-        return real(where, listed, limits)
+        return real(where, listed, limits, **options)
 
     monkeypatch.setattr(artifact, "_read_listed", swap_once)
     report = verify_artifact(folder, device="cpu")
