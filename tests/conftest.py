@@ -5,13 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
+from rnnexport.cli import app
 from rnnexport.registry import list_architectures
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH_NAMES = [spec.name for spec in list_architectures()]
 MASKED = [spec.name for spec in list_architectures() if spec.masked]
 PER_STEP = [spec.name for spec in list_architectures() if spec.per_step]
+
+
+def run_cli(*args: str) -> Result:
+    """``rnnexport ARGS`` in process; whatever it exits with, it must not end in a traceback."""
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def flat(text: str) -> str:
+    """``text`` on one line, runs of whitespace (a terminal's wrapping) as one space."""
+    return " ".join(text.split())
 
 
 def build_every_architecture(out: Path, device: str) -> Path:

@@ -17,25 +17,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from typer.testing import CliRunner, Result
 
 from rnnexport.artifact import MANIFEST, verify_artifact
 from rnnexport.bench import BENCH_FILE, REGIMES, RUNTIMES, parse_sizes, session_options
-from rnnexport.cli import app
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.pipeline import build
 from rnnexport.runtime import bucketed_run, plan_buckets
 
-cli = CliRunner()
+from .conftest import run_cli
+
 # The smallest run that still exercises every part: two batches, two lengths, one round.
 QUICK = ["--batch", "1,2", "--seq", "1,3", "--rounds", "1", "--repeats", "2"]
-
-
-def _run(*args: str) -> Result:
-    result = cli.invoke(app, list(args))
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,7 @@ def _positive_stats(entry: dict[str, Any]) -> None:
 
 
 def test_bench_json_has_every_field_for_the_grid_asked_for(masked: Path) -> None:
-    result = _run("bench", str(masked), *QUICK, "--json")
+    result = run_cli("bench", str(masked), *QUICK, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["arch"] == "many-to-many-masked"
@@ -108,7 +100,7 @@ def test_bench_json_has_every_field_for_the_grid_asked_for(masked: Path) -> None
 
 
 def test_bench_table_without_json(masked: Path) -> None:
-    result = _run("bench", str(masked), *QUICK, "--no-settings", "--no-ragged", "--no-plain")
+    result = run_cli("bench", str(masked), *QUICK, "--no-settings", "--no-ragged", "--no-plain")
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert "pytorch-eager" in result.stderr
@@ -138,7 +130,7 @@ def test_bench_works_without_torch(masked: Path) -> None:
     ("option", "value"), [("--batch", "0"), ("--seq", "x"), ("--batch", ""), ("--seq", "1,-3")]
 )
 def test_bad_grid_is_a_usage_error(masked: Path, option: str, value: str) -> None:
-    result = _run("bench", str(masked), option, value)
+    result = run_cli("bench", str(masked), option, value)
     assert result.exit_code == 2
     assert option in result.output
 
@@ -150,14 +142,14 @@ def test_parse_sizes_sorts_and_deduplicates() -> None:
 
 
 def test_not_an_artifact(tmp_path: Path) -> None:
-    result = _run("bench", str(tmp_path))
+    result = run_cli("bench", str(tmp_path))
     assert result.exit_code == 1
     assert "not an rnnexport artifact" in result.output
 
 
 def test_tampered_artifact_is_not_benchmarked(masked: Path) -> None:
     (masked / "model.onnx").write_bytes((masked / "model.onnx").read_bytes() + b"\0")
-    result = _run("bench", str(masked), *QUICK)
+    result = run_cli("bench", str(masked), *QUICK)
     assert result.exit_code == 1
     assert "'model.onnx' was modified" in result.output
 
@@ -182,7 +174,7 @@ def test_plot_without_matplotlib_is_refused_before_measuring(
     masked: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
-    result = _run("bench", str(masked), *QUICK, "--plot", str(tmp_path / "latency.png"))
+    result = run_cli("bench", str(masked), *QUICK, "--plot", str(tmp_path / "latency.png"))
     assert result.exit_code == 2
     text = " ".join(result.output.split())
     assert "--plot needs matplotlib" in text
@@ -194,7 +186,7 @@ def test_plot_without_matplotlib_is_refused_before_measuring(
 def test_plot_is_written(masked: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="matplotlib is optional (the bench extra)")
     target = tmp_path / "latency.png"
-    result = _run("bench", str(masked), *QUICK, "--no-settings", "--no-ragged", "--plot", str(target))
+    result = run_cli("bench", str(masked), *QUICK, "--no-settings", "--no-ragged", "--plot", str(target))
     assert result.exit_code == 0, result.output
     assert target.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
@@ -204,7 +196,7 @@ def test_plot_is_written(masked: Path, tmp_path: Path) -> None:
 
 def test_record_writes_bench_json_and_verify_still_passes(masked: Path) -> None:
     manifest_before = json.loads((masked / MANIFEST).read_text())
-    result = _run("bench", str(masked), *QUICK, "--record", "--json")
+    result = run_cli("bench", str(masked), *QUICK, "--record", "--json")
     assert result.exit_code == 0, result.output
     recorded = json.loads((masked / BENCH_FILE).read_text())
     assert recorded == json.loads(result.stdout)
@@ -215,9 +207,9 @@ def test_record_writes_bench_json_and_verify_still_passes(masked: Path) -> None:
         k: v for k, v in manifest_before.items() if k != "files"
     }
     assert verify_artifact(masked, device="cpu").passed
-    assert _run("verify", str(masked), "--device", "cpu").exit_code == 0
+    assert run_cli("verify", str(masked), "--device", "cpu").exit_code == 0
     # Recording again replaces the file and its hash.
-    assert _run("bench", str(masked), *QUICK, "--no-ragged", "--record").exit_code == 0
+    assert run_cli("bench", str(masked), *QUICK, "--no-ragged", "--record").exit_code == 0
     assert "ragged" not in json.loads((masked / BENCH_FILE).read_text())
     assert verify_artifact(masked, device="cpu").passed
     # A later change to the recorded figures is caught like any other file's.
@@ -255,18 +247,18 @@ def test_user_weights_are_needed_again_and_must_be_the_same(tmp_path: Path) -> N
     artifact = tmp_path / "dist" / "many-to-many"
     fast = [*QUICK, "--no-settings", "--no-ragged", "--json"]
 
-    without = _run("bench", str(artifact), *fast)
+    without = run_cli("bench", str(artifact), *fast)
     assert without.exit_code == 0, without.output
     reason = json.loads(without.stdout)["runtimes"]["pytorch-eager"]["reason"]
     assert "--weights" in reason
 
-    with_weights = _run("bench", str(artifact), *fast, "--weights", str(checkpoint))
+    with_weights = run_cli("bench", str(artifact), *fast, "--weights", str(checkpoint))
     assert with_weights.exit_code == 0, with_weights.output
     assert json.loads(with_weights.stdout)["runtimes"]["pytorch-eager"]["available"]
 
     other = tmp_path / "other.safetensors"
     save_file(build_model(spec, ArchConfig(hidden_size=8), seed=4).state_dict(), str(other))
-    wrong = _run("bench", str(artifact), *fast, "--weights", str(other))
+    wrong = run_cli("bench", str(artifact), *fast, "--weights", str(other))
     assert wrong.exit_code == 2
     assert "is not the checkpoint" in " ".join(wrong.output.split())
     del torch
@@ -342,7 +334,7 @@ def test_parallel_execution_is_tried_only_for_independent_branches() -> None:
 
 def test_shipped_variants_are_timed_beside_the_artifact(tmp_path: Path) -> None:
     build("many-to-many", out=tmp_path, device="cpu", precisions="fp32,int8", formats="onnx,ort")
-    result = _run("bench", str(tmp_path / "many-to-many"), *QUICK, "--no-eager", "--no-plain", "--json")
+    result = run_cli("bench", str(tmp_path / "many-to-many"), *QUICK, "--no-eager", "--no-plain", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     timed = {r["runtime"] for r in report["results"]}

@@ -26,6 +26,8 @@ from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 from rnnexport.weights import MAX_SAFETENSORS_HEADER, check_state_dict, load_state_dict, read_checkpoint
 
+from .conftest import flat
+
 cli = CliRunner()
 SPEC = get_arch("many-to-many")
 
@@ -41,12 +43,8 @@ def _build(*args: str) -> Result:
     return result
 
 
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _message(exc: pytest.ExceptionInfo[Exception]) -> str:
-    return _flat(str(exc.value))
+    return flat(str(exc.value))
 
 
 # --- wrappers and prefixes ---------------------------------------------------------------------
@@ -127,7 +125,7 @@ def test_lightning_checkpoint_builds_and_the_manifest_says_how_it_was_read(tmp_p
     out = tmp_path / "dist"
     result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(out), "--device", "cpu")
     assert result.exit_code == 0, result.output
-    output = _flat(result.output)
+    output = flat(result.output)
     assert "used entry 'state_dict' of the checkpoint (ignored: 'epoch')" in output
     assert "stripped prefix 'model.' from every key" in output
     assert "upcast 6 float16 tensors to float32 (exact)" in output
@@ -165,9 +163,9 @@ def test_ambiguous_entries_are_refused_and_the_api_chooses(tmp_path: Path) -> No
 
 def test_state_dict_key_that_does_not_apply(tmp_path: Path) -> None:
     state = _state()
-    wrapped, flat, st = tmp_path / "w.pt", tmp_path / "flat.pt", tmp_path / "w.safetensors"
+    wrapped, flat_file, st = tmp_path / "w.pt", tmp_path / "flat.pt", tmp_path / "w.safetensors"
     torch.save({"model": state, "epoch": 2}, wrapped)
-    torch.save(state, flat)
+    torch.save(state, flat_file)
     save_file(state, str(st))
     with pytest.raises(UsageError) as info:
         read_checkpoint(wrapped, SPEC, state_dict_key="ema")
@@ -178,7 +176,7 @@ def test_state_dict_key_that_does_not_apply(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"its entry 'epoch' holds a int, not a mapping of names to tensors"):
         read_checkpoint(wrapped, SPEC, state_dict_key="epoch")
     with pytest.raises(UsageError, match=r"the file is itself a state dict"):
-        read_checkpoint(flat, SPEC, state_dict_key="model")
+        read_checkpoint(flat_file, SPEC, state_dict_key="model")
     with pytest.raises(UsageError, match=r"a safetensors file is one flat mapping"):
         read_checkpoint(st, SPEC, state_dict_key="model")
     result = _build(
@@ -192,7 +190,7 @@ def test_state_dict_key_that_does_not_apply(tmp_path: Path) -> None:
         str(tmp_path / "o"),
     )
     assert result.exit_code == 2
-    assert "Entries that are state dicts: 'model'" in _flat(result.output)
+    assert "Entries that are state dicts: 'model'" in flat(result.output)
 
 
 def test_several_candidates_none_fitting(tmp_path: Path) -> None:
@@ -234,8 +232,8 @@ def test_strip_prefix_option(tmp_path: Path) -> None:
         "--arch", "many-to-many", "--weights", str(path), "--strip-prefix", "", "--out", str(tmp_path / "o")
     )
     assert result.exit_code == 1
-    assert "unexpected (6): 'module.fc.bias' [5];" in _flat(result.output)
-    assert "'module.lstm.weight_ih_l0' [80, 10]" in _flat(result.output)
+    assert "unexpected (6): 'module.fc.bias' [5];" in flat(result.output)
+    assert "'module.lstm.weight_ih_l0' [80, 10]" in flat(result.output)
     # A prefix no key has is a usage error that shows what the keys look like.
     result = _build(
         "--arch",
@@ -248,7 +246,7 @@ def test_strip_prefix_option(tmp_path: Path) -> None:
         str(tmp_path / "o"),
     )
     assert result.exit_code == 2
-    assert _flat(result.output).endswith(
+    assert flat(result.output).endswith(
         f"error: --strip-prefix 'net.' matches no key of {path}; its keys begin 'module.fc.bias', "
         "'module.fc.weight', 'module.lstm.bias_hh_l0'. Pass the prefix the keys carry (for example "
         "'module.' or 'model.'), or leave --strip-prefix out to detect it."
@@ -266,7 +264,7 @@ def test_prefixed_checkpoint_of_another_architecture_still_gets_the_arch_hint(tm
     torch.save({"module." + k: v for k, v in _state("parallel-gru").items()}, path)
     result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
-    output = _flat(result.output)
+    output = flat(result.output)
     assert f"The weights in {path} (prefix 'module.' stripped) do not fit 'many-to-many'" in output
     assert "The keys look like weights of 'parallel-gru': try --arch parallel-gru." in output
 
@@ -275,11 +273,11 @@ def test_options_need_weights_and_an_architecture(tmp_path: Path) -> None:
     result = _build("--arch", "many-to-many", "--strip-prefix", "module.", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
     assert "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was given" in (
-        _flat(result.output)
+        flat(result.output)
     )
     result = _build("--all", "--state-dict-key", "model", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
-    assert "--all builds every architecture at its defaults" in _flat(result.output)
+    assert "--all builds every architecture at its defaults" in flat(result.output)
 
 
 # --- dtypes ------------------------------------------------------------------------------------
@@ -333,7 +331,7 @@ def test_float64_beyond_float32_range_is_named_after_the_cast(suffix: str, tmp_p
         torch.save(state, path)
     result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
-    assert _flat(result.output) == _flat(
+    assert flat(result.output) == flat(
         f"building many-to-many error: {path} holds NaN or infinite values in ['lstm.bias_hh_l0']; and "
         "values beyond float32's range (+-3.4e+38), which become infinite when cast to float32, in "
         "['fc.bias']. Expected weights that are finite in float32; the model cannot be verified with "
@@ -356,7 +354,7 @@ def test_non_floating_weights_are_refused_by_key(dtype: torch.dtype, suffix: str
     name = str(dtype).removeprefix("torch.")
     result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
-    output = _flat(result.output)
+    output = flat(result.output)
     assert (
         f"holds non-floating weights: 'fc.bias' ({name}), 'lstm.weight_hh_l0' ({name}). Expected "
         "floating-point tensors (float32; float16, bfloat16 and float64 are cast to float32). Casting "
@@ -379,7 +377,7 @@ def test_sparse_meta_and_quantized_tensors_get_one_message(tmp_path: Path) -> No
     torch.save(state, path)
     result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
-    output = _flat(result.output)
+    output = flat(result.output)
     assert (
         f"error: {path} holds tensors that cannot be used as weights: 'fc.bias' is sparse (sparse_coo); "
         "'fc.weight' is quantized (qint8); 'lstm.bias_ih_l0' is on the meta device (a shape without data); "
@@ -429,7 +427,7 @@ def test_deeper_or_bidirectional_rnn_says_so(lstm: dict[str, Any], fact: str, tm
     torch.save({"module." + k: v for k, v in state.items()}, path)
     result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
-    assert _flat(result.output) == _flat(
+    assert flat(result.output) == flat(
         f"building many-to-many error: The weights in {path} (prefix 'module.' stripped) come from a "
         f"different kind of RNN than 'many-to-many' has: {fact}. 'many-to-many' is built from one-layer, "
         "unidirectional LSTMs (num_layers=1, bidirectional=False), so no size option makes these weights "
@@ -512,7 +510,7 @@ def test_six_gib_checkpoint_with_a_wrong_shape_fails_from_the_header(
 
     result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
-    assert "wrong shape (1): 'fc.weight': expected [5, 20], got [5, 322122548]" in _flat(result.output)
+    assert "wrong shape (1): 'fc.weight': expected [5, 20], got [5, 322122548]" in flat(result.output)
     assert not (tmp_path / "o").exists()
 
 
@@ -624,13 +622,13 @@ def test_control_characters_in_keys_are_made_visible(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "\x1b" not in result.output
     assert "\x07" not in result.output
-    assert r"unexpected (1): '\x1b[2J\x1b[H\x1b[32mALL CHECKS PASSED\x07' [1]" in _flat(result.output)
+    assert r"unexpected (1): '\x1b[2J\x1b[H\x1b[32mALL CHECKS PASSED\x07' [1]" in flat(result.output)
 
 
 def test_weights_path_too_long_for_the_file_system(tmp_path: Path) -> None:
     result = _build("--arch", "many-to-many", "--weights", str(tmp_path / ("w" * 300 + ".pt")))
     assert result.exit_code == 2
-    assert "has a path component of 303 bytes; file systems allow at most 255 bytes" in _flat(result.output)
+    assert "has a path component of 303 bytes; file systems allow at most 255 bytes" in flat(result.output)
 
 
 def test_nan_in_a_narrow_float_is_named(tmp_path: Path) -> None:
@@ -648,7 +646,7 @@ def test_truncated_torch_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:500])
     result = _build("--arch", "many-to-many", "--weights", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
-    output = _flat(result.output)
+    output = flat(result.output)
     assert f"error: Cannot read {path} as a PyTorch state_dict: RuntimeError: " in output
     assert "it looks truncated or corrupt" in output
     assert not (tmp_path / "o").exists()

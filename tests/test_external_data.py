@@ -27,30 +27,18 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
-from typer.testing import CliRunner, Result
 
 from rnnexport import artifact, safeio
 from rnnexport.artifact import verify_artifact
-from rnnexport.cli import app
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import DEFAULT_LIMITS
 from rnnexport.pipeline import build, build_model_artifact
 
-cli = CliRunner()
+from .conftest import flat, run_cli
+
 DATA = "model.onnx.data"
 # Far below the smallest architecture's weights: every build with it takes the external-data path.
 TINY = dataclasses.replace(DEFAULT_LIMITS, inline_model_bytes=1000)
-
-
-def _run(*args: str) -> Result:
-    result = cli.invoke(app, list(args))
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _subprocess_cli(
@@ -112,8 +100,8 @@ def _set(tensor: TensorProto, key: str, value: str) -> None:
 
 
 def _refused(folder: Path, *expected: str) -> str:
-    result = _run("verify", str(folder), "--device", "cpu")
-    output = _flat(result.output)
+    result = run_cli("verify", str(folder), "--device", "cpu")
+    output = flat(result.output)
     assert result.exit_code == 1, output
     for text in expected:
         assert text in output
@@ -165,9 +153,9 @@ def test_the_two_files_compute_the_shipped_test_data_in_onnx_runtime(shipped: Pa
 
 
 def test_an_external_data_artifact_verifies_and_says_so(folder: Path) -> None:
-    result = _run("verify", str(folder), "--device", "cpu")
+    result = run_cli("verify", str(folder), "--device", "cpu")
     assert result.exit_code == 0, result.output
-    output = _flat(result.output)
+    output = flat(result.output)
     assert f"weights in {DATA}" in output
     assert verify_artifact(folder, device="cpu").passed
 
@@ -244,7 +232,7 @@ def test_variants_of_an_external_data_model_are_refused_before_anything_is_built
             precisions=precisions,
             formats=formats,
         )
-    message = _flat(str(caught.value))
+    message = flat(str(caught.value))
     assert f"its weights in {DATA}" in message
     assert "Nothing was built" in message
     assert not (tmp_path / "out").exists()
@@ -293,7 +281,7 @@ def test_a_reference_to_any_other_file_is_refused_and_never_opened(
     location = str(absolute) if location == "ABSOLUTE" else location
     _edit_references(folder, lambda t: _set(t, "location", location))
     result = _subprocess_cli("verify", str(folder), "--device", "cpu", timeout=60)
-    output = _flat(result.stderr)
+    output = flat(result.stderr)
     assert result.returncode == 1, output
     assert f"points at external data '{location}'" in output
     assert f"the only external data an artifact may hold is '{DATA}'" in output

@@ -15,13 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from typer.testing import CliRunner, Result
 
 from rnnexport import pipeline
 from rnnexport.artifact import MANIFEST
-from rnnexport.cli import app
 
-cli = CliRunner()
+from .conftest import run_cli
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -35,17 +33,10 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     }
 
 
-def _run(*args: str) -> Result:
-    result = cli.invoke(app, list(args))
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shipped")
-    assert _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu").exit_code == 0
+    assert run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu").exit_code == 0
     return out / "attention"
 
 
@@ -78,7 +69,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 )
 def test_bad_requests_exit_2_and_write_nothing(tmp_path: Path, args: list[str], expected: str) -> None:
     out = tmp_path / "out"
-    result = _run("build", *args, "--out", str(out))
+    result = run_cli("build", *args, "--out", str(out))
     assert result.exit_code == 2
     assert expected in " ".join(result.output.split())
     assert not out.exists()
@@ -87,7 +78,7 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path: Path, args: list[str], 
 def test_out_is_a_file(tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("keep me")
-    result = _run("build", "--arch", "attention", "--out", str(target))
+    result = run_cli("build", "--arch", "attention", "--out", str(target))
     assert result.exit_code == 2
     assert "--out must be a folder, but" in result.output
     assert target.read_text() == "keep me"
@@ -95,7 +86,7 @@ def test_out_is_a_file(tmp_path: Path) -> None:
 
 def test_out_is_unwritable() -> None:
     # /proc refuses new entries even for root, unlike a chmod'ed folder.
-    result = _run("build", "--arch", "attention", "--out", "/proc/rnnexport-test/out")
+    result = run_cli("build", "--arch", "attention", "--out", "/proc/rnnexport-test/out")
     assert result.exit_code == 2
     assert "Cannot write under /proc/rnnexport-test/out" in result.output
 
@@ -105,16 +96,16 @@ def test_existing_artifact_needs_force_and_force_replaces_completely(shipped: Pa
     shutil.copytree(shipped, out / "attention")
     (out / "attention" / "stale.txt").write_text("from an older build")
     before = _snapshot(out)
-    refused = _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu")
+    refused = run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu")
     assert refused.exit_code == 2
     assert "already exists" in refused.output
     assert "--force" in refused.output
     assert _snapshot(out) == before
-    forced = _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu", "--force")
+    forced = run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu", "--force")
     assert forced.exit_code == 0, forced.output
     assert not (out / "attention" / "stale.txt").exists()
     assert sorted(p.name for p in out.iterdir()) == ["attention"]  # no staging or backup folders left
-    assert _run("verify", str(out / "attention"), "--device", "cpu").exit_code == 0
+    assert run_cli("verify", str(out / "attention"), "--device", "cpu").exit_code == 0
 
 
 # -- user tensors ------------------------------------------------------------------------------------
@@ -141,7 +132,7 @@ def test_bad_user_inputs(tmp_path: Path, lengths: list[int], poison: float | Non
     if poison is not None:
         x[1, 1, 1] = poison
     path = _inputs(tmp_path, x, np.array(lengths, np.int64))
-    result = _run("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "out"))
+    result = run_cli("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
     assert expected in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
@@ -150,14 +141,14 @@ def test_bad_user_inputs(tmp_path: Path, lengths: list[int], poison: float | Non
 def test_user_inputs_with_wrong_names_dtype_or_pickles(tmp_path: Path) -> None:
     path = tmp_path / "cases.npz"
     np.savez(path, x=np.zeros((2, 4, 10), np.float32), length=np.ones(2, np.int64))
-    wrong_name = _run("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"))
+    wrong_name = run_cli("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"))
     assert wrong_name.exit_code == 2
     assert "missing ['lengths'], unexpected ['length']" in wrong_name.output
     np.savez(path, x=np.zeros((2, 4, 10), np.float64), lengths=np.ones(2, np.int64))
-    wrong_dtype = _run("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"))
+    wrong_dtype = run_cli("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"))
     assert "has dtype float64, expected float32" in wrong_dtype.output
     np.savez(path, x=np.array([{"a": 1}], dtype=object), lengths=np.ones(1, np.int64))
-    pickled = _run("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"))
+    pickled = run_cli("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"))
     assert pickled.exit_code == 2
     assert "Cannot read --inputs" in pickled.output
     assert not (tmp_path / "o").exists()
@@ -166,7 +157,7 @@ def test_user_inputs_with_wrong_names_dtype_or_pickles(tmp_path: Path) -> None:
 def test_good_user_inputs_are_verified_too(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     path = _inputs(tmp_path, rng.standard_normal((4, 33, 10)).astype(np.float32), np.array([33, 1, 20, 7]))
-    result = _run(
+    result = run_cli(
         "build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"), "--device", "cpu"
     )
     assert result.exit_code == 0, result.output
@@ -193,7 +184,7 @@ def test_symlinks_in_an_artifact_are_refused(shipped: Path, tmp_path: Path) -> N
     (folder / "test_data_set_0" / "input_0.pb").unlink()
     (folder / "test_data_set_0" / "input_0.pb").symlink_to("/etc/hostname")
     (folder / "extra").symlink_to(tmp_path, target_is_directory=True)
-    result = _run("verify", str(folder))
+    result = run_cli("verify", str(folder))
     assert result.exit_code == 1
     output = " ".join(result.output.split())
     assert "'test_data_set_0/input_0.pb' is a symbolic link (refused" in output
@@ -228,7 +219,7 @@ def test_manifest_paths_outside_the_folder_are_refused(shipped: Path, tmp_path: 
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["files"]["../../etc/passwd"] = "0" * 64
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    result = _run("verify", str(folder))
+    result = run_cli("verify", str(folder))
     assert result.exit_code == 1
     assert "a path outside the artifact folder (refused)" in " ".join(result.output.split())
 
@@ -251,7 +242,7 @@ def test_ctrl_c_at_any_stage_leaves_the_destination_as_it_was(
     shutil.copytree(shipped, out / "attention")
     before = _snapshot(out)
     monkeypatch.setattr(pipeline, stage, _interrupt)
-    result = _run("build", "--arch", "attention", "--out", str(out), "--force", "--device", "cpu")
+    result = run_cli("build", "--arch", "attention", "--out", str(out), "--force", "--device", "cpu")
     assert result.exit_code == 130
     assert result.output.strip().splitlines()[-1].startswith("interrupted:")
     assert _snapshot(out) == before
@@ -273,7 +264,7 @@ def test_ctrl_c_while_swapping_in_the_new_artifact(
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", rename)
-    result = _run("build", "--arch", "attention", "--out", str(out), "--force", "--device", "cpu")
+    result = run_cli("build", "--arch", "attention", "--out", str(out), "--force", "--device", "cpu")
     assert result.exit_code == 130
     assert _snapshot(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["attention"]
@@ -283,7 +274,7 @@ def test_ctrl_c_into_a_missing_out_folder_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "export_onnx", _interrupt)
-    result = _run("build", "--arch", "attention", "--out", str(tmp_path / "new" / "deeper"))
+    result = run_cli("build", "--arch", "attention", "--out", str(tmp_path / "new" / "deeper"))
     assert result.exit_code == 130
     assert list(tmp_path.iterdir()) == []
 
@@ -336,7 +327,7 @@ def test_all_reports_each_failure_and_goes_on(tmp_path: Path, monkeypatch: pytes
         return real_export(model, contract, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pipeline, "export_onnx", export_fails_for_gru)
-    result = _run("build", "--all", "--out", str(out), "--device", "cpu", "--json")
+    result = run_cli("build", "--all", "--out", str(out), "--device", "cpu", "--json")
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
     assert summary["passed"] is False
@@ -350,7 +341,7 @@ def test_all_reports_each_failure_and_goes_on(tmp_path: Path, monkeypatch: pytes
 
 def test_ctrl_c_during_all_stops_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "simplify_onnx", _interrupt)
-    result = _run("build", "--all", "--out", str(tmp_path / "out"), "--device", "cpu")
+    result = run_cli("build", "--all", "--out", str(tmp_path / "out"), "--device", "cpu")
     assert result.exit_code == 130
     assert result.output.count("building ") == 1
     assert not (tmp_path / "out").exists()
@@ -364,7 +355,7 @@ def test_rehashed_garbage_is_an_artifact_error_not_a_crash(
     shutil.copytree(shipped, folder)
     (folder / target).write_bytes(b"\xff\xfe not protobuf \x00" * 8)
     _rehash(folder)  # an edit that also fixed the manifest: the content checks must still hold
-    result = _run("verify", str(folder))
+    result = run_cli("verify", str(folder))
     assert result.exit_code == 1
     assert "Rebuild the artifact" in result.output
 
@@ -384,6 +375,6 @@ def test_malformed_manifest_is_an_artifact_error(shipped: Path, tmp_path: Path, 
     manifest = json.loads((folder / MANIFEST).read_text())
     edit(manifest)  # type: ignore[operator]
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    result = _run("verify", str(folder))
+    result = run_cli("verify", str(folder))
     assert result.exit_code == 1
     assert "is not a valid rnnexport manifest" in result.output

@@ -21,24 +21,16 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from rnnexport import artifact
 from rnnexport.artifact import MANIFEST, verify_artifact
-from rnnexport.cli import app
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import Limits
 from rnnexport.pipeline import build
 from rnnexport.safeio import loads_strict, read_bounded
 
-cli = CliRunner()
-
-
-def _run(*args: str) -> Result:
-    result = cli.invoke(app, list(args))
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
+from .conftest import run_cli
 
 
 def _flat(result: Result | subprocess.CompletedProcess[str]) -> str:
@@ -98,7 +90,7 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
 
 
 def _refused(folder: Path, *expected: str, code: int = 1) -> str:
-    result = _run("verify", str(folder), "--device", "cpu")
+    result = run_cli("verify", str(folder), "--device", "cpu")
     output = _flat(result)
     assert result.exit_code == code, output
     for text in expected:
@@ -201,7 +193,7 @@ def test_loose_tolerance_cannot_hide_a_negated_bias(folder: Path) -> None:
 
 def test_the_tolerance_used_is_reported(folder: Path) -> None:
     _edit_manifest(folder, lambda m: m["verification"]["tolerance"]["cpu"].update(atol=0.5))
-    result = _run("verify", str(folder), "--device", "cpu", "--json")
+    result = run_cli("verify", str(folder), "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tolerance"] == {"cpu": {"atol": 0.5, "rtol": 1e-4}}
     assert "atol 0.5 + rtol 0.0001" in _flat(result)  # the tolerance in the rule the manifest names
@@ -284,9 +276,9 @@ def test_contract_dims_cannot_switch_the_check_off(
 
 def test_pinning_the_manifest(folder: Path) -> None:
     digest = hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
-    assert _run("verify", str(folder), "--device", "cpu", "--expect-sha256", digest).exit_code == 0
+    assert run_cli("verify", str(folder), "--device", "cpu", "--expect-sha256", digest).exit_code == 0
     _edit_manifest(folder, lambda m: m["weights"].update(source="someone else"))
-    _refused_pin = _run("verify", str(folder), "--device", "cpu", "--expect-sha256", digest)
+    _refused_pin = run_cli("verify", str(folder), "--device", "cpu", "--expect-sha256", digest)
     assert _refused_pin.exit_code == 1
     assert f"expected {digest}: this is not the artifact you pinned" in _flat(_refused_pin)
 
@@ -376,7 +368,7 @@ def test_a_model_that_would_run_forever_is_stopped(folder: Path) -> None:
     (folder / "model.onnx").write_bytes(model.SerializeToString())
     assert (folder / "model.onnx").stat().st_size < 2000
     _rehash(folder)
-    result = _run("verify", str(folder), "--device", "cpu", "--time-limit", "2")
+    result = run_cli("verify", str(folder), "--device", "cpu", "--time-limit", "2")
     assert result.exit_code == 1
     output = _flat(result)
     assert "onnxruntime did not finish the test data within the time bound of 2 s and was stopped" in output

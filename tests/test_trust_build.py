@@ -17,10 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner, Result
 
 from rnnexport import artifact, pipeline, safeio
-from rnnexport.cli import app
 from rnnexport.errors import GoldenError, InputError, UsageError
 from rnnexport.golden import load_golden, regenerate_command
 from rnnexport.limits import Limits
@@ -28,20 +26,7 @@ from rnnexport.pipeline import build, estimate_resources
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
-from .conftest import ARCH_NAMES, REPO
-
-cli = CliRunner()
-
-
-def _run(*args: str) -> Result:
-    result = cli.invoke(app, list(args))
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
+from .conftest import ARCH_NAMES, REPO, flat, run_cli
 
 
 def _python(script: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
@@ -76,12 +61,12 @@ def test_a_model_too_large_to_build_here_is_refused_up_front(
     # 2 GiB a model ships with external data, so what stops it is the memory a build needs.
     monkeypatch.setattr(pipeline, "_model_and_references", pytest.fail)
     monkeypatch.setattr(pipeline, "available_memory", lambda: 24 << 30)
-    result = _run(
+    result = run_cli(
         "build", "--arch", arch, "--hidden-size", "4096", "--input-size", "4096", "--branches", "16",
         "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert result.exit_code == 2
-    output = _flat(result.output)
+    output = flat(result.output)
     assert f"has {parameters} parameters" in output
     assert "of float32 weights; building and verifying it needs about" in output
     assert "but only 24 GiB is available here" in output
@@ -94,12 +79,12 @@ def test_a_build_that_cannot_fit_in_memory_is_refused_with_the_numbers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "available_memory", lambda: 256 << 20)
-    result = _run(
+    result = run_cli(
         "build", "--arch", "parallel-lstm", "--branches", "16", "--hidden-size", "768", "--input-size", "768",
         "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert result.exit_code == 2
-    output = _flat(result.output)
+    output = flat(result.output)
     assert (
         "has 85,033,728 parameters, 324 MiB of float32 weights; "
         "building and verifying it needs about 4.18 GiB" in output
@@ -140,9 +125,9 @@ def test_the_estimate_counts_the_real_parameters(arch: str) -> None:
 def test_bad_config_files(tmp_path: Path, text: str, expected: str) -> None:
     config = tmp_path / "sizes.json"
     config.write_text(text, encoding="utf-8")
-    result = _run("build", "--arch", "attention", "--config", str(config), "--out", str(tmp_path / "out"))
+    result = run_cli("build", "--arch", "attention", "--config", str(config), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert expected in _flat(result.output)
+    assert expected in flat(result.output)
     assert not (tmp_path / "out").exists()
 
 
@@ -159,9 +144,9 @@ def test_config_that_is_not_a_small_file(tmp_path: Path) -> None:
         str(tmp_path / ("c" * 256)): "has a path component of 256 bytes",
     }
     for path, expected in cases.items():
-        result = _run("build", "--arch", "attention", "--config", path, "--out", str(tmp_path / "out"))
+        result = run_cli("build", "--arch", "attention", "--config", path, "--out", str(tmp_path / "out"))
         assert result.exit_code == 2
-        assert expected in _flat(result.output)
+        assert expected in flat(result.output)
 
 
 def test_unknown_keys_with_null_values_through_the_api(tmp_path: Path) -> None:
@@ -201,9 +186,9 @@ def test_a_decompression_bomb_is_refused_before_decompressing(tmp_path: Path) ->
         },
     )
     assert path.stat().st_size < 1 << 20
-    result = _run("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "out"))
+    result = run_cli("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
-    output = _flat(result.output)
+    output = flat(result.output)
     assert (
         "holds 2 array(s) of 80 MiB once decompressed ('x.npy' alone is 80 MiB); the limit is 64 MiB"
         in output
@@ -220,11 +205,11 @@ def test_an_npy_header_that_lies_about_its_shape(tmp_path: Path) -> None:
             "lengths.npy": ({"descr": "<i8", "fortran_order": False, "shape": (1,)}, _zeros(8)),
         },
     )
-    result = _run("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "out"))
+    result = run_cli("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
     assert (
         "array 'x' declares shape [1000000000000, 1, 10] of float32 (40,000,000,000,000 bytes) "
-        "but holds 40 bytes" in _flat(result.output)
+        "but holds 40 bytes" in flat(result.output)
     )
 
 
@@ -236,9 +221,9 @@ def test_inputs_that_are_not_a_regular_file(tmp_path: Path) -> None:
         # A folder is read as the ONNX test-data layout, so one without test_data_set_N/ is refused.
         (str(tmp_path), "is a folder without test_data_set_N/ folders"),
     ):
-        result = _run("build", "--arch", "attention", "--inputs", path, "--out", str(tmp_path / "out"))
+        result = run_cli("build", "--arch", "attention", "--inputs", path, "--out", str(tmp_path / "out"))
         assert result.exit_code == 2
-        assert expected in _flat(result.output)
+        assert expected in flat(result.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cases.npz"]
 
 
@@ -258,11 +243,13 @@ def test_safetensors_inputs_are_capped_by_size_on_disk(tmp_path: Path) -> None:
     with big.open("wb") as handle:
         handle.write(b"\x08" + b"\x00" * 7 + b"{}      ")  # what a safetensors file starts with
         handle.truncate(100 << 20)
-    result = _run("build", "--arch", "attention", "--inputs", str(big), "--out", str(tmp_path / "out"))
+    result = run_cli("build", "--arch", "attention", "--inputs", str(big), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert "is 104,857,600 bytes; the limit is 67,108,864 bytes" in _flat(result.output)
+    assert "is 104,857,600 bytes; the limit is 67,108,864 bytes" in flat(result.output)
     (tmp_path / "bad.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b"{not json")
-    result = _run("build", "--arch", "attention", "--inputs", str(tmp_path / "bad.safetensors"), "--out", "o")
+    result = run_cli(
+        "build", "--arch", "attention", "--inputs", str(tmp_path / "bad.safetensors"), "--out", "o"
+    )
     assert result.exit_code == 2
     assert "Cannot read --inputs" in result.output
 
@@ -275,9 +262,9 @@ def test_path_components_over_255_bytes(tmp_path: Path, option: str) -> None:
     long = str(tmp_path / ("p" * 300) / "x")
     out = long if option == "--out" else str(tmp_path / "out")
     extra = [] if option == "--out" else [option, long]
-    result = _run("build", "--arch", "attention", "--out", out, *extra)
+    result = run_cli("build", "--arch", "attention", "--out", out, *extra)
     assert result.exit_code == 2
-    assert "has a path component of 300 bytes; file systems allow at most 255 bytes per name" in _flat(
+    assert "has a path component of 300 bytes; file systems allow at most 255 bytes per name" in flat(
         result.output
     )
 
@@ -294,7 +281,7 @@ def test_a_file_size_limit_while_writing(tmp_path: Path) -> None:
     process = _python(script, str(tmp_path / "out"))
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1
-    output = _flat(stderr)
+    output = flat(stderr)
     assert "Cannot write model.onnx (16,490 bytes)" in output or "Cannot write" in output
     assert "File too large (EFBIG). Nothing was published" in output
     assert "Traceback" not in output
@@ -312,9 +299,9 @@ def test_a_full_disk_while_writing_leaves_the_old_artifact(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(safeio, "_write", full)
-    result = _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu", "--force")
+    result = run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu", "--force")
     assert result.exit_code == 1
-    assert "No space left on device (ENOSPC). Nothing was published" in _flat(result.output)
+    assert "No space left on device (ENOSPC). Nothing was published" in flat(result.output)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
@@ -383,9 +370,9 @@ def test_a_corrupt_golden_folder_is_one_message(
     assert expected in str(info.value)
     assert regenerate_command("attention") in str(info.value)
     monkeypatch.setenv("RNNEXPORT_GOLDEN_DIR", str(folder.parent))
-    result = _run("build", "--arch", "attention", "--out", str(tmp_path / "out"), "--device", "cpu")
+    result = run_cli("build", "--arch", "attention", "--out", str(tmp_path / "out"), "--device", "cpu")
     assert result.exit_code == 1
-    assert expected in _flat(result.output)
+    assert expected in flat(result.output)
     assert not (tmp_path / "out").exists()
 
 
@@ -428,7 +415,7 @@ def test_signals_are_handled_like_ctrl_c(tmp_path: Path, signum: int, code: int)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code
     name = signal.Signals(signum).name if signum != signal.SIGINT else "Ctrl-C"
-    assert f"interrupted: {name} stopped the run before it finished" in _flat(stderr)
+    assert f"interrupted: {name} stopped the run before it finished" in flat(stderr)
     assert "Traceback" not in stderr
     assert list(work.iterdir()) == []  # no staging folder, no created --out folders
 
@@ -467,9 +454,9 @@ def test_stale_staging_folders_of_dead_builds_are_removed(tmp_path: Path) -> Non
     (lookalike / "notes.txt").write_text("the user's")
     (out / ".attention.partial-2-2-link").symlink_to(dead, target_is_directory=True)
     (out / ".attention.partial-3-3-file").write_text("not a folder")
-    result = _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu")
+    result = run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu")
     assert result.exit_code == 0, result.output
-    output = _flat(result.output)
+    output = flat(result.output)
     assert f"removed the staging folder {dead.name} of a build (pid {me}) that is no longer running" in output
     assert f"left {lookalike.name} in place: it is named like a staging folder of a dead build" in output
     assert (lookalike / "notes.txt").read_text() == "the user's"
@@ -512,9 +499,9 @@ def test_a_kill_between_the_two_renames_is_restored_by_verify(shipped: Path, tmp
     left = sorted(p.name for p in out.iterdir())
     assert "attention" not in left
     assert [n.split("-")[0] for n in left] == [".attention.old", ".attention.partial"]
-    result = _run("verify", str(out / "attention"), "--device", "cpu")
+    result = run_cli("verify", str(out / "attention"), "--device", "cpu")
     assert result.exit_code == 0, result.output
-    output = _flat(result.output)
+    output = flat(result.output)
     assert f"note: restored the previous artifact {out / 'attention'} from .attention.old-" in output
     assert "a --force rebuild (pid " in output
     assert "beside it was left by a build (pid " in output  # the dead run's staging folder, reported
@@ -522,9 +509,9 @@ def test_a_kill_between_the_two_renames_is_restored_by_verify(shipped: Path, tmp
         p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and ".partial" not in str(p)
     } == before
     # The next build removes the dead run's staging folder.
-    rebuilt = _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu", "--force")
+    rebuilt = run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu", "--force")
     assert rebuilt.exit_code == 0, rebuilt.output
-    assert "removed the staging folder .attention.partial-" in _flat(rebuilt.output)
+    assert "removed the staging folder .attention.partial-" in flat(rebuilt.output)
     assert [p.name for p in out.iterdir()] == ["attention"]
 
 
@@ -532,13 +519,13 @@ def test_an_interrupted_swap_is_restored_by_the_next_build(shipped: Path, tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     shutil.copytree(shipped, out / f".attention.old-{os.getpid()}-1")
-    result = _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu")
+    result = run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu")
     assert result.exit_code == 2  # the previous artifact is back, and a plain build does not overwrite it
-    output = _flat(result.output)
+    output = flat(result.output)
     assert "already exists" in output
     assert "(Before this check, rnnexport restored the previous artifact" in output
     assert [p.name for p in out.iterdir()] == ["attention"]
-    assert _run("verify", str(out / "attention"), "--device", "cpu").exit_code == 0
+    assert run_cli("verify", str(out / "attention"), "--device", "cpu").exit_code == 0
 
 
 def test_a_stale_old_folder_with_our_own_pid(shipped: Path, tmp_path: Path) -> None:
@@ -546,9 +533,9 @@ def test_a_stale_old_folder_with_our_own_pid(shipped: Path, tmp_path: Path) -> N
     out = tmp_path / "out"
     shutil.copytree(shipped, out / "attention")
     shutil.copytree(shipped, out / f".attention.old-{os.getpid()}")
-    result = _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu", "--force")
+    result = run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu", "--force")
     assert result.exit_code == 0, result.output
-    assert f"removed .attention.old-{os.getpid()}, the old artifact" in _flat(result.output)
+    assert f"removed .attention.old-{os.getpid()}, the old artifact" in flat(result.output)
     assert [p.name for p in out.iterdir()] == ["attention"]
 
 
@@ -559,9 +546,9 @@ def test_force_never_deletes_a_folder_that_is_not_an_artifact(tmp_path: Path) ->
     out = tmp_path / "out"
     (out / "attention" / "photos").mkdir(parents=True)
     (out / "attention" / "photos" / "thesis.tex").write_text("four years of work")
-    result = _run("build", "--arch", "attention", "--out", str(out), "--force")
+    result = run_cli("build", "--arch", "attention", "--out", str(out), "--force")
     assert result.exit_code == 2
-    output = _flat(result.output)
+    output = flat(result.output)
     assert "--force replaces only an rnnexport artifact, and" in output
     assert "is not one: it has no manifest.json. Nothing was deleted" in output
     assert "Nothing was deleted" in output
@@ -584,7 +571,7 @@ def test_force_refuses_other_things(tmp_path: Path, make: Callable[[Path], objec
     out.mkdir()
     make(out / "attention")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    result = _run("build", "--arch", "attention", "--out", str(out), "--force")
+    result = run_cli("build", "--arch", "attention", "--out", str(out), "--force")
     assert result.exit_code == 2
-    assert expected in _flat(result.output)
+    assert expected in flat(result.output)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
