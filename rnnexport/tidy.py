@@ -162,15 +162,19 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return found
 
 
-def _empty_on(name: str, axis: int, graph: onnx.GraphProto, lengths: dict[str, int]) -> bool:
+def _empty_on(
+    name: str,
+    axis: int,
+    producer: dict[str, onnx.NodeProto],
+    constants: dict[str, onnx.TensorProto],
+    lengths: dict[str, int],
+) -> bool:
     """Whether ``name`` is a ConstantOfShape whose shape is a constant 0 at ``axis``.
 
     The shape is a 1-D tensor, often a Concat of pieces (constants, ``Unsqueeze`` of a computed
     size); the piece that holds position ``axis`` must be a constant, and every piece before it of
     known length (``lengths``: inferred 1-D lengths, and the constants' own).
     """
-    producer = {out: node for node in graph.node for out in node.output}
-    constants = _constants(graph)
     node = producer.get(name)
     if node is None or node.op_type != "ConstantOfShape" or not node.input:
         return False
@@ -217,10 +221,12 @@ def _drop_empty_inputs(model: onnx.ModelProto) -> bool:
         dims = info.type.tensor_type.shape.dim
         if len(dims) == 1 and dims[0].HasField("dim_value"):
             lengths[info.name] = dims[0].dim_value
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = _constants(graph)
     changed = False
     for concat in concats:
         axis = int(_attribute(concat, "axis"))
-        kept = [name for name in concat.input if not _empty_on(name, axis, graph, lengths)]
+        kept = [n for n in concat.input if not _empty_on(n, axis, producer, constants, lengths)]
         if len(kept) == len(concat.input) or not kept:
             continue
         changed = True

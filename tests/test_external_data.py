@@ -30,7 +30,7 @@ from torch import nn
 
 from rnnexport import artifact, safeio
 from rnnexport.artifact import verify_artifact
-from rnnexport.errors import ArtifactError, UsageError
+from rnnexport.errors import ArtifactError, ContractError, UsageError
 from rnnexport.limits import DEFAULT_LIMITS
 from rnnexport.pipeline import build, build_model_artifact
 
@@ -379,3 +379,10 @@ def test_the_two_files_are_byte_identical_between_builds(shipped: Path, tmp_path
     again = tmp_path / "elsewhere" / "many-to-many"
     for name in ("model.onnx", DATA):
         assert (again / name).read_bytes() == (shipped / name).read_bytes(), name
+
+
+def test_the_dynamo_path_to_external_data_still_checks_the_contract(tmp_path: Path) -> None:
+    """The file export of dynamo (weights beside it) goes through the same contract check."""
+    with pytest.raises(ContractError, match=r"output 'y' axis 1 should be the dynamic axis 'seq'"):
+        build("many-to-many", out=tmp_path / "out", device="cpu", exporter="dynamo", limits=TINY)
+    assert not (tmp_path / "out").exists()
