@@ -61,7 +61,10 @@ def _session(path: Path) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if session.get_providers()[0] != "CPUExecutionProvider":  # the figures say which provider ran
+        raise SystemExit(f"onnxruntime ran {path} on {session.get_providers()}, not the CPU provider")
+    return session
 
 
 def _shape(spec: dict[str, Any], steps: int) -> list[int]:
