@@ -878,10 +878,9 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     _check_traced(exported, contract, exporter, stage=f"after export ({exporter})", path=to)
                     stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
                 with _stage(progress, "simplify") as stage:
-                    # A streaming call is mostly per-node overhead; a streaming build has no float16
-                    # variant, the one that needs the batched Gemm (see simplify_onnx).
+                    # A streaming call is mostly per-node overhead (see simplify_onnx).
                     simplified, stats = simplify_onnx(
-                        exported, check_feeds=cases[-1].inputs, path=to, batched_gemm=stream is None
+                        exported, check_feeds=cases[-1].inputs, path=to, streaming=stream is not None
                     )
                     del exported
                     _finalise_model(simplified, subject, contract, streaming)

@@ -25,7 +25,7 @@ from rnnexport.tidy import tidy_graph
 __all__ = ["BATCHED_GEMM_PASS", "SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
 
 # onnxsim's rewrite of a MatMul + Add on [batch, seq, hidden] into Reshape -> Gemm -> Reshape, plus a
-# Shape/Slice/Concat to rebuild the output shape: six nodes for two. See ``batched_gemm`` below.
+# Shape/Slice/Concat to rebuild the output shape: six nodes for two. See ``streaming`` below.
 BATCHED_GEMM_PASS = "fuse_matmul_add_bias_into_gemm_batched"
 
 
@@ -108,7 +108,7 @@ def simplify_onnx(
     *,
     check_feeds: Feeds,
     path: Path | None = None,
-    batched_gemm: bool = True,
+    streaming: bool = False,
 ) -> tuple[onnx.ModelProto, SimplifyStats]:
     """Run onnxsim on ``model``, letting it compare original and simplified graphs on ``check_feeds``.
 
@@ -125,14 +125,20 @@ def simplify_onnx(
     whole. The result holds its weights in memory either way (a model past 2 GiB can be held, only
     not serialized).
 
-    ``batched_gemm=False`` skips onnxsim's :data:`BATCHED_GEMM_PASS`. ONNX Runtime's MatMul already
-    runs the same GEMM kernel on a 3-D input, so the rewrite's extra nodes are pure per-call overhead
-    (1-2 us a node on one CPU core), which is most of a one-step streaming call. It stays on by
-    default because ONNX Runtime 1.32's CPU provider crashes (a segmentation fault in its
-    ``NchwcTransformer``) creating a session for the float16 conversion of the unfused graph.
+    ``streaming=True`` shapes the graph for calls of one step, where ONNX Runtime's per-node
+    overhead (1-2 us a node on one CPU core) is most of the time:
 
-    After onnxsim, :func:`~rnnexport.tidy.tidy_graph` applies rnnexport's two rewrites (the same
-    values, fewer nodes per call); the pipeline's verification then runs on the graph that ships.
+    - onnxsim's :data:`BATCHED_GEMM_PASS` is skipped. ONNX Runtime's MatMul already runs the same
+      GEMM kernel on a 3-D input, so the rewrite's extra nodes are pure per-call overhead. Stateless
+      builds keep it because ONNX Runtime 1.32's CPU provider crashes (a segmentation fault in its
+      ``NchwcTransformer``) creating a session for the float16 conversion of the unfused graph.
+    - parallel recurrences merge into one node (:func:`~rnnexport.tidy.tidy_graph`). Stateless
+      builds keep them apart: over a long sequence the merged node's block-diagonal recurrent
+      product costs more than the per-node overhead it saves, and ONNX Runtime's int8 quantizer
+      only quantizes a recurrence whose weights are initializers, not built by the graph.
+
+    After onnxsim, :func:`~rnnexport.tidy.tidy_graph` applies rnnexport's rewrites (the same values,
+    fewer nodes per call); the pipeline's verification then runs on the graph that ships.
     """
     log = io.StringIO()
     try:
@@ -144,7 +150,7 @@ def simplify_onnx(
                 model if path is None else str(path),
                 check_n=1,
                 input_data=dict(check_feeds),
-                skipped_optimizers=[] if batched_gemm else [BATCHED_GEMM_PASS],
+                skipped_optimizers=[BATCHED_GEMM_PASS] if streaming else [],
             )
     except Exception as exc:  # onnxsim raises many unrelated types; all mean "could not simplify"
         summary = first_line(exc, default="no message")
@@ -159,6 +165,5 @@ def simplify_onnx(
             "different outputs from the original. Nothing was shipped; report the model with the "
             "versions of onnx and onnxsim."
         )
-    # Our one rewrite on top: per-branch layout nodes move after the Concat of the branches.
-    tidy_graph(simplified)
+    tidy_graph(simplified, merge_recurrences=streaming)
     return simplified, SimplifyStats.between(model, simplified)

@@ -33,9 +33,9 @@ def _branch_outputs(branches: nn.ModuleList, x: torch.Tensor) -> list[torch.Tens
 def _concatenated_branches(branches: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
     """Every branch's output, concatenated on the feature axis: ``[batch, seq, branches * hidden]``.
 
-    Each branch exports as its own ONNX recurrent node. (One node with block-diagonal recurrent
-    weights would step through time once, but it stores every branch's recurrent weights once per
-    branch, which multiplies the model's size by the branch count.)
+    Each branch exports as its own ONNX recurrent node. Streaming builds merge them into one node
+    (:mod:`rnnexport.tidy`): its block-diagonal recurrent weights are built from the branches' own
+    when ONNX Runtime loads the model, so the file still holds each weight once.
     """
     return torch.cat(_branch_outputs(branches, x), dim=2)
 
