@@ -96,7 +96,6 @@ def _parallel(
                 helper.make_tensor_value_info(f"{s}0_{k}", TensorProto.FLOAT, [1, BATCH, br.hidden])
             )
         node_outputs = [f"y{k}", *(f"{s}n_{k}" for s in states)]
-        attributes = {"linear_before_reset": 1} if op == "GRU" else {}
         nodes.append(
             helper.make_node(
                 op,
@@ -111,9 +110,10 @@ def _parallel(
                 node_outputs,
                 name=f"rnn{k}",
                 hidden_size=br.hidden,
-                **attributes,
             )
         )
+        if op == "GRU":  # PyTorch's GRU
+            nodes[-1].attribute.append(helper.make_attribute("linear_before_reset", 1))
         outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in node_outputs[1:]]
         if not join:
             outputs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, None))
