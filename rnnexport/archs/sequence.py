@@ -84,34 +84,32 @@ class AttentionLSTM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One chunk of a stream: exact attention pooling over every valid step seen so far.
 
-        An online softmax carries, per row, a running maximum score ``m``, the sum of
-        ``exp(score - m)`` and the same weighted sum of LSTM outputs; a chunk raises ``m`` where it
-        must and rescales both sums by ``exp(m_old - m_new)``. The pooled context is their ratio,
-        exactly the softmax-weighted mean of :meth:`forward`. A stream starts from zeros; a row's
-        first valid steps then set its maximum (the starting zero never shifts them, whatever the
-        scores' range), and a row that has seen no valid step yet returns ``fc(0)``, its bias. A row
+        An online softmax carries, per row, a running maximum score ``m`` (``[batch, 1]``), the
+        sum of ``exp(score - m)`` (``[batch, 1]``) and the same weighted sum of LSTM outputs; a
+        chunk raises ``m`` where it must and rescales both sums by ``exp(m_old - m_new)``. The
+        pooled context is their ratio, exactly the softmax-weighted mean of :meth:`forward`. A row
+        has seen a valid step exactly when its sum is positive (the maximum's own term is 1). A
+        stream starts from zeros; a row that has seen nothing returns ``fc(0)``, its bias, and a row
         whose chunk length is 0 keeps all three exactly.
         The LSTM's own state is carried by the streaming wrapper (:mod:`rnnexport.patch`).
         """
         valid = valid_steps(lengths, x.shape[1])
         out = packed_lstm(self.lstm, x, lengths)
         scores = (torch.tanh(self.attention(out)) * self.v).sum(dim=2)
-        masked = scores.masked_fill(~valid, torch.finfo(out.dtype).min)
-        chunk_max = masked.max(dim=1).values
-        seen_before = running_sum > 0
-        # A row's first valid steps set its maximum themselves: the zero a stream starts from must
-        # not shift them (exp(score - 0) underflows to 0 for scores below about -87, which trained
-        # weights can reach). A row with no valid step yet keeps its finite starting maximum.
-        start = torch.where(seen_before | (lengths == 0), running_max, chunk_max)
-        new_max = torch.maximum(start, chunk_max)
-        # exp() of the lowest float minus a finite maximum is exactly 0: padded steps weigh nothing.
-        weights = torch.exp(masked - new_max.unsqueeze(1))
-        # Only what was seen is rescaled (by at most 1); nothing seen, nothing to rescale.
-        rescale = torch.where(seen_before, torch.exp(running_max - new_max), 0.0)
-        new_sum = running_sum * rescale + weights.sum(dim=1)
-        new_context = running_context * rescale.unsqueeze(1) + (weights.unsqueeze(2) * out).sum(dim=1)
-        tiny = torch.finfo(out.dtype).tiny
-        y: torch.Tensor = self.fc(new_context / new_sum.clamp_min(tiny).unsqueeze(1))
+        lowest = torch.finfo(out.dtype).min
+        masked = scores.masked_fill(~valid, lowest)
+        # A row that has seen nothing starts from lowest/2, not from the zero a stream starts from:
+        # its first valid steps then set the maximum themselves (shifting by 0 would underflow
+        # exp(score) for scores below about -87, which trained weights can reach). With no valid
+        # step yet its maximum stays lowest/2, and exp(lowest - lowest/2) is exactly 0: padded steps
+        # weigh nothing, and exp(start - new_max) <= 1 never overflows.
+        start = torch.where(running_sum > 0, running_max, lowest / 2)
+        new_max = torch.maximum(start, masked.amax(dim=1, keepdim=True))
+        weights = torch.exp(masked - new_max)
+        rescale = torch.exp(start - new_max)  # 1 where the maximum stays; it only scales zeros if unseen
+        new_sum = running_sum * rescale + weights.sum(dim=1, keepdim=True)
+        new_context = running_context * rescale + (weights.unsqueeze(2) * out).sum(dim=1)
+        y: torch.Tensor = self.fc(new_context / new_sum.clamp_min(torch.finfo(out.dtype).tiny))
         return y, new_max, new_sum, new_context
 
     def forward_packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
