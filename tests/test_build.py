@@ -235,18 +235,26 @@ def test_other_opsets_build_and_verify(tmp_path: Path, arch: str, opset: int) ->
 
 
 @pytest.mark.parametrize(
-    ("arch", "sizes"),
+    ("arch", "sizes", "streaming"),
     [
-        ("parallel-lstm", {"hidden_size": 64, "branches": 5}),  # 68% zeros under a block-diagonal fusion
-        ("parallel-gru", {"hidden_size": 48, "branches": 4}),
-        ("parallel-lstm-attention", {"hidden_size": 32, "branches": 3}),
-        ("attention", {"hidden_size": 64}),
+        ("parallel-lstm", {"hidden_size": 64, "branches": 5}, False),  # 68% zeros if block-diagonal
+        ("parallel-gru", {"hidden_size": 48, "branches": 4}, False),
+        ("parallel-lstm-attention", {"hidden_size": 32, "branches": 3}, False),
+        ("attention", {"hidden_size": 64}, False),
+        # Streaming builds merge the branches into one node: its block-diagonal weights must be
+        # built at load, not stored.
+        ("parallel-lstm-attention", {"hidden_size": 32, "branches": 3}, True),
+        ("parallel-gru", {"hidden_size": 40, "branches": 3}, True),
     ],
 )
-def test_model_file_holds_each_weight_once(tmp_path: Path, arch: str, sizes: dict[str, int]) -> None:
-    manifest = build(arch, out=tmp_path, device="cpu", config=sizes)
+def test_model_file_holds_each_weight_once(
+    tmp_path: Path, arch: str, sizes: dict[str, int], streaming: bool
+) -> None:
+    manifest = build(arch, out=tmp_path, device="cpu", config=sizes, streaming=streaming)
     model = build_model(get_arch(arch), ArchConfig(**{**ArchConfig().to_dict(), **sizes}), seed=0)
     weight_bytes = 4 * sum(p.numel() for p in model.parameters())
     size = (tmp_path / arch / "model.onnx").stat().st_size
     assert size <= 1.5 * weight_bytes, (size, weight_bytes)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / arch / "model.onnx")).graph.node]
+    assert ops.count("LSTM") + ops.count("GRU") == (1 if streaming else sizes.get("branches", 1))
     assert manifest.verification["providers"]["CPUExecutionProvider"]["status"] == "passed"

@@ -9,13 +9,17 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 __all__ = ["packed_lstm", "valid_steps"]
 
 
-def valid_steps(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Boolean mask ``[batch, seq]``: True where step ``t < lengths[b]``.
+def valid_steps(lengths: torch.Tensor, seq_len: int, *, features: bool = False) -> torch.Tensor:
+    """Boolean mask ``[batch, seq]`` (``[batch, seq, 1]`` with ``features``, to broadcast over a
+    feature axis): True where step ``t < lengths[b]``.
 
     Built from ``arange`` over the runtime sequence length, so it traces to ONNX ``Range`` on a
-    ``Shape`` and follows the dynamic sequence axis instead of freezing the trace length.
+    ``Shape`` and follows the dynamic sequence axis instead of freezing the trace length. The 3-D
+    mask is built as such (a reshape of each side), not unsqueezed after: one node fewer per call.
     """
     steps = torch.arange(seq_len, device=lengths.device)
+    if features:
+        return steps.reshape(1, -1, 1) < lengths.reshape(-1, 1, 1)
     return steps.unsqueeze(0) < lengths.unsqueeze(1)
 
 

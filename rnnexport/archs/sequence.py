@@ -43,7 +43,7 @@ class MaskedManyToManyLSTM(ManyToManyLSTM):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``x[batch, seq, input], lengths[batch] -> y[batch, seq, output]``."""
-        padded = ~valid_steps(lengths, x.shape[1]).unsqueeze(2)
+        padded = ~valid_steps(lengths, x.shape[1], features=True)
         # The packed LSTM's padded outputs are zero, but the head adds its bias: mask after it.
         y: torch.Tensor = self.fc(packed_lstm(self.lstm, x, lengths))
         return y.masked_fill(padded, 0.0)
