@@ -135,6 +135,22 @@ def _fresh(base: str, taken: set[str]) -> str:
     return name
 
 
+def _splice(
+    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], *, at: int, new: list[onnx.NodeProto], drop: set[int]
+) -> None:
+    """Set the graph's nodes to ``nodes`` with ``nodes[at]`` replaced by ``new`` and the nodes at
+    the indices in ``drop`` left out. The order stays topological when ``new`` reads only values
+    computed before ``nodes[at]``, and computes what it and the dropped nodes computed."""
+    rebuilt: list[onnx.NodeProto] = []
+    for i, node in enumerate(nodes):
+        if i == at:
+            rebuilt += new
+        elif i not in drop:
+            rebuilt.append(node)
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+
+
 def _hoist_once(graph: onnx.GraphProto) -> bool:
     """Apply the rewrite to the first Concat it fits; whether it did."""
     nodes = list(graph.node)
@@ -169,14 +185,7 @@ def _hoist_once(graph: onnx.GraphProto) -> bool:
             name=_fresh(f"{first.name or first.output[0]}/after_concat", taken),
         )
         moved.attribute.extend(first.attribute)
-        rebuilt: list[onnx.NodeProto] = []
-        for i, node in enumerate(nodes):
-            if i == c:
-                rebuilt += [new_concat, moved]
-            elif i not in drop:
-                rebuilt.append(node)
-        del graph.node[:]
-        graph.node.extend(rebuilt)
+        _splice(graph, nodes, at=c, new=[new_concat, moved], drop=drop)
         return True
     return False
 
@@ -224,14 +233,7 @@ def _sink_split_once(graph: onnx.GraphProto) -> bool:
         new_split.attribute.extend(a for a in split.attribute if a.name != "axis")
         new_split.attribute.append(helper.make_attribute("axis", axis))
         drop = {r[0] for r in layout}
-        rebuilt: list[onnx.NodeProto] = []
-        for i, node in enumerate(nodes):
-            if i == s:
-                rebuilt += [moved, new_split]
-            elif i not in drop:
-                rebuilt.append(node)
-        del graph.node[:]
-        graph.node.extend(rebuilt)
+        _splice(graph, nodes, at=s, new=[moved, new_split], drop=drop)
         return True
     return False
 
