@@ -175,9 +175,12 @@ def test_below_the_threshold_the_artifact_stays_one_file(tmp_path: Path) -> None
     assert all(t.data_location != TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
-def test_a_streaming_build_with_external_data_builds_and_verifies(tmp_path: Path) -> None:
-    manifest = build("many-to-many-masked", out=tmp_path, device="cpu", streaming=True, limits=TINY)
-    folder = tmp_path / "many-to-many-masked"
+@pytest.mark.parametrize("arch", ["many-to-many-masked", "parallel-lstm-attention"])
+def test_a_streaming_build_with_external_data_builds_and_verifies(arch: str, tmp_path: Path) -> None:
+    """Also with the parallel branches merged: the per-branch weights the merge builds from go to
+    the data file like any other."""
+    manifest = build(arch, out=tmp_path, device="cpu", streaming=True, limits=TINY)
+    folder = tmp_path / arch
     assert manifest.streaming is not None
     assert manifest.streaming["chains"]
     assert DATA in manifest.files

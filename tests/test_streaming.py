@@ -55,7 +55,7 @@ def _export(
     proto = export_onnx(stream.module, stream.contract)
     rng = np.random.default_rng(5)
     check = make_feeds(stream.contract, batch=2, seq=4, rng=rng)
-    proto, _ = simplify_onnx(proto, check_feeds=check)
+    proto, _ = simplify_onnx(proto, check_feeds=check, streaming=True)  # the graph a build ships
     return _session(proto), stream.streaming.to_json()["states"]
 
 

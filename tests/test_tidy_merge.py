@@ -10,12 +10,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnexport.tidy import MAX_MERGED_HIDDEN, tidy_graph
 
 RNG = np.random.default_rng(7)
-GATES = {"LSTM": 4, "GRU": 3}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 SEQ, BATCH, INPUT = 5, 3, 4
 
 
@@ -33,7 +34,8 @@ def _reference(
     c0: np.ndarray,
     lengths: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ONNX's forward LSTM (gates i, o, f, c) or GRU (z, r, h; linear_before_reset=1), in float64.
+    """ONNX's forward LSTM (gates i, o, f, c), GRU (z, r, h; linear_before_reset=1) or tanh RNN,
+    in float64.
 
     Steps past a row's length leave its state alone and give zeros in Y, as ONNX specifies.
     """
@@ -43,7 +45,9 @@ def _reference(
     ys = []
     for t in range(x.shape[0]):
         gx, gh = x[t] @ w.T + wb, h @ r.T + rb
-        if op == "LSTM":
+        if op == "RNN":
+            h_new, c_new = np.tanh(gx + gh), c
+        elif op == "LSTM":
             i, o, f, g = (gx + gh).reshape(len(h), 4, hidden).transpose(1, 0, 2)
             c_new = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
             h_new = _sigmoid(o) * np.tanh(c_new)
@@ -170,7 +174,7 @@ def _per_call_ops(model: onnx.ModelProto) -> list[str]:
     return ops
 
 
-@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 def test_three_branches_become_one_node_with_the_same_values(op: str) -> None:
     model, branches = _parallel(op, [3, 4, 5])
     # Rows end at different steps. (Not at 0: ONNX Runtime returns a zero state for a row of
@@ -322,3 +326,34 @@ def test_parallel_architectures_merge_only_when_streaming(streaming: bool, tmp_p
         ops = _ops(onnx.load(str(tmp_path / arch / "model.onnx")))
         assert ops.count(op) == (1 if streaming else 3), arch
         assert ops.count("Transpose") == 2, arch  # into the shared time-major input, out of the join
+
+
+class _TwinGRU(torch.nn.Module):
+    """A user's model: two GRUs of different sizes reading the same features, joined per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fast = torch.nn.GRU(6, 16, batch_first=True)
+        self.slow = torch.nn.GRU(6, 8, batch_first=True)
+        self.head = torch.nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.fast(x)[0], self.slow(x)[0]], dim=2))  # type: ignore[no-any-return]
+
+
+def test_a_user_models_parallel_branches_stream_as_one_node(tmp_path: Path) -> None:
+    """--model streaming builds merge too; each branch keeps its own state pair, and the build's
+    chained test data (each call's state fed to the next) verify against the whole sequence."""
+    import rnnexport
+    from rnnexport.artifact import verify_artifact
+
+    torch.manual_seed(0)
+    io = {
+        "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", "seq", 6]}],
+        "outputs": [{"name": "y", "shape": ["batch", "seq", 3]}],
+    }
+    manifest = rnnexport.build_model_artifact(_TwinGRU(), io=io, name="twin", out=tmp_path, streaming=True)
+    assert manifest.streaming is not None
+    assert {s["input"] for s in manifest.streaming["states"]} == {"state_in.fast.h", "state_in.slow.h"}
+    assert _per_call_ops(onnx.load(str(tmp_path / "twin" / "model.onnx"))).count("GRU") == 1
+    assert verify_artifact(tmp_path / "twin", device="cpu").passed
