@@ -378,14 +378,15 @@ def _merge_once(graph: onnx.GraphProto) -> bool:
             continue
         # Keep the branch order of a Concat that joins every Y (it then goes: the merged Y is it).
         ys = [p.output[0] if p.output else "" for p in parts]
+        joinable = all(y and uses[y] == 1 for y in ys)  # each Y read once: by that Concat
         join = next(
             (
                 n
                 for n in nodes
-                if n.op_type == "Concat"
+                if joinable
+                and n.op_type == "Concat"
                 and _attribute(n, "axis") in (3, -1)
                 and sorted(n.input) == sorted(ys)
-                and all(y and uses[y] == 1 for y in ys)
             ),
             None,
         )
