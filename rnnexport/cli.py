@@ -386,7 +386,8 @@ def build(
         typer.Option(
             "--model",
             help="Your own model: FILE.py:NAME or package.module:NAME (an nn.Module class or factory). "
-            "Importing it runs that code.",
+            "Importing it runs that code; FILE.py is imported as 'python FILE.py' would run it, with its "
+            "folder on sys.path during the import (so modules beside it can be imported).",
         ),
     ] = None,
     io_file: Annotated[
@@ -642,7 +643,7 @@ def _build_user_model(
 
     kwargs = read_kwargs_file(config) if config is not None else {}
     factory, source = load_factory(target)
-    module = instantiate(factory, kwargs, what=source.name)
+    module = instantiate(factory, kwargs, what=source.name, file=source.path)
     artifact = name if name is not None else source.name.lower()
     if not as_json or _err.is_terminal:
         reporter.headline(f"building {artifact} from {target}")

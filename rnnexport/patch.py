@@ -53,6 +53,7 @@ from rnnexport.errors import ExportError, UsageError
 
 __all__ = [
     "ExportWatch",
+    "PackedLengths",
     "PaddedBatch",
     "RecurrentState",
     "StreamingModule",
@@ -380,6 +381,20 @@ def _pad_packed_sequence(
     return (data.transpose(0, 1) if batch_first else data), lengths
 
 
+class PackedLengths(torch.overrides.TorchFunctionMode):
+    """Inside ``with PackedLengths() as spy:``, ``spy.seen`` collects the lengths of every
+    ``pack_padded_sequence`` call (eager runs, nothing changed): to tell which input was a length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if getattr(func, "__name__", "") == "_pack_padded_sequence" and len(args) > 1:  # torch's private op
+            self.seen.append(args[1])
+        return func(*args, **(kwargs or {}))
+
+
 def _namespaces(model: nn.Module | None) -> list[dict[str, Any]]:
     """Global namespaces that may hold the packing functions under some name.
 
@@ -633,8 +648,10 @@ class StreamingModule(nn.Module):
             zip((s.key for s in self.states), args[inputs : inputs + len(self.states)], strict=True)
         )
         rest = args[inputs + len(self.states) :]
+        # forward through __call__, so that module hooks run (a user model's output mapping is one).
+        call = self.model if self.method == "forward" else getattr(self.model, self.method)
         with streaming_state(self.model, self.states, carried) as final:
-            results = getattr(self.model, self.method)(*args[:inputs], *rest)
+            results = call(*args[:inputs], *rest)
         results = results if isinstance(results, tuple) else (results,)
         assert len(results) == outputs + extra, (len(results), outputs, extra)
         return (*results[:outputs], *(final[s.key] for s in self.states), *results[outputs:])

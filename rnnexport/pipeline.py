@@ -83,7 +83,16 @@ from rnnexport.stateful import (
     single_call_cases,
 )
 from rnnexport.streaming import Streaming
-from rnnexport.usermodel import ModelSource, check_outputs, load_user_weights, state_sha256
+from rnnexport.usermodel import (
+    ModelSource,
+    OutputForm,
+    UserCode,
+    check_outputs,
+    declared_outputs,
+    lengths_hint,
+    load_user_weights,
+    state_sha256,
+)
 from rnnexport.variants import FORMATS, PRECISIONS, Format, Precision, parse_choices
 from rnnexport.weights import check_state_dict, read_checkpoint
 
@@ -438,6 +447,10 @@ class _Subject:
     # How it streams (see StreamingForm): the method, and its own states (resolved templates).
     stream_method: str = "forward"
     stream_extra: tuple[TensorSpec, ...] = ()
+    # A user model: where its code lives (errors are reported at its lines), and how its forward's
+    # result maps to the declared outputs (filled in by the first call).
+    user: UserCode | None = None
+    outputs: OutputForm | None = None
 
 
 @dataclass(frozen=True)
@@ -849,18 +862,29 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
         with _stage(progress, "model") as stage, one_torch_thread():
             model, cases, weights_origin = subject.load(request)
             reference = subject.reference
+            if subject.outputs is not None and subject.source is not None:
+                form = subject.outputs
+                if form.by_name or form.dropped or form.skipped_none:  # a plain tensor or tuple goes unsaid
+                    stage.details.append(form.describe())
+                subject.source["outputs"] = form.to_json()
             if request.streaming:
                 # Every case becomes one call of a new stream (zero state), plus chained calls; the
                 # references are the streaming wrapper in eager PyTorch, state carried by PyTorch.
-                stream = make_streaming(
-                    model, contract, method=subject.stream_method, extra=subject.stream_extra
-                )
-                chained, chains = chain_cases(stream, contract, seed=SWEEP_SEED)
-                require_streamable(check_streamable(contract, model, chained, chains), f"'{subject.name}'")
-                cases = single_call_cases(stream, cases) + chained
+                with _user_code(subject, "in the streaming wrapper (chunk by chunk, state carried)"):
+                    stream = make_streaming(
+                        model, contract, method=subject.stream_method, extra=subject.stream_extra
+                    )
+                    chained, chains = chain_cases(stream, contract, seed=SWEEP_SEED)
+                    problems = check_streamable(contract, model, chained, chains)
+                    require_streamable(problems, f"'{subject.name}'")
+                    cases = single_call_cases(stream, cases) + chained
                 contract, model, reference = stream.contract, stream.module, "forward"
                 stage.details.append(f"streaming: {len(stream.streaming.states)} state tensors")
-            float64 = float64_references(contract, model, cases, method=reference)
+            float64, oracle = _float64_oracle(subject, contract, model, cases, reference)
+            if not oracle["ran"]:
+                stage.details.append(f"float64 oracle not run: {oracle['reason']}")
+                if request.criterion.rule == "oracle":
+                    request = dataclasses.replace(request, criterion=Criterion("tolerance"))
             stage.details += [
                 *request.notes,
                 f"{sum(p.numel() for p in model.parameters())} parameters, {len(cases)} reference cases",
@@ -873,7 +897,10 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
             # may serialize it whole (protobuf stops at 2 GiB), and each file is private to the build.
             with _export_folder(request.external) as work:
                 to = None if work is None else work / MODEL
-                with _stage(progress, "export") as stage:
+                with (
+                    _stage(progress, "export") as stage,
+                    _user_code(subject, "while it was traced for export"),
+                ):
                     exported = export_onnx(model, contract, exporter=exporter, opset=opset, to=to)
                     _check_traced(exported, contract, exporter, stage=f"after export ({exporter})", path=to)
                     stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
@@ -988,7 +1015,8 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 streaming = dataclasses.replace(
                     streaming, chains=tuple(tuple(folder_of[n] for n in chain) for chain in chains)
                 )
-            write_float64_outputs(staging, [float64[c.name] for c in shipped], contract)
+            if oracle["ran"]:
+                write_float64_outputs(staging, [float64[c.name] for c in shipped], contract)
             manifest = Manifest(
                 arch=subject.name,
                 config=subject.config,
@@ -1007,8 +1035,12 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     "references": {
                         "float32": "eager PyTorch, float32 (test_data_set_N/output_K.pb)",
                         "float64": "the same module and weights in float64, copy.deepcopy(model).double(), "
-                        "float inputs widened (test_data_set_N/float64_output_K.pb)",
+                        "float inputs widened, torch's default dtype float64 during the run "
+                        "(test_data_set_N/float64_output_K.pb)"
+                        if oracle["ran"]
+                        else f"not run: {oracle['reason']}",
                     },
+                    "float64_oracle": oracle,
                     "tolerance": {d: t.to_json() for d, t in request.tolerances.items()},
                     "tf32": tf32,
                     "tf32_policy": "CUDA provider use_tf32=" + ("1 (looser tolerance)" if tf32 else "0"),
@@ -1026,13 +1058,82 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
     return manifest
 
 
+@contextmanager
+def _user_code(subject: _Subject, when: str) -> Iterator[None]:
+    """A user model's code running inside the block (a no-op for an architecture): what it raises,
+    ``sys.exit()`` included, is reported at the line of its file it came from, as is an export
+    failure whose cause was raised there."""
+    user = subject.user
+    if user is None:
+        yield
+        return
+    action = f"Your model's forward ({user.name}.forward), {when},"
+    try:
+        with user.running(action, fix="Fix the error there (it ran in eager PyTorch without raising)."):
+            yield
+    except ExportError as exc:
+        cause = exc.__cause__
+        spot = user.locate(cause) if cause is not None else ""
+        if cause is None or not spot.startswith("at "):
+            raise
+        raise type(exc)(f"{exc} {action} raised it {spot}.") from cause
+
+
+_ORACLE_RAN = {"ran": True, "default_dtype": "float64 during the run"}
+
+
+def _float64_oracle(
+    subject: _Subject, contract: Contract, model: torch.nn.Module, cases: Sequence[Case], method: str
+) -> tuple[dict[str, Feeds], dict[str, Any]]:
+    """The float64 references, and the manifest's ``verification.float64_oracle`` entry.
+
+    A user model that cannot run in float64 (it casts to float32 itself, or mixes in float32 tensors
+    it makes from numpy) is built anyway, without float64 references and so under the tolerance
+    rule against float32, with the reason printed and recorded; ``sys.exit()`` there is still an
+    error. An architecture's failure is a bug and keeps its traceback.
+    """
+    user = subject.user
+    if user is None:
+        return float64_references(contract, model, cases, method=method), _ORACLE_RAN
+    try:
+        float64 = float64_references(contract, model, cases, method=method)
+    except (RnnExportError, KeyboardInterrupt, GeneratorExit):
+        raise
+    except Exception as exc:  # the model's own float32-only code: no oracle, said so
+        reason = f"in float64, {user.name}.forward raised {user.describe(exc)}"
+    except BaseException as exc:  # SystemExit
+        raise user.error(exc, f"Your model's forward ({user.name}.forward), in float64,", fix="") from exc
+    else:
+        narrow = next(
+            (
+                f"in float64, {user.name}.forward returned '{name}' as {array.dtype} (it casts it itself)"
+                for outputs in float64.values()
+                for name, array in outputs.items()
+                if array.dtype == np.float32
+            ),
+            None,
+        )
+        if narrow is None:
+            return float64, _ORACLE_RAN
+        reason = narrow
+    reason += "; verified under the tolerance rule against PyTorch float32 instead"
+    return {}, {"ran": False, "reason": reason}
+
+
 def _module_references(
-    request: _Request, model: torch.nn.Module, what: str, origin: dict[str, Any]
+    request: _Request,
+    model: torch.nn.Module,
+    what: str,
+    origin: dict[str, Any],
+    *,
+    user: UserCode,
+    io_origin: str,
 ) -> tuple[torch.nn.Module, list[Case], dict[str, Any]]:
     """A user module's reference cases: the sweep (and ``--inputs``), from ``forward`` in eager PyTorch.
 
     Every call's outputs are checked against the declared outputs first, and a module that raises on
-    the generated inputs is reported as a usage problem (its description, or the module, is wrong).
+    the generated inputs is reported as a usage problem (its description, or the module, is wrong),
+    at the line of the user's code it came from.
     """
     contract = request.subject.contract
     runner = ModuleRunner(contract, model)
@@ -1046,14 +1147,18 @@ def _module_references(
         }
         try:
             results = runner.run(feeds)
-        except RnnExportError:
+        except (RnnExportError, KeyboardInterrupt, GeneratorExit):
             raise
-        except Exception as exc:  # the user's forward failed on inputs its description allows
+        except BaseException as exc:  # the user's forward failed on inputs its description allows
             shapes = {k: list(v.shape) for k, v in feeds.items()}
-            raise UsageError(
-                f"{what}.forward raised {type(exc).__name__} on inputs generated from the I/O description "
-                f"({shapes}): {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Check the "
-                "description against the model: shapes, dtypes, and the range of integer inputs."
+            hint = (
+                lengths_hint(contract, model, feeds, origin=io_origin) if isinstance(exc, Exception) else ""
+            )
+            raise user.error(
+                exc,
+                f"Your model's forward ({what}.forward)",
+                fix=f"It ran on inputs generated from {io_origin} ({shapes}): check the description "
+                f"against the model (shapes, dtypes, the range of integer inputs).{hint}",
             ) from exc
         check_outputs(contract, results, sizes, what=what)
         return Case(
@@ -1117,6 +1222,7 @@ def build_model_artifact(
         raise UsageError(f"build_model_artifact needs an nn.Module, got a {type(module).__name__}.")
     contract, io_origin = read_io(io)
     what = type(module).__name__
+    user = UserCode.of(module, source.path if source is not None else None)
     check_signature(module.forward, contract, what=what, origin=io_origin)
     name = name if name is not None else what.lower()
     if not name or name in (".", "..") or "/" in name or "\\" in name:
@@ -1132,7 +1238,8 @@ def build_model_artifact(
             check_path(path, what=option)
     destination, recovered = prepare_destination(Path(out), name, force=force)
     devices = _requested_devices(device)
-    module = module.eval()
+    with user.running(f"{what}.eval()", fix="Fix the error there."):
+        module = module.eval()
     origin: dict[str, Any]
     weights_read: dict[str, Any] = {}
     if weights is not None:
@@ -1161,14 +1268,19 @@ def build_model_artifact(
         recovered = [*recovered, _external_note(weight_bytes, limits)]
     tolerance = Tolerance(atol=1e-5 if atol is None else atol, rtol=1e-4 if rtol is None else rtol)
     recorded = dict(config or {})
+    form = OutputForm()
     subject = _Subject(
         name=name,
         contract=contract,
         config=recorded,
-        load=lambda request: _module_references(request, module, what, dict(origin)),
+        load=lambda request: _module_references(
+            request, module, what, dict(origin), user=user, io_origin=io_origin
+        ),
         source=(source or ModelSource(module=type(module).__module__, name=what, kind="class")).to_json(
             recorded
         ),
+        user=user,
+        outputs=form,
     )
     request = _Request(
         subject=subject,
@@ -1192,4 +1304,6 @@ def build_model_artifact(
         limits=limits,
         external=external,
     )
-    return _run(request, progress)
+    # Every call of the module returns exactly the declared outputs while the build runs.
+    with declared_outputs(module, contract, what=what, form=form):
+        return _run(request, progress)

@@ -7,7 +7,8 @@ in :mod:`rnnexport.runtime`, so comparisons never care which side produced a dic
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,30 @@ __all__ = [
     "ModuleRunner",
     "TorchRunner",
     "build_model",
+    "default_dtype",
     "flatten_outputs",
     "state_dict_to_numpy",
 ]
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """``torch.set_default_dtype(dtype)`` inside the block, and the previous default restored after it."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _widen_plain_tensors(model: torch.nn.Module) -> None:
+    """Float tensors kept as plain attributes (not parameters or buffers, which ``.double()`` converts)
+    widened to float64 too: a constant matrix stored as ``self.w = torch.randn(...)`` included."""
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                setattr(module, name, value.double())
 
 
 def build_model(
@@ -103,13 +125,22 @@ class Float64Runner(ModuleRunner):
     """The same reference computation in float64: the oracle that float32 results are measured against.
 
     A deep copy of ``model`` is converted with ``.double()`` (the weights are the float32 weights,
-    widened exactly) and ``method`` of it is called; float inputs are cast to float64 and integer
-    inputs (lengths, tokens) are passed unchanged. Outputs are float64.
+    widened exactly; float tensors held as plain attributes too) and ``method`` of it is called;
+    float inputs are cast to float64 and integer inputs (lengths, tokens) are passed unchanged. The
+    run has float64 as torch's default dtype, so tensors that ``forward`` creates itself
+    (``torch.zeros(layers, batch, hidden)`` for an initial state, ``torch.tensor([0.5, 2.0])``) are
+    float64 as well. Outputs are float64 unless the model casts them itself.
     """
 
     def __init__(self, contract: Contract, model: torch.nn.Module, *, method: str = "forward") -> None:
         double = copy.deepcopy(model).double().eval()
+        _widen_plain_tensors(double)
         super().__init__(contract, getattr(double, method) if method != "forward" else double)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        """The flattened results of one float64 run (torch's default dtype float64 meanwhile)."""
+        with default_dtype(torch.float64):
+            return super().run(feeds)
 
     @classmethod
     def for_arch(cls, spec: ArchSpec, model: torch.nn.Module) -> Float64Runner:
