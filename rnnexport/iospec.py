@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from rnnexport.errors import UsageError
+from rnnexport.feeds import OTHER_AXIS_SIZE
+from rnnexport.limits import DEFAULT_LIMITS, INT64_RANGE
 from rnnexport.safeio import loads_strict, read_bounded
 from rnnexport.spec import BATCH, LENGTHS, ROLES, SEQ, Contract, Dim, TensorSpec
 
@@ -87,8 +89,58 @@ def _dims(raw: Any, origin: str, where: str) -> tuple[Dim, ...]:
                 'Use an integer size (10) or a name ("batch", "seq", or any identifier for another '
                 "dynamic axis).",
             )
+        if isinstance(d, int) and d > DEFAULT_LIMITS.io_dim:
+            raise _fail(
+                origin,
+                where,
+                f"has size {d:,} on axis {axis}, over the limit of {DEFAULT_LIMITS.io_dim:,} (Limits.io_dim)",
+                "Give the real size of that axis (no tensor that large fits in memory).",
+            )
         dims.append(d)
+    if len(dims) > DEFAULT_LIMITS.io_rank:
+        raise _fail(
+            origin,
+            where,
+            f"has {len(dims)} axes, over the limit of {DEFAULT_LIMITS.io_rank} (Limits.io_rank)",
+            "Give one entry per axis of the tensor.",
+        )
     return tuple(dims)
+
+
+# A batch or seq axis named again in one shape (["batch", "seq", "seq"]) counts at this size.
+_REPEATED_AXIS_SIZE = 1024
+
+
+def _step_elements(shape: tuple[Dim, ...]) -> int:
+    """Elements one generated input holds per batch row and time step: fixed sizes, other named axes
+    at their generated size, a second batch or seq axis at the longest sequence swept."""
+    count, seen = 1, set()
+    for d in shape:
+        if isinstance(d, int):
+            count *= d
+        elif d in (BATCH, SEQ):
+            count *= _REPEATED_AXIS_SIZE if d in seen else 1
+            seen.add(d)
+        else:
+            count *= OTHER_AXIS_SIZE
+    return count
+
+
+def _check_input_sizes(inputs: tuple[TensorSpec, ...], origin: str) -> None:
+    """Refuse, before anything is generated, inputs too large to generate for the shape sweep."""
+    sizes = {t.name: _step_elements(t.shape) for t in inputs}
+    limit = DEFAULT_LIMITS.io_step_elements
+    if sum(sizes.values()) > limit:
+        largest = max(sizes, key=lambda n: sizes[n])
+        raise _fail(
+            origin,
+            "the inputs",
+            f"hold {sum(sizes.values()):,} elements per batch row and time step ('{largest}' "
+            f"{sizes[largest]:,}), over the limit of {limit:,} (Limits.io_step_elements; the shape sweep "
+            "generates up to 16 rows of 257 steps)",
+            "Check the fixed sizes in the inputs' shapes: they are the sizes of one step of one row, "
+            "such as the feature count.",
+        )
 
 
 def _tensor(raw: Any, kind: str, index: int, origin: str) -> TensorSpec:
@@ -139,14 +191,17 @@ def _tensor(raw: Any, kind: str, index: int, origin: str) -> TensorSpec:
             and len(bounds) == 2
             and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
             and bounds[0] < bounds[1]
+            and INT64_RANGE[0] <= bounds[0]
+            and bounds[1] <= INT64_RANGE[1]
         )
         if not valid or dtype == "float32" or role is not None:
             raise _fail(
                 origin,
                 where,
                 f"has range {bounds!r}",
-                'A "range" is [low, high) with integers low < high, on an integer input without a role '
-                "(generated values; for an Embedding(1000, ...) use [0, 1000]).",
+                'A "range" is [low, high) with integers low < high, both within int64 '
+                f"[{INT64_RANGE[0]}, {INT64_RANGE[1]}], on an integer input without a role (generated "
+                "values; for an Embedding(1000, ...) use [0, 1000]).",
             )
     return TensorSpec(
         name=name,
@@ -180,6 +235,7 @@ def parse_io(data: Any, *, origin: str) -> Contract:
                 origin, f'"{kind}"', f"is {raw!r}", f'Give "{kind}" as a non-empty list. Example: {_EXAMPLE}.'
             )
         sections[kind] = tuple(_tensor(t, kind, i, origin) for i, t in enumerate(raw))
+    _check_input_sizes(sections["inputs"], origin)
     names = [t.name for t in sections["inputs"] + sections["outputs"]]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

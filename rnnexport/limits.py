@@ -14,6 +14,7 @@ from rnnexport.errors import RnnExportError, UsageError
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "INT64_RANGE",
     "PROTOBUF_LIMIT",
     "TOLERANCE_RANGE",
     "Limits",
@@ -24,6 +25,8 @@ __all__ = [
 
 # A serialized protobuf message (a single-file .onnx) cannot reach 2 GiB.
 PROTOBUF_LIMIT = 2**31 - 1
+# An integer input's "range" in io.json: generated as int64.
+INT64_RANGE = (-(2**63), 2**63 - 1)
 # build accepts --atol/--rtol in [0, 1); verify accepts exactly the same range from a manifest.
 TOLERANCE_RANGE = (0.0, 1.0)
 
@@ -51,6 +54,12 @@ class Limits:
     inputs_file_bytes: int = 1024 * _MiB  # --inputs on disk
     inputs_bytes: int = 64 * _MiB  # --inputs decompressed: every array, summed
     golden_bytes: int = 64 * _MiB  # one golden file
+    # An I/O description (io.json): elements per batch row and time step, summed over the inputs
+    # (the sweep generates up to 16 x 257 such positions, so at most 1 GiB of float32 inputs), the
+    # rank of one tensor, and any fixed size (an ONNX dim, and no tensor of more fits in memory).
+    io_step_elements: int = 1 << 16
+    io_rank: int = 16
+    io_dim: int = 2**31 - 1
     # Seconds one provider may take to load and run an artifact's test data: a base, plus time in
     # proportion to the model's size (a 2 GB model needs minutes on one CPU core, a 1 kB one none).
     run_seconds_base: float = 30.0

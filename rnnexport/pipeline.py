@@ -1094,7 +1094,7 @@ def _float64_oracle(
     """
     user = subject.user
     if user is None:
-        return float64_references(contract, model, cases, method=method), _ORACLE_RAN
+        return float64_references(contract, model, cases, method=method), dict(_ORACLE_RAN)
     try:
         float64 = float64_references(contract, model, cases, method=method)
     except (RnnExportError, KeyboardInterrupt, GeneratorExit):
@@ -1114,7 +1114,7 @@ def _float64_oracle(
             None,
         )
         if narrow is None:
-            return float64, _ORACLE_RAN
+            return float64, dict(_ORACLE_RAN)
         reason = narrow
     reason += "; verified under the tolerance rule against PyTorch float32 instead"
     return {}, {"ran": False, "reason": reason}

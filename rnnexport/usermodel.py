@@ -122,7 +122,7 @@ class UserCode:
 
     def describe(self, exc: BaseException) -> str:
         """``RuntimeError at models.py:14 (`code`): its message`` (the message's first line)."""
-        text = first_line(exc, default="")
+        text = first_line(exc, default="").rstrip(".")  # the sentence goes on after it
         return f"{type(exc).__name__} {self.locate(exc)}" + (f": {visible(text)}" if text else "")
 
     @contextmanager
