@@ -881,6 +881,14 @@ def bench(
         Path | None,
         typer.Option(help="The checkpoint an artifact was built from with --weights (for PyTorch eager)."),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="For an artifact built with --model: the model file it was built from (FILE.py, or "
+            "FILE.py:NAME), checked against the manifest's sha256, to rebuild it for PyTorch eager.",
+        ),
+    ] = None,
     eager: Annotated[
         bool, typer.Option("--eager/--no-eager", help="Also time PyTorch eager (needs torch).")
     ] = True,
@@ -950,6 +958,7 @@ def bench(
             shapes=shapes,
             device=device.value,
             weights=weights,
+            model=model,
             runtimes=runtimes,
             settings=settings,
             ragged=ragged,
