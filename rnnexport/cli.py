@@ -475,7 +475,8 @@ def build(
         typer.Option(
             "--streaming",
             help="Ship a stateful model: every recurrent state is an input (state_in.*) and an output "
-            "(state_out.*), batch-major, zeros to start; the manifest's 'streaming' section lists them. "
+            "(state_out.*), batch-major, starting from zeros or the model's own learned initial state "
+            "(shipped in initial_state/); the manifest's 'streaming' section lists them. "
             "float32 ONNX only; a bidirectional recurrence is refused.",
         ),
     ] = False,

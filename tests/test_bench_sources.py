@@ -97,7 +97,7 @@ def test_weights_of_another_model_are_refused(built: Path, tmp_path: Path) -> No
     from rnnexport.usermodel import instantiate, load_factory
 
     factory, _ = load_factory(f"{built / 'models.py'}:LearnedLSTM")
-    model = instantiate(factory, {}, what="LearnedLSTM")
+    model: Any = instantiate(factory, {}, what="LearnedLSTM")
     with torch.no_grad():
         model.h0.add_(1.0)
     other = tmp_path / "other.safetensors"

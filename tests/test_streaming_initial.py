@@ -213,7 +213,7 @@ def test_streaming_from_the_shipped_state_equals_the_whole_sequence(
 ) -> None:
     rows = np.array(lengths, np.int64)
     x = np.random.default_rng(chunk).standard_normal((len(rows), 11, 6), dtype=np.float32)
-    model = _model(source, "LearnedLSTM")
+    model: Any = _model(source, "LearnedLSTM")
     with torch.no_grad():
         want = model(torch.from_numpy(x), torch.from_numpy(rows)).numpy()
     for b, got in enumerate(_stream(lstm_artifact, x, rows, chunk)):
