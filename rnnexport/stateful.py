@@ -140,11 +140,12 @@ def capture_initial_states(
         )
         if not same or first is None:
             raise UsageError(
-                f"--streaming needs the state '{path}' starts from in a new stream, but the model passes its "
-                "own (hx) to it, and that hx depends on the inputs (it differs between calls on different "
-                "inputs, or between the rows of a batch): a stream could not start from one value. A model "
-                "that takes its state as inputs already streams as it is: build it without --streaming. "
-                "A learned initial state (an nn.Parameter or buffer expanded over the batch) streams."
+                f"--streaming needs the value '{path}' starts from in a new stream, but the model passes "
+                "its own (hx) to it, and that hx depends on the inputs (it differs between calls on "
+                "different inputs, or between the rows of a batch): a stream could not start from one "
+                "value. A model that takes its state as inputs already streams as it is: build it without "
+                "--streaming. A learned initial state (an nn.Parameter or buffer expanded over the batch) "
+                "streams."
             )
         for s, value in zip(parts, first, strict=True):
             captured[s.key] = value[:1, 0] if s.rows == 1 else value[:1]
