@@ -61,7 +61,7 @@ from rnnexport.safeio import (
     write_file,
 )
 from rnnexport.spec import DTYPES, DYNAMIC_AXES, ROLES, ArchConfig, Contract
-from rnnexport.streaming import Streaming, streaming_problems
+from rnnexport.streaming import INITIAL_FOLDER, STATE_IN, Streaming, start_states, streaming_problems
 from rnnexport.variants import VariantResult, verify_shipped_variants
 
 __all__ = [
@@ -77,12 +77,14 @@ __all__ = [
     "parse_manifest",
     "prepare_destination",
     "publish",
+    "read_initial_states",
     "read_test_data",
     "recover_destination",
     "sha256_file",
     "staging_folder",
     "verify_artifact",
     "write_external_model",
+    "write_initial_states",
     "write_test_data",
 ]
 
@@ -296,7 +298,7 @@ def parse_manifest(data: bytes, *, path: Path) -> Manifest:
         need(False, f"'verification.rule' is not one rnnexport applies: {exc}")
     if doc.get("streaming") is not None:
         streaming = Streaming.from_json(doc["streaming"], need)
-        problems = streaming_problems(streaming, Contract.from_json(doc), dirs)
+        problems = streaming_problems(streaming, Contract.from_json(doc), dirs, doc["files"])
         need(not problems, "; ".join(problems))
     return Manifest.from_json(doc)
 
@@ -462,6 +464,79 @@ def read_test_data(folder: Path, contract: Contract, *, limits: Limits = DEFAULT
         for f in sorted((folder / d).iterdir())
     }
     return _cases_from(contents, sets, contract, folder=folder)
+
+
+# -- a streaming model's learned initial states -----------------------------------------------------
+
+
+def write_initial_states(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write a streaming model's shipped initial states (``initial_state/state_in.<key>.pb``, see
+    :class:`~rnnexport.streaming.InitialTensor`) into ``folder``."""
+    for name, data in files.items():
+        (folder / name).parent.mkdir(exist_ok=True)
+        write_file(folder / name, data)
+
+
+def _initial_from(contents: Mapping[str, bytes], streaming: Streaming, *, folder: Path) -> Feeds:
+    """The shipped initial states (state input -> ``[1, sizes...]``), from bytes already read and hashed."""
+    found: Feeds = {}
+    for name, entry in streaming.shipped.items():
+        if entry.file not in contents:
+            raise ArtifactError(
+                f"{folder / entry.file}, the initial state of '{name}', is missing. {_REBUILD}"
+            )
+        array = _parse_tensor(
+            contents[entry.file], origin=str(folder / entry.file), name=name, dtype="float32"
+        )
+        if array.shape != entry.shape:
+            raise ArtifactError(
+                f"{folder / entry.file} has shape {list(array.shape)}, the manifest says "
+                f"{list(entry.shape)}. {_REBUILD}"
+            )
+        if not np.isfinite(array).all():
+            raise ArtifactError(f"{folder / entry.file} holds values that are not finite. {_REBUILD}")
+        found[name] = array
+    return found
+
+
+def read_initial_states(folder: Path, manifest: Manifest, *, limits: Limits = DEFAULT_LIMITS) -> Feeds:
+    """A streaming artifact's shipped initial states (state input -> ``[1, sizes...]``, broadcast over
+    the batch to start a stream; states that start from zeros are not in it), each file checked
+    against the sha256 the manifest lists. Empty for an artifact without a streaming section."""
+    if manifest.streaming is None:
+        return {}
+    streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
+    contents = {}
+    for entry in streaming.shipped.values():
+        data = read_bounded(
+            folder / entry.file, limit=limits.test_data_bytes, what="initial state", error=ArtifactError
+        )
+        if hashlib.sha256(data).hexdigest() != manifest.files.get(entry.file):
+            raise ArtifactError(
+                f"'{entry.file}' was modified: its sha256 does not match the manifest. {_REBUILD}"
+            )
+        contents[entry.file] = data
+    return _initial_from(contents, streaming, folder=folder)
+
+
+def _start_problems(
+    cases: Sequence[Case], streaming: Streaming, initial: Mapping[str, np.ndarray]
+) -> list[str]:
+    """Test-data sets that start a stream (every set but the later calls of a chain) whose state
+    inputs are not the states' initial values, repeated over the batch, exactly."""
+    later = {name for chain in streaming.chains for name in chain[1:]}
+    problems = []
+    for case in cases:
+        if case.name in later:
+            continue
+        batch = next(iter(case.inputs[s.input] for s in streaming.states)).shape[0]
+        start = start_states(streaming, batch, initial)
+        wrong = [n for n, value in start.items() if not np.array_equal(case.inputs[n], value)]
+        if wrong:
+            problems.append(
+                f"{case.name} starts a stream, but its {', '.join(wrong)} are not the initial state"
+            )
+    return problems
 
 
 # -- the model with its weights beside it -----------------------------------------------------------
@@ -926,10 +1001,16 @@ def _holds_only_build_output(folder: Path) -> bool:
             mode = entry.stat(follow_symlinks=False).st_mode
             if entry.name in (MODEL, EXTERNAL_DATA, MANIFEST) and stat.S_ISREG(mode):
                 continue
-            if not (_TEST_SET.fullmatch(entry.name) and stat.S_ISDIR(mode)):
+            initial = entry.name == INITIAL_FOLDER
+            if not ((_TEST_SET.fullmatch(entry.name) or initial) and stat.S_ISDIR(mode)):
                 return False
             for inner in os.scandir(entry.path):
-                if not (_TEST_FILE.fullmatch(inner.name) and inner.is_file(follow_symlinks=False)):
+                expected = (
+                    inner.name.startswith(STATE_IN) and inner.name.endswith(".pb")
+                    if initial
+                    else _TEST_FILE.fullmatch(inner.name)
+                )
+                if not (expected and inner.is_file(follow_symlinks=False)):
                     return False
     except OSError:
         return False
@@ -1386,8 +1467,15 @@ def verify_artifact(
         devices = resolve_devices(device)
         chained: dict[str, Any] = {}
         if manifest.streaming is not None:
-            # Replays each chain: a call's state inputs are what the provider returned for the call before.
+            # Replays each chain: its first call starts from the states' initial values (zeros, or the
+            # shipped initial_state/ tensors), every later call from what the provider returned.
             streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
+            starts = _start_problems(cases, streaming, _initial_from(contents, streaming, folder=folder))
+            if starts:
+                raise ArtifactError(
+                    f"The test data of {folder} does not start its streams where the manifest says a stream "
+                    f"starts: {'; '.join(starts[:3])}. {_REBUILD}"
+                )
             chained = {"chains": streaming.chains, "state_pairs": streaming.pairs}
         results = {
             d: verify_with_deadline(

@@ -5,7 +5,8 @@ Runtimes measured side by side on the same inputs:
 - ``onnxruntime``: the artifact's ``model.onnx`` with ONNX Runtime's default session options;
 - ``pytorch-eager``: the same model rebuilt in PyTorch from the manifest (architecture, sizes and the
   weights' origin: golden weights or the seeded initialisation; a user's checkpoint only when its
-  path is given again), when torch is installed;
+  path is given again; a ``--model`` artifact from the source file the user names, checked against
+  the recorded sha256), when torch is installed; for a streaming artifact, the streaming wrapper;
 - ``plain-export``: that eager module exported as it stands (``torch.onnx.export`` with dynamic axes,
   then onnxsim, none of rnnexport's export rewrites), run by ONNX Runtime: the baseline an artifact
   must never fall below.
@@ -53,6 +54,7 @@ from rnnexport.artifact import (
     MODEL,
     Manifest,
     check_files,
+    read_initial_states,
     read_test_data,
     sha256_file,
 )
@@ -61,6 +63,8 @@ from rnnexport.errors import ArtifactError, RnnExportError, UsageError
 from rnnexport.feeds import Feeds, make_feeds
 from rnnexport.runtime import PROVIDERS, Device, ProviderUnavailableError, bucketed_run, probe_provider
 from rnnexport.spec import Contract
+from rnnexport.streaming import STATE_IN, STATE_OUT, Streaming, start_states
+from rnnexport.text import visible as _safe
 
 __all__ = [
     "BENCH_FILE",
@@ -118,6 +122,15 @@ def parse_sizes(text: str, *, option: str) -> tuple[int, ...]:
 def grid_shapes(batches: Sequence[int], seqs: Sequence[int]) -> list[tuple[int, int]]:
     """Every ``(batch, seq)`` of the grid, batch-major."""
     return [(b, s) for b in batches for s in seqs]
+
+
+def _feeds(contract: Contract, start: Callable[[int], Feeds], *, batch: int, seq: int) -> Feeds:
+    """Seeded inputs of one call; a streaming model's state inputs are a new stream's (``start``)."""
+    return {**make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0)), **start(batch)}
+
+
+def _no_states(batch: int) -> Feeds:
+    return {}
 
 
 def _lengths_name(contract: Contract) -> str | None:
@@ -334,21 +347,10 @@ def _variant_runtimes(
     return found
 
 
-def _rebuild_eager(
-    folder: Path, manifest: Manifest, weights: Path | None, device: Device
-) -> tuple[Any, dict[str, Any]]:
-    """The artifact's model in PyTorch, proven to reproduce the artifact's test data.
+def _builtin_model(folder: Path, manifest: Manifest, weights: Path | None) -> tuple[Any, str]:
+    """A registered architecture rebuilt from the manifest's sizes and weights' origin, and that origin."""
+    import torch
 
-    Raises :class:`_Unavailable` when it cannot be rebuilt here (no torch, an architecture this
-    rnnexport does not know, user weights without ``--weights``), and :class:`UsageError` when
-    ``--weights`` is not the checkpoint the artifact was built from.
-    """
-    try:
-        import torch
-    except ImportError:
-        raise _Unavailable(
-            "torch is not installed here (install the build extra: pip install 'rnnexport[build,cpu]')"
-        ) from None
     from rnnexport.reference import build_model
     from rnnexport.registry import get_arch
     from rnnexport.spec import ArchConfig
@@ -374,44 +376,214 @@ def _rebuild_eager(
                 "the golden weights in this rnnexport differ from those the artifact was built with"
             )
         state = {k: torch.from_numpy(v) for k, v in golden.weights.items()}
-        model = build_model(spec, config, state_dict=state)
-    elif source == "seeded":
-        model = build_model(spec, config, seed=int(origin.get("seed", 0)))
-    elif source == "user":
-        if weights is None:
-            raise _Unavailable(
-                f"the artifact was built from the user's weights ({origin.get('file', 'a checkpoint')}); "
-                "pass --weights FILE to include PyTorch eager and the plain export"
-            )
-        if not weights.is_file():
-            raise UsageError(f"--weights {weights} does not exist (or is not a file). Pass the checkpoint.")
-        if sha256_file(weights) != origin.get("sha256"):
-            raise UsageError(
-                f"--weights {weights} is not the checkpoint {folder} was built from: its sha256 differs "
-                f"from the manifest's ({origin.get('file', '?')}). Pass that checkpoint."
-            )
+        return build_model(spec, config, state_dict=state), "golden"
+    if source == "seeded":
+        return build_model(spec, config, seed=int(origin.get("seed", 0))), "seeded"
+    if source == "user":
+        _check_weights_file(folder, manifest, weights)
+        assert weights is not None
         from rnnexport.weights import load_state_dict
 
-        model = build_model(spec, config, state_dict=load_state_dict(weights))
+        return build_model(spec, config, state_dict=load_state_dict(weights)), "user"
+    raise _Unavailable(f"the manifest records weights of unknown origin {source!r}")
+
+
+def _check_weights_file(folder: Path, manifest: Manifest, weights: Path | None) -> None:
+    """``--weights`` must be given, and be the checkpoint the artifact was built from (its sha256)."""
+    origin = manifest.weights
+    if weights is None:
+        raise _Unavailable(
+            f"the artifact was built from the user's weights ({origin.get('file', 'a checkpoint')}); "
+            "pass --weights FILE to include PyTorch eager and the plain export"
+        )
+    if not weights.is_file():
+        raise UsageError(f"--weights {weights} does not exist (or is not a file). Pass the checkpoint.")
+    if sha256_file(weights) != origin.get("sha256"):
+        raise UsageError(
+            f"--weights {weights} is not the checkpoint {folder} was built from: its sha256 differs "
+            f"from the manifest's ({origin.get('file', '?')}). Pass that checkpoint."
+        )
+
+
+def _source_target(folder: Path, manifest: Manifest, model: str | None) -> str:
+    """``--model`` checked against the manifest's ``source``: ``FILE.py:NAME`` (or ``module:NAME``) to load.
+
+    ``--model`` may name the file alone (``models.py``) or the file and the class or factory
+    (``models.py:Tagger``); a file must have the sha256 the manifest records for the one the
+    artifact was built from. Nothing is ever imported unless the user names it: code found beside
+    an artifact (which may come from anywhere) is not run.
+    """
+    source = manifest.source or {}
+    name = source.get("class", source.get("factory"))
+    recorded_file, module = source.get("file"), source.get("module")
+    where_recorded = _safe(recorded_file if recorded_file is not None else module)
+    if model is None:
+        digest = f" (sha256 {source.get('file_sha256')})" if recorded_file is not None else ""
+        raise _Unavailable(
+            f"'{_safe(manifest.arch)}' was built from your model {where_recorded}:{_safe(name)}; pass "
+            f"--model PATH/TO/{where_recorded}{digest} to rebuild it in PyTorch (rnnexport does not "
+            "import code it was not pointed at)"
+        )
+    where, sep, given = model.rpartition(":")
+    if not sep or not given.isidentifier():
+        where, given = model, str(name)
+    if given != name:
+        raise UsageError(
+            f"--model {_safe(model)} names {_safe(given)!r}, but {folder} was built from "
+            f"{where_recorded}:{_safe(name)}. Pass --model {where_recorded} (the name is read from the "
+            "manifest), or the artifact that was built from this model."
+        )
+    if recorded_file is None:
+        if where != module:
+            raise UsageError(
+                f"--model {_safe(model)}: {folder} was built from the module {_safe(module)!r}, not "
+                f"{_safe(where)!r}. Pass --model {_safe(module)}:{_safe(name)}."
+            )
+        return f"{where}:{name}"
+    path = Path(where)
+    if not path.is_file():
+        raise UsageError(
+            f"--model {_safe(model)}: no such file. Pass the model file {folder} was built from "
+            f"({where_recorded}, sha256 {source.get('file_sha256')})."
+        )
+    digest = sha256_file(path)
+    if digest != source.get("file_sha256"):
+        raise UsageError(
+            f"--model {_safe(where)} is not the file {folder} was built from: its sha256 is {digest}, the "
+            f"manifest records {source.get('file_sha256')} for {where_recorded}. Pass that version of the "
+            "file (timing another model against this artifact would compare different things), or "
+            "rebuild the artifact from this one."
+        )
+    return f"{where}:{name}"
+
+
+def _user_model(folder: Path, manifest: Manifest, weights: Path | None, model: str | None) -> tuple[Any, str]:
+    """A ``--model`` artifact's module, rebuilt from its source file, config and weights."""
+    from rnnexport.usermodel import instantiate, load_factory, load_user_weights, state_sha256
+    from rnnexport.weights import read_checkpoint
+
+    if model is None and weights is not None:
+        source = manifest.source or {}
+        where = _safe(source.get("file", source.get("module")))
+        raise UsageError(
+            f"--weights {weights} serves to rebuild {folder}'s model in PyTorch, which also needs the model "
+            f"it was built from: add --model PATH/TO/{where} (a --model artifact is rebuilt from its source)."
+        )
+    target = _source_target(folder, manifest, model)
+    if manifest.weights.get("source") == "user":
+        _check_weights_file(folder, manifest, weights)
+    factory, loaded = load_factory(target)
+    source = manifest.source or {}
+    if loaded.kind not in source:
+        raise UsageError(
+            f"--model {_safe(target)} is a {loaded.kind}, but {folder} was built from a "
+            f"{'factory' if loaded.kind == 'class' else 'class'} of that name. Pass the file it was built "
+            "from."
+        )
+    module = instantiate(factory, dict(source.get("config", manifest.config)), what=loaded.name)
+    origin = manifest.weights
+    if weights is not None:
+        # Read as the build read it: the recorded entry and prefix (none recorded: keys as saved).
+        checkpoint = read_checkpoint(
+            weights,
+            state_dict_key=origin.get("state_dict_key"),
+            strip_prefix=origin.get("stripped_prefix", ""),
+        )
+        load_user_weights(module, checkpoint.load(), origin=checkpoint.origin)
+    if origin.get("source") == "module" and state_sha256(module) != origin.get("state_sha256"):
+        if weights is not None:
+            raise UsageError(
+                f"--weights {weights} does not hold the weights {folder} was built with (the digest of the "
+                "loaded state differs from the manifest's state_sha256). Pass a checkpoint of those weights."
+            )
+        raise _Unavailable(
+            f"{_safe(loaded.name)}(**config) does not come out with the weights the artifact was built with "
+            "(its initialisation is random and not seeded?); pass --weights with a checkpoint of them "
+            "(torch.save(model.state_dict(), 'weights.pt') before building)"
+        )
+    return module, str(origin.get("source"))
+
+
+def _as_streaming(model: Any, folder: Path, manifest: Manifest) -> Any:
+    """The streaming wrapper around ``model`` (states in and out, as the artifact takes them), checked to
+    carry the states the manifest declares, with the same initial values."""
+    from rnnexport.registry import get_arch
+    from rnnexport.spec import ArchConfig, Contract, TensorSpec
+    from rnnexport.stateful import make_streaming
+
+    contract = manifest.contract
+    base = Contract(
+        tuple(t for t in contract.inputs if not t.name.startswith(STATE_IN)),
+        tuple(t for t in contract.outputs if not t.name.startswith(STATE_OUT)),
+    )
+    method: str = "forward"
+    extra: tuple[TensorSpec, ...] = ()
+    if manifest.source is None:
+        spec = get_arch(manifest.arch)
+        if spec.streaming is not None:
+            config = ArchConfig.from_mapping(manifest.config, origin=str(folder / MANIFEST))
+            method, extra = (
+                spec.streaming.method,
+                tuple(spec.resolve(t, config) for t in spec.streaming.states),
+            )
+    stream = make_streaming(model, base, method=method, extra=extra)
+    declared = {k: v for k, v in (manifest.streaming or {}).items() if k != "chains"}
+    if stream.streaming.to_json(chains=False) != declared:
+        raise _Unavailable(
+            "the rebuilt model streams with other states or initial values than the artifact declares"
+        )
+    return stream.module
+
+
+def _rebuild_eager(
+    folder: Path, manifest: Manifest, weights: Path | None, model: str | None, device: Device
+) -> tuple[Any, dict[str, Any]]:
+    """The artifact's model in PyTorch, proven to reproduce the artifact's test data.
+
+    A registered architecture is rebuilt from the manifest; a ``--model`` artifact from the source
+    file the user passes as ``model`` (see :func:`_source_target`). A streaming artifact's model is
+    the streaming wrapper, which takes and returns the states as the artifact does. Raises
+    :class:`_Unavailable` when it cannot be rebuilt here (no torch, an architecture this rnnexport
+    does not know, no source or weights given), and :class:`UsageError` when ``weights`` or
+    ``model`` is not what the artifact was built from.
+    """
+    try:
+        import torch
+    except ImportError:
+        if model is not None or weights is not None:
+            raise UsageError(
+                "--model and --weights rebuild the artifact's model in PyTorch, which is not installed "
+                "here. Install it (pip install 'rnnexport[build,cpu]') or drop them."
+            ) from None
+        raise _Unavailable(
+            "torch is not installed here (install the build extra: pip install 'rnnexport[build,cpu]')"
+        ) from None
+    from rnnexport.reference import ModuleRunner
+
+    if manifest.source is not None:
+        module, source = _user_model(folder, manifest, weights, model)
+    elif model is not None:
+        raise UsageError(
+            f"--model is for artifacts built from your own model; {folder} holds the built-in architecture "
+            f"'{_safe(manifest.arch)}', which rnnexport rebuilds by itself. Drop --model."
+        )
     else:
-        raise _Unavailable(f"the manifest records weights of unknown origin {source!r}")
+        module, source = _builtin_model(folder, manifest, weights)
+    module = module.eval()
+    if manifest.streaming is not None:
+        module = _as_streaming(module, folder, manifest)
     # Prove the rebuilt model is the artifact's model before timing it against the artifact.
-    tolerance = manifest.tolerance("cpu")
-    names = manifest.contract.output_names
+    runner = ModuleRunner(manifest.contract, module)
     for case in read_test_data(folder, manifest.contract)[:1]:
         with torch.inference_mode():
-            result = model(
-                *(torch.from_numpy(np.array(case.inputs[n])) for n in manifest.contract.input_names)
-            )
-        tensors = (result,) if isinstance(result, torch.Tensor) else tuple(result)
-        got = {name: t.numpy() for name, t in zip(names, tensors, strict=False)}
-        comparisons = compare_outputs(got, case.outputs, tolerance)
+            got = runner.infer(case.inputs)
+        comparisons = compare_outputs(got, case.outputs, manifest.tolerance("cpu"))
         if not all(c.passed for c in comparisons):
             raise _Unavailable(
                 "the rebuilt PyTorch model does not reproduce the artifact's test data "
                 f"({'; '.join(str(c.problem) for c in comparisons if c.problem)})"
             )
-    return model.to(device), {"weights": source}
+    return module.to(device), {"weights": source}
 
 
 def _eager_runtime(model: Any, contract: Contract, device: Device, threads: int | None) -> _Runtime:
@@ -587,6 +759,7 @@ def _settings_sweep(
     contract: Contract,
     recurrent_nodes: int,
     *,
+    start: Callable[[int], Feeds] = _no_states,
     rounds: int,
     repeats: int,
     burst_seconds: float,
@@ -596,7 +769,7 @@ def _settings_sweep(
     sessions = [_session(model, "cpu", c) for c in candidates]
     out: dict[str, Any] = {}
     for regime, (batch, seq) in REGIMES.items():
-        feeds = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+        feeds = _feeds(contract, start, batch=batch, seq=seq)
         calls = {str(k): _ort_call(s, feeds) for k, s in enumerate(sessions)}
         stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds)
         measured = [
@@ -634,13 +807,14 @@ def _ragged(
     contract: Contract,
     lengths_name: str,
     *,
+    start: Callable[[int], Feeds] = _no_states,
     rounds: int,
     repeats: int,
     burst_seconds: float,
 ) -> dict[str, Any]:
     """What ``sequence_lens`` costs when rows differ in length, and what bucketing saves."""
     batch, seq = RAGGED_BATCH, RAGGED_SEQ
-    base = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+    base = _feeds(contract, start, batch=batch, seq=seq)
     rng = np.random.default_rng(1)
     scenarios: dict[str, np.ndarray] = {
         f"all rows {seq}": np.full(batch, seq),
@@ -657,7 +831,7 @@ def _ragged(
                 bucketed_run, session, feeds, lengths_input=lengths_name
             )
     # The same short rows with no long one: what the batch would cost if it were not padded.
-    unpadded = make_feeds(contract, batch=batch, seq=seq // 2, rng=np.random.default_rng(0))
+    unpadded = _feeds(contract, start, batch=batch, seq=seq // 2)
     unpadded[lengths_name] = np.full(batch, seq // 2, dtype=unpadded[lengths_name].dtype)
     calls[f"all rows {seq // 2} (seq {seq // 2}, no padding)"] = _ort_call(session, unpadded)
     stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds)
@@ -733,6 +907,7 @@ def run_bench(
     shapes: Sequence[tuple[int, int]] | None = None,
     device: Device = "cpu",
     weights: Path | None = None,
+    model: str | None = None,
     runtimes: Sequence[str] = RUNTIMES,
     variants: bool = True,
     settings: bool = True,
@@ -748,9 +923,13 @@ def run_bench(
     ``shapes`` are ``(batch, seq)`` pairs (default: the :data:`DEFAULT_BATCHES` x
     :data:`DEFAULT_SEQS` grid). ``runtimes`` selects among :data:`RUNTIMES`; ``onnxruntime`` always
     runs, and with ``variants`` every other shipped model file too (``onnxruntime:model.int8.onnx``).
-    ``torch_threads`` sets PyTorch's intra-op threads for eager (default: PyTorch's own choice). A
-    runtime that cannot run here is reported with the reason, not raised; the artifact's files are
-    checked against the manifest first, as ``rnnexport verify`` does.
+    ``torch_threads`` sets PyTorch's intra-op threads for eager (default: PyTorch's own choice).
+    ``model`` is the source of an artifact built from the user's own model (``FILE.py`` or
+    ``FILE.py:NAME``, checked against the manifest's sha256) and ``weights`` the checkpoint it was
+    built with, when it was; both only serve to rebuild it in PyTorch, and are refused where they do
+    not. A runtime that cannot run here is reported with the reason, not raised; the artifact's files
+    are checked against the manifest first, as ``rnnexport verify`` does. A streaming artifact is
+    timed on a new stream's first chunk: its state inputs are the initial state.
     """
     folder = Path(folder)
     manifest = _read_manifest(folder)
@@ -767,6 +946,21 @@ def run_bench(
         raise UsageError(f"--torch-threads must be at least 1, got {torch_threads}.")
     if rounds < 1 or repeats < 1:
         raise UsageError(f"rounds and repeats must be at least 1, got {rounds} and {repeats}.")
+    if (model is not None or weights is not None) and EAGER not in runtimes and PLAIN not in runtimes:
+        raise UsageError(
+            "--model and --weights rebuild the artifact's model in PyTorch, for pytorch-eager and "
+            "plain-export, but neither is requested (--no-eager --no-plain). Drop them, or time those too."
+        )
+    initial = read_initial_states(folder, manifest)
+    streaming = (
+        None
+        if manifest.streaming is None
+        else Streaming.from_json(manifest.streaming, lambda condition, what: None)
+    )
+
+    def start(batch: int) -> Feeds:
+        return {} if streaming is None else start_states(streaming, batch, initial)
+
     shapes = list(shapes or grid_shapes(DEFAULT_BATCHES, DEFAULT_SEQS))
     contract = manifest.contract
     model_bytes = (folder / MODEL).read_bytes()
@@ -786,11 +980,11 @@ def run_bench(
         for runtime, extra in _variant_runtimes(folder, manifest, device):
             active.append(runtime)
             status[runtime.name] = extra
-    model = None
+    eager_model = None
     if EAGER in runtimes or PLAIN in runtimes:
         on_step("rebuilding the model in PyTorch")
         try:
-            model, origin = _rebuild_eager(folder, manifest, weights, device)
+            eager_model, origin = _rebuild_eager(folder, manifest, weights, model, device)
         except _Unavailable as exc:
             for name in (EAGER, PLAIN):
                 if name in runtimes:
@@ -798,14 +992,14 @@ def run_bench(
     for name in (EAGER, PLAIN):
         if name not in runtimes:
             status[name] = {"available": False, "reason": "not requested"}
-    if model is not None and EAGER in runtimes:
-        eager = _eager_runtime(model, contract, device, torch_threads)
+    if eager_model is not None and EAGER in runtimes:
+        eager = _eager_runtime(eager_model, contract, device, torch_threads)
         active.append(eager)
         status[EAGER] = {"available": True, **origin, **eager.detail}
-    if model is not None and PLAIN in runtimes:
+    if eager_model is not None and PLAIN in runtimes:
         on_step("exporting the model plainly (torch.onnx.export + onnxsim)")
         try:
-            plain, _ = _plain_runtime(model, folder, manifest, device)
+            plain, _ = _plain_runtime(eager_model, folder, manifest, device)
             active.append(plain)
             status[PLAIN] = {"available": True, "provider": PROVIDERS[device], **plain.detail}
         except _Unavailable as exc:
@@ -818,7 +1012,7 @@ def run_bench(
     results: list[dict[str, Any]] = []
     for batch, seq in shapes:
         on_step(f"batch {batch}, seq {seq}")
-        feeds = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(0))
+        feeds = _feeds(contract, start, batch=batch, seq=seq)
         calls = {r.name: r.prepare(feeds) for r in active}
         stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds, sync=sync)
         for name, s in stats.items():
@@ -874,6 +1068,7 @@ def run_bench(
             source,
             contract,
             len(artifact_facts["recurrent_nodes"]),
+            start=start,
             rounds=rounds,
             repeats=repeats,
             burst_seconds=burst_seconds,
@@ -885,6 +1080,7 @@ def run_bench(
             artifact_session,
             contract,
             lengths_name,
+            start=start,
             rounds=rounds,
             repeats=repeats,
             burst_seconds=burst_seconds,

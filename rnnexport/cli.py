@@ -476,7 +476,8 @@ def build(
         typer.Option(
             "--streaming",
             help="Ship a stateful model: every recurrent state is an input (state_in.*) and an output "
-            "(state_out.*), batch-major, zeros to start; the manifest's 'streaming' section lists them. "
+            "(state_out.*), batch-major, starting from zeros or the model's own learned initial state "
+            "(shipped in initial_state/); the manifest's 'streaming' section lists them. "
             "float32 ONNX only; a bidirectional recurrence is refused.",
         ),
     ] = False,
@@ -882,6 +883,14 @@ def bench(
         Path | None,
         typer.Option(help="The checkpoint an artifact was built from with --weights (for PyTorch eager)."),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="For an artifact built with --model: the model file it was built from (FILE.py, or "
+            "FILE.py:NAME), checked against the manifest's sha256, to rebuild it for PyTorch eager.",
+        ),
+    ] = None,
     eager: Annotated[
         bool, typer.Option("--eager/--no-eager", help="Also time PyTorch eager (needs torch).")
     ] = True,
@@ -951,6 +960,7 @@ def bench(
             shapes=shapes,
             device=device.value,
             weights=weights,
+            model=model,
             runtimes=runtimes,
             settings=settings,
             ragged=ragged,

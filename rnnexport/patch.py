@@ -550,7 +550,11 @@ def _batch_major(state: torch.Tensor, rows: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def streaming_state(
-    model: nn.Module, states: list[RecurrentState], initial: dict[str, torch.Tensor]
+    model: nn.Module,
+    states: list[RecurrentState],
+    initial: dict[str, torch.Tensor],
+    *,
+    own_initial: frozenset[str] = frozenset(),
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Inside the block, each recurrent module of ``model`` starts from ``initial[state.key]`` and
     its final state is written to the yielded dict (batch-major, keyed the same way).
@@ -560,7 +564,9 @@ def streaming_state(
     export. A row with no valid step in a packed call (chunk length 0) keeps its state exactly:
     ONNX Runtime's recurrent ops return zeros for a row with ``sequence_lens`` 0, so the new state is
     chosen with a ``Where`` on ``lengths > 0``. A module called twice in one forward is refused
-    (one state pair could not describe both calls), as is a model that passes its own ``hx``.
+    (one state pair could not describe both calls), as is a model that passes its own ``hx``, except
+    to the modules in ``own_initial``: their ``hx`` is the stream's learned start (captured by
+    :func:`rnnexport.stateful.capture_initial_states`), which the carried state replaces.
     """
     final: dict[str, torch.Tensor] = {}
     by_module: dict[str, list[RecurrentState]] = {}
@@ -572,7 +578,7 @@ def streaming_state(
     def pre_hook(path: str) -> Callable[..., Any]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             given = args[1] if len(args) > 1 else kwargs.get("hx")
-            if given is not None:
+            if given is not None and path not in own_initial:
                 raise UsageError(
                     f"--streaming needs to set the initial state of '{path}', but the model passes its own "
                     "(hx) to it. A model that takes its state as inputs already streams as it is: build "
@@ -622,7 +628,8 @@ class StreamingModule(nn.Module):
     ``states`` are the recurrent states (:func:`recurrent_states`), carried by
     :func:`streaming_state`; ``extra`` counts further states that ``model.<method>`` itself takes
     after its inputs and returns after its outputs (an architecture's streaming formulation, such as
-    the running softmax of attention pooling). ``inputs``/``outputs`` are the model's own counts.
+    the running softmax of attention pooling). ``inputs``/``outputs`` are the model's own counts;
+    ``own_initial`` the modules whose own ``hx`` the carried state replaces (see :func:`streaming_state`).
     """
 
     def __init__(
@@ -634,12 +641,14 @@ class StreamingModule(nn.Module):
         outputs: int,
         method: str = "forward",
         extra: int = 0,
+        own_initial: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
         self.model = model
         self.states = states
         self.counts = (inputs, outputs, extra)
         self.method = method
+        self.own_initial = own_initial
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One chunk: the model's outputs, then every updated state, in the order of the inputs."""
@@ -650,7 +659,7 @@ class StreamingModule(nn.Module):
         rest = args[inputs + len(self.states) :]
         # forward through __call__, so that module hooks run (a user model's output mapping is one).
         call = self.model if self.method == "forward" else getattr(self.model, self.method)
-        with streaming_state(self.model, self.states, carried) as final:
+        with streaming_state(self.model, self.states, carried, own_initial=self.own_initial) as final:
             results = call(*args[:inputs], *rest)
         results = results if isinstance(results, tuple) else (results,)
         assert len(results) == outputs + extra, (len(results), outputs, extra)

@@ -34,6 +34,7 @@ from rnnexport.artifact import (
     sha256_file,
     staging_folder,
     write_external_model,
+    write_initial_states,
     write_test_data,
 )
 from rnnexport.compare import RULES, Criterion, ProviderResult, Rule, Tolerance, verify_on_device
@@ -1017,6 +1018,8 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 )
             if oracle["ran"]:
                 write_float64_outputs(staging, [float64[c.name] for c in shipped], contract)
+            if stream is not None:  # learned initial states, hashed with the rest below
+                write_initial_states(staging, stream.files)
             manifest = Manifest(
                 arch=subject.name,
                 config=subject.config,

@@ -8,8 +8,11 @@ returns the updated state as ``state_out.<key>``, where ``<key>`` is ``<module p
 
 Every state tensor is **batch-major** (``[batch, size]``, or ``[batch, layers, size]`` for a
 stacked layer), unlike ONNX's recurrent ``[layers, batch, size]``: Triton's sequence batcher (and
-most serving code) slices and stacks requests on the first axis of every tensor. The initial state
-of a new stream is all zeros. Feeding a call's ``state_out.*`` into the next call's ``state_in.*``
+most serving code) slices and stacks requests on the first axis of every tensor. A new stream starts
+from each state's ``initial`` value: ``"zeros"``, or, for a model with a learned initial state (an
+``nn.Parameter`` h0 that it passes as ``hx``), a tensor the artifact ships (:class:`InitialTensor`:
+``initial_state/state_in.<key>.pb``, an ONNX ``TensorProto`` of shape ``[1, sizes...]``, hashed,
+broadcast over the batch). Feeding a call's ``state_out.*`` into the next call's ``state_in.*``
 continues the sequence exactly; ``chunk_axis`` names the axis the chunks are cut along.
 
 The manifest's ``streaming`` section (and the model's ``rnnexport.streaming`` metadata, the same
@@ -19,29 +22,75 @@ which ``rnnexport verify`` replays by feeding each call's state outputs to the n
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from onnx import numpy_helper
+
 from rnnexport.spec import BATCH, SEQ, Contract, Dim, TensorSpec
 
-__all__ = ["STATE_IN", "STATE_OUT", "StateSpec", "Streaming", "streaming_problems"]
+__all__ = [
+    "INITIAL_FOLDER",
+    "STATE_IN",
+    "STATE_OUT",
+    "InitialTensor",
+    "StateSpec",
+    "Streaming",
+    "encode_initial",
+    "start_states",
+    "streaming_problems",
+]
 
 STATE_IN = "state_in."
 STATE_OUT = "state_out."
+# The folder of an artifact that holds learned initial states, one TensorProto per state input.
+INITIAL_FOLDER = "initial_state"
 _KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 _SET = re.compile(r"test_data_set_(0|[1-9][0-9]{0,5})")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class InitialTensor:
+    """A learned initial state the artifact ships: ``file`` (an ONNX ``TensorProto`` named after the
+    state input, float32, shape ``[1, sizes...]``) with its sha256; broadcast over the batch."""
+
+    file: str
+    sha256: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The state's ``initial`` entry."""
+        return {"file": self.file, "sha256": self.sha256, "shape": list(self.shape)}
+
+
+def initial_file(state_input: str) -> str:
+    """The artifact path of ``state_input``'s shipped initial value."""
+    return f"{INITIAL_FOLDER}/{state_input}.pb"
+
+
+def encode_initial(state_input: str, value: np.ndarray) -> tuple[InitialTensor, bytes]:
+    """``value`` (``[1, sizes...]``) as the file an artifact ships, and its ``initial`` entry."""
+    data = numpy_helper.from_array(
+        np.ascontiguousarray(value, np.float32), name=state_input
+    ).SerializeToString()
+    entry = InitialTensor(initial_file(state_input), hashlib.sha256(data).hexdigest(), tuple(value.shape))
+    return entry, data
 
 
 @dataclass(frozen=True)
 class StateSpec:
-    """One carried state tensor: ``state_in.<key>`` -> ``state_out.<key>``, initial value zeros."""
+    """One carried state tensor: ``state_in.<key>`` -> ``state_out.<key>``, and where a stream starts:
+    ``"zeros"`` or a shipped :class:`InitialTensor`."""
 
     key: str
     shape: tuple[Dim, ...]
     dtype: str = "float32"
-    initial: str = "zeros"
+    initial: str | InitialTensor = "zeros"
 
     @property
     def input(self) -> str:
@@ -60,7 +109,7 @@ class StateSpec:
             "output": self.output,
             "shape": list(self.shape),
             "dtype": self.dtype,
-            "initial": self.initial,
+            "initial": self.initial if isinstance(self.initial, str) else self.initial.to_json(),
         }
 
 
@@ -74,10 +123,20 @@ class Streaming:
 
     def contract(self, base: Contract) -> Contract:
         """``base`` with one input and one output per state, after the model's own."""
-        doc = "carried state (batch-major); zeros to start a stream"
-        inputs = tuple(TensorSpec(s.input, s.dtype, s.shape, doc) for s in self.states)
-        outputs = tuple(TensorSpec(s.output, s.dtype, s.shape, doc) for s in self.states)
+        docs = {
+            s.key: "carried state (batch-major); zeros to start a stream"
+            if isinstance(s.initial, str)
+            else f"carried state (batch-major); {s.initial.file}, repeated over the batch, to start a stream"
+            for s in self.states
+        }
+        inputs = tuple(TensorSpec(s.input, s.dtype, s.shape, docs[s.key]) for s in self.states)
+        outputs = tuple(TensorSpec(s.output, s.dtype, s.shape, docs[s.key]) for s in self.states)
         return Contract(base.inputs + inputs, base.outputs + outputs)
+
+    @property
+    def shipped(self) -> dict[str, InitialTensor]:
+        """State input -> its shipped initial value, for the states that do not start from zeros."""
+        return {s.input: s.initial for s in self.states if isinstance(s.initial, InitialTensor)}
 
     @property
     def pairs(self) -> dict[str, str]:
@@ -108,7 +167,6 @@ class Streaming:
             need(_KEY.fullmatch(key), f"a state has the input {name!r}")
             need(s.get("output") == STATE_OUT + key, f"state {name!r} has the output {s.get('output')!r}")
             need(s.get("dtype") == "float32", f"state {name!r} has the dtype {s.get('dtype')!r}")
-            need(s.get("initial") == "zeros", f"state {name!r} has the initial value {s.get('initial')!r}")
             shape = s.get("shape")
             need(
                 isinstance(shape, list)
@@ -117,7 +175,9 @@ class Streaming:
                 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape[1:]),
                 f"state {name!r} has the shape {shape!r}; expected ['batch', sizes...]",
             )
-            parsed.append(StateSpec(key, tuple(shape)))
+            parsed.append(
+                StateSpec(key, tuple(shape), initial=_initial_from_json(s.get("initial"), name, shape, need))
+            )
         need(len({s.key for s in parsed}) == len(parsed), "'streaming.states' names a state twice")
         need(isinstance(chains, list), "'streaming.chains' must be a list")
         for chain in chains:
@@ -132,9 +192,47 @@ class Streaming:
         return cls(tuple(parsed), SEQ, tuple(tuple(c) for c in chains))
 
 
-def streaming_problems(streaming: Streaming, contract: Contract, test_sets: Sequence[str]) -> list[str]:
-    """Every way the streaming section and the I/O contract (or the test-data sets) disagree."""
+def _initial_from_json(
+    data: Any, name: str, shape: list[Any], need: Callable[[object, str], None]
+) -> str | InitialTensor:
+    """A state's ``initial`` entry: ``"zeros"``, or ``{"file", "sha256", "shape"}`` of a shipped tensor."""
+    if data == "zeros":
+        return "zeros"
+    fix = f"expected 'zeros' or {{'file': '{initial_file(name)}', 'sha256': ..., 'shape': [1, sizes...]}}"
+    need(
+        isinstance(data, dict) and set(data) == {"file", "sha256", "shape"},
+        f"state {name!r} has the initial value {data!r}; {fix}",
+    )
+    need(data["file"] == initial_file(name), f"state {name!r} has the initial file {data['file']!r}; {fix}")
+    need(
+        isinstance(data["sha256"], str) and _SHA256.fullmatch(data["sha256"]),
+        f"state {name!r} has an initial sha256 that is not 64 hex digits",
+    )
+    need(
+        data["shape"] == [1, *shape[1:]],
+        f"state {name!r} has the initial shape {data['shape']!r}; expected {[1, *shape[1:]]}",
+    )
+    return InitialTensor(data["file"], data["sha256"], tuple(data["shape"]))
+
+
+def streaming_problems(
+    streaming: Streaming,
+    contract: Contract,
+    test_sets: Sequence[str],
+    files: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Every way the streaming section and the I/O contract (or the test-data sets, or the manifest's
+    ``files``: every shipped initial state listed, with the same sha256) disagree."""
     problems = []
+    named = {i.file for i in streaming.shipped.values()}
+    stray_files = sorted(f for f in files or () if f.startswith(f"{INITIAL_FOLDER}/") and f not in named)
+    if stray_files:
+        problems.append(f"'files' lists {stray_files}, initial states that no streaming state starts from")
+    for initial in streaming.shipped.values():
+        if files is not None and initial.file not in files:
+            problems.append(f"the initial state '{initial.file}' is not listed in 'files'")
+        elif files is not None and files[initial.file] != initial.sha256:
+            problems.append(f"'streaming' and 'files' record different sha256 for '{initial.file}'")
     inputs = {t.name: t for t in contract.inputs}
     outputs = {t.name: t for t in contract.outputs}
     for s in streaming.states:
@@ -155,6 +253,21 @@ def streaming_problems(streaming: Streaming, contract: Contract, test_sets: Sequ
     if missing:
         problems.append(f"'streaming.chains' names test-data sets {missing} that the manifest does not list")
     return problems
+
+
+def start_states(
+    streaming: Streaming, batch: int, shipped: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The state inputs of ``batch`` new streams: zeros, or the shipped initial value (``shipped``:
+    state input -> ``[1, sizes...]``) repeated over the batch."""
+    start = {}
+    for s in streaming.states:
+        sizes = [d for d in s.shape[1:] if isinstance(d, int)]
+        if isinstance(s.initial, InitialTensor):
+            start[s.input] = np.array(np.broadcast_to(shipped[s.input], (batch, *sizes)), np.float32)
+        else:
+            start[s.input] = np.zeros([batch, *sizes], dtype=np.float32)
+    return start
 
 
 def state_feeds_of(streaming: Streaming, outputs: Mapping[str, Any]) -> dict[str, Any]:
