@@ -272,8 +272,17 @@ def test_prefixed_checkpoint_of_another_architecture_still_gets_the_arch_hint(tm
 def test_options_need_weights_and_an_architecture(tmp_path: Path) -> None:
     result = _build("--arch", "many-to-many", "--strip-prefix", "module.", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
-    assert "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was given" in (
-        flat(result.output)
+    assert flat(result.output).endswith(
+        "error: --strip-prefix says how to read a checkpoint, but no --weights was given. Pass --weights "
+        "FILE, or leave it out."
+    )
+    result = _build(
+        "--arch", "many-to-many", "--state-dict-key", "m", "--ignore-unexpected-keys", "--out", str(tmp_path)
+    )
+    assert result.exit_code == 2
+    assert flat(result.output).endswith(
+        "error: --state-dict-key and --ignore-unexpected-keys say how to read a checkpoint, but no --weights "
+        "was given. Pass --weights FILE, or leave them out."
     )
     result = _build("--all", "--state-dict-key", "model", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
@@ -356,9 +365,11 @@ def test_non_floating_weights_are_refused_by_key(dtype: torch.dtype, suffix: str
     assert result.exit_code == 1
     output = flat(result.output)
     assert (
-        f"holds non-floating weights: 'fc.bias' ({name}), 'lstm.weight_hh_l0' ({name}). Expected "
+        f"holds non-floating weights: 'fc.bias' ({name}, the model's is float32), 'lstm.weight_hh_l0' "
+        f"({name}, the model's is float32). Expected "
         "floating-point tensors (float32; float16, bfloat16 and float64 are cast to float32). Casting "
-        "integer, boolean or complex values would ship other weights than the ones trained." in output
+        "integer, boolean or complex values would ship other weights than the ones trained: export the "
+        "trained float weights of the model itself" in output
     )
     assert not (tmp_path / "o").exists()
 
