@@ -1,4 +1,4 @@
-"""Reading user checkpoints safely and fitting them to an architecture, strictly.
+"""Reading user checkpoints safely and fitting them to the model they load into, strictly.
 
 Two formats: safetensors (preferred: plain tensors, no code) and PyTorch ``state_dict`` files,
 which are pickles. Those are read with ``torch.load(weights_only=True)`` and nothing else: passing
@@ -11,12 +11,18 @@ Reading happens in two steps, so that nothing big is loaded before it is known t
 1. :func:`read_checkpoint` finds the state dict and what every tensor *is* (name, dtype, shape).
    For safetensors that is the file's JSON header alone; no tensor data is read. It unwraps
    training checkpoints (``{"state_dict": ...}``, ``{"model_state_dict": ..., "optimizer_...":
-   ...}``, ``{"model": ...}``) and strips a key prefix common to every key (``module.`` from
-   DataParallel/DDP, ``model.`` from Lightning) when exactly one choice makes the key names fit
-   the architecture, and says what it did.
-2. After the names and shapes were checked (:func:`check_state_dict`), :meth:`Checkpoint.load`
-   refuses what cannot be weights (integer, boolean or complex dtypes; sparse, meta or quantized
-   tensors), reads the data, casts it to float32 and checks that the float32 values are finite.
+   ...}``, ``{"model": ...}``) and strips a key prefix (``module.`` from DataParallel/DDP,
+   ``model.`` from Lightning, both, ``encoder.`` for one part of a bigger model) from the keys that
+   carry it when exactly one choice fits the expected key names best, and says what it did. The
+   expected names are a :class:`KeyTarget`: a user module's own (with shapes) or an architecture's.
+2. The checkpoint is :meth:`Checkpoint.fitted` to the model (its dtypes; with
+   ``--ignore-unexpected-keys``, keys the model lacks are left out) and its names and shapes are
+   checked (:func:`fit_to_arch`, :func:`rnnexport.usermodel.load_user_weights`); a mismatch names
+   the options that would fit (:meth:`Checkpoint.advice`). Then :meth:`Checkpoint.load` refuses
+   what cannot be those weights (integer, boolean or complex values where the model has floats;
+   sparse, meta or quantized tensors), reads the data, casts floats to float32 (integer buffers
+   the model declares, such as BatchNorm's ``num_batches_tracked``, stay as saved) and checks that
+   the float32 values are finite.
 
 Every key from a file is quoted with ``repr()`` in messages: a key may hold control characters,
 and nothing raw from a file may reach the terminal.
