@@ -1,5 +1,6 @@
-"""``python -m rnnexport``: the same command line as the ``rnnexport`` script."""
+"""``python -m rnnexport``: the same command line as the ``rnnexport`` console script."""
 
 from rnnexport.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -486,10 +486,11 @@ def _user_model(folder: Path, manifest: Manifest, weights: Path | None, model: s
         # Read as the build read it: the recorded entry and prefix (none recorded: keys as saved).
         checkpoint = read_checkpoint(
             weights,
+            module=module,
             state_dict_key=origin.get("state_dict_key"),
             strip_prefix=origin.get("stripped_prefix", ""),
         )
-        load_user_weights(module, checkpoint.load(), origin=checkpoint.origin)
+        load_user_weights(module, checkpoint, ignore_unexpected=bool(origin.get("ignored_keys")))
     if origin.get("source") == "module" and state_sha256(module) != origin.get("state_sha256"):
         if weights is not None:
             raise UsageError(

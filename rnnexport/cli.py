@@ -426,6 +426,14 @@ def build(
             help="Prefix to strip from the weights' keys (e.g. 'module.'; '' for none); detected if unset."
         ),
     ] = None,
+    ignore_unexpected_keys: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-unexpected-keys",
+            help="Load weights that hold keys the model does not have (e.g. an autoencoder's decoder when "
+            "exporting its encoder), leaving them out; they are listed. Missing keys stay an error.",
+        ),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -515,6 +523,7 @@ def build(
         "force": force,
         "state_dict_key": state_dict_key,
         "strip_prefix": strip_prefix,
+        "ignore_unexpected_keys": ignore_unexpected_keys,
         "rule": rule.value,
         "precisions": precision,
         "formats": model_format,
@@ -547,6 +556,7 @@ def build(
                 "see the architectures' names."
             )
         per_arch = [weights, config, inputs or None, state_dict_key, strip_prefix, *sizes.values()]
+        per_arch.append(ignore_unexpected_keys or None)
         if build_all and any(v is not None for v in per_arch):
             raise UsageError(
                 "--all builds every architecture at its defaults; --weights, --config, --inputs and sizes "

@@ -95,7 +95,7 @@ from rnnexport.usermodel import (
     state_sha256,
 )
 from rnnexport.variants import FORMATS, PRECISIONS, Format, Precision, parse_choices
-from rnnexport.weights import check_state_dict, read_checkpoint
+from rnnexport.weights import fit_to_arch, read_checkpoint
 
 __all__ = [
     "SWEEP_BATCHES",
@@ -607,6 +607,7 @@ def _resolve(
     formats: str | Sequence[str] | None,
     streaming: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    ignore_unexpected_keys: bool = False,
 ) -> _Request:
     """Every check that needs no model: names, options, paths, weights, sizes, user inputs."""
     spec = get_arch(arch)
@@ -618,11 +619,7 @@ def _resolve(
     _check_streaming(streaming, chosen_precisions, chosen_formats, exporter)
     destination, recovered = prepare_destination(out, spec.name, force=force)
     devices = _requested_devices(device)
-    if weights is None and (state_dict_key is not None or strip_prefix is not None):
-        raise UsageError(
-            "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was "
-            "given. Pass --weights FILE, or leave them out."
-        )
+    _require_weights(weights, state_dict_key, strip_prefix, ignore_unexpected_keys)
     # Names, dtypes and shapes first (for safetensors, from the header alone); data once they fit.
     checkpoint = (
         read_checkpoint(weights, spec, state_dict_key=state_dict_key, strip_prefix=strip_prefix)
@@ -640,7 +637,7 @@ def _resolve(
     contract = spec.contract(config_)
     state = None
     if checkpoint is not None:
-        check_state_dict(spec, config_, checkpoint.shapes, origin=checkpoint.origin)
+        checkpoint = fit_to_arch(checkpoint, spec, config_, ignore_unexpected=ignore_unexpected_keys)
         state = checkpoint.load()
         notes = [*checkpoint.notes, *notes]
     user_cases = read_user_cases(inputs, contract)
@@ -676,6 +673,26 @@ def _resolve(
         limits=limits,
         external=external,
     )
+
+
+def _require_weights(
+    weights: str | Path | None, state_dict_key: str | None, strip_prefix: str | None, ignore_unexpected: bool
+) -> None:
+    """The options that say how to read a checkpoint need one."""
+    given = [
+        option
+        for option, value in (
+            ("--state-dict-key", state_dict_key is not None),
+            ("--strip-prefix", strip_prefix is not None),
+            ("--ignore-unexpected-keys", ignore_unexpected),
+        )
+        if value
+    ]
+    if weights is None and given:
+        raise UsageError(
+            f"{' and '.join(given)} say{'s' if len(given) == 1 else ''} how to read a checkpoint, but no "
+            f"--weights was given. Pass --weights FILE, or leave {'it' if len(given) == 1 else 'them'} out."
+        )
 
 
 def _external_note(weight_bytes: int, limits: Limits) -> str:
@@ -796,6 +813,7 @@ def build(
     formats: str | Sequence[str] | None = None,
     streaming: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    ignore_unexpected_keys: bool = False,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
@@ -815,8 +833,10 @@ def build(
     (``onnx``, ``ort``), comma-separated or lists, add variant files (see :mod:`rnnexport.variants`);
     each is verified with its own tolerance, and one that fails is left out of the artifact while the
     rest ship: ``manifest.variants`` says which (``status``). ``state_dict_key`` (the checkpoint
-    entry holding the state dict) and ``strip_prefix`` (removed from its keys; ``""`` for none) are
-    detected when left ``None``. ``limits`` holds the bounds, among them
+    entry holding the state dict) and ``strip_prefix`` (removed from the keys that carry it; ``""``
+    for none) are detected when left ``None``; ``ignore_unexpected_keys`` loads a checkpoint with
+    keys the model does not have, leaving them out (the manifest lists them); a missing key stays an
+    error. ``limits`` holds the bounds, among them
     ``inline_model_bytes``: float32 weights of that size or more ship in ``model.onnx.data``, ONNX
     external data beside ``model.onnx`` (float32 ONNX only; variants are refused). Raises an
     :class:`~rnnexport.errors.RnnExportError` subclass on any failure, and on failure or interruption
@@ -842,6 +862,7 @@ def build(
         formats=formats,
         streaming=streaming,
         limits=limits,
+        ignore_unexpected_keys=ignore_unexpected_keys,
     )
     return _run(request, progress)
 
@@ -1205,15 +1226,18 @@ def build_model_artifact(
     formats: str | Sequence[str] | None = None,
     streaming: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    ignore_unexpected_keys: bool = False,
 ) -> Manifest:
     """Export, simplify, verify and package any recurrent ``module`` into ``out/name``.
 
     ``io`` is the I/O description (a mapping in the ``io.json`` format, or the path of such a file;
     see :mod:`rnnexport.iospec`): ``forward`` is called with the declared inputs positionally, and
     must return the declared outputs (a nested tuple counts leaf by leaf). ``name`` defaults to the
-    lowercased class name. ``weights`` (a checkpoint file) is loaded into ``module`` strictly, keys
-    as saved unless ``strip_prefix`` names a prefix (``state_dict_key`` picks the entry holding the
-    state dict, as for :func:`build`); without it the module's current weights are used.
+    lowercased class name. ``weights`` (a checkpoint file) is loaded into ``module`` strictly; the
+    entry holding the state dict and a key prefix are detected against the module's own key names
+    unless ``state_dict_key`` / ``strip_prefix`` name them, and ``ignore_unexpected_keys`` leaves
+    out keys the module does not have, as for :func:`build`; without ``weights`` the module's
+    current weights are used.
     ``source`` and ``config`` are what the manifest records about where the module came from (the
     CLI fills them from ``--model`` and ``--config``). The rest is as for :func:`build`; so is the
     verification: the same shape sweep, lengths-aware inputs, rule (``rule``), variants
@@ -1245,21 +1269,17 @@ def build_model_artifact(
         module = module.eval()
     origin: dict[str, Any]
     weights_read: dict[str, Any] = {}
+    _require_weights(weights, state_dict_key, strip_prefix, ignore_unexpected_keys)
     if weights is not None:
         path = Path(weights)
-        # Keys as saved unless a prefix is named: the expected names are the module's own, not
-        # an architecture's that a prefix could be guessed against.
+        # The entry and prefix are detected against the module's own key names (and shapes).
         checkpoint = read_checkpoint(
-            path, state_dict_key=state_dict_key, strip_prefix="" if strip_prefix is None else strip_prefix
+            path, module=module, state_dict_key=state_dict_key, strip_prefix=strip_prefix
         )
-        load_user_weights(module, checkpoint.load(), origin=checkpoint.origin)
+        checkpoint = load_user_weights(module, checkpoint, ignore_unexpected=ignore_unexpected_keys)
         weights_read = checkpoint.manifest_entry()
+        recovered = [*checkpoint.notes, *recovered]
         origin = {"source": "user", "file": path.name, "sha256": sha256_file(path), **weights_read}
-    elif state_dict_key is not None or strip_prefix is not None:
-        raise UsageError(
-            "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was "
-            "given. Pass --weights FILE, or leave them out."
-        )
     else:
         origin = {"source": "module", "state_sha256": state_sha256(module)}
     user_cases = read_user_cases(paths, contract)

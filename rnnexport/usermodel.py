@@ -37,7 +37,7 @@ from rnnexport.patch import PackedLengths
 from rnnexport.safeio import file_kind, loads_strict, read_bounded
 from rnnexport.spec import BATCH, Contract
 from rnnexport.text import first_line, visible
-from rnnexport.weights import key_mismatches
+from rnnexport.weights import Checkpoint, key_mismatches
 
 __all__ = [
     "ModelSource",
@@ -300,19 +300,35 @@ def instantiate(
     return model
 
 
-def load_user_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, origin: str) -> None:
-    """Load ``state`` strictly; every missing, unexpected or wrongly shaped key is listed."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    parts, _, _ = key_mismatches(expected, got, limit=8)
+def load_user_weights(
+    model: torch.nn.Module, checkpoint: Checkpoint, *, ignore_unexpected: bool = False
+) -> Checkpoint:
+    """Load ``checkpoint`` (read against ``model``'s keys) into ``model`` strictly; return it as loaded.
+
+    Every missing, unexpected or wrongly shaped key is listed, with the options that would make
+    the keys fit where some would (see :meth:`Checkpoint.advice`). ``ignore_unexpected`` leaves
+    out the keys the model does not have (the returned checkpoint records them); missing keys stay
+    an error. Each tensor's dtype is checked against the model's own parameter or buffer of that
+    name, so BatchNorm's int64 ``num_batches_tracked`` loads as saved.
+    """
+    own = model.state_dict()
+    fitted = checkpoint.fitted(own, ignore_unexpected=ignore_unexpected)
+    expected = {k: tuple(v.shape) for k, v in own.items()}
+    parts, _, _ = key_mismatches(expected, fitted.shapes, limit=8)
     if parts:
+        advice = fitted.advice(ignore_unexpected=ignore_unexpected)
         raise WeightsError(
-            f"The weights in {origin} do not fit the model: "
+            f"The weights in {fitted.origin} do not fit the model: "
             + ". ".join(parts)
-            + ". Check that the checkpoint "
-            "was saved from this model class with the same --config (its sizes)."
+            + "."
+            + (
+                advice
+                or " Check that the checkpoint was saved from this model class with the same --config "
+                "(its sizes)."
+            )
         )
-    model.load_state_dict(dict(state), strict=True)
+    model.load_state_dict(fitted.load(), strict=True)
+    return fitted
 
 
 def state_sha256(model: torch.nn.Module) -> str:

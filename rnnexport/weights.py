@@ -1,4 +1,4 @@
-"""Reading user checkpoints safely and fitting them to an architecture, strictly.
+"""Reading user checkpoints safely and fitting them to the model they load into, strictly.
 
 Two formats: safetensors (preferred: plain tensors, no code) and PyTorch ``state_dict`` files,
 which are pickles. Those are read with ``torch.load(weights_only=True)`` and nothing else: passing
@@ -11,12 +11,18 @@ Reading happens in two steps, so that nothing big is loaded before it is known t
 1. :func:`read_checkpoint` finds the state dict and what every tensor *is* (name, dtype, shape).
    For safetensors that is the file's JSON header alone; no tensor data is read. It unwraps
    training checkpoints (``{"state_dict": ...}``, ``{"model_state_dict": ..., "optimizer_...":
-   ...}``, ``{"model": ...}``) and strips a key prefix common to every key (``module.`` from
-   DataParallel/DDP, ``model.`` from Lightning) when exactly one choice makes the key names fit
-   the architecture, and says what it did.
-2. After the names and shapes were checked (:func:`check_state_dict`), :meth:`Checkpoint.load`
-   refuses what cannot be weights (integer, boolean or complex dtypes; sparse, meta or quantized
-   tensors), reads the data, casts it to float32 and checks that the float32 values are finite.
+   ...}``, ``{"model": ...}``) and strips a key prefix (``module.`` from DataParallel/DDP,
+   ``model.`` from Lightning, both, ``encoder.`` for one part of a bigger model) from the keys that
+   carry it when exactly one choice fits the expected key names best, and says what it did. The
+   expected names are a :class:`KeyTarget`: a user module's own (with shapes) or an architecture's.
+2. The checkpoint is :meth:`Checkpoint.fitted` to the model (its dtypes; with
+   ``--ignore-unexpected-keys``, keys the model lacks are left out) and its names and shapes are
+   checked (:func:`fit_to_arch`, :func:`rnnexport.usermodel.load_user_weights`); a mismatch names
+   the options that would fit (:meth:`Checkpoint.advice`). Then :meth:`Checkpoint.load` refuses
+   what cannot be those weights (integer, boolean or complex values where the model has floats;
+   sparse, meta or quantized tensors), reads the data, casts floats to float32 (integer buffers
+   the model declares, such as BatchNorm's ``num_batches_tracked``, stay as saved) and checks that
+   the float32 values are finite.
 
 Every key from a file is quoted with ``repr()`` in messages: a key may hold control characters,
 and nothing raw from a file may reach the terminal.
@@ -24,6 +30,7 @@ and nothing raw from a file may reach the terminal.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -45,8 +52,10 @@ from rnnexport.spec import ArchConfig, ArchSpec
 __all__ = [
     "MAX_SAFETENSORS_HEADER",
     "Checkpoint",
+    "KeyTarget",
     "TensorInfo",
     "check_state_dict",
+    "fit_to_arch",
     "load_state_dict",
     "read_checkpoint",
 ]
@@ -120,28 +129,122 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class KeyTarget:
+    """The state-dict keys a checkpoint must give once unwrapped and its prefix stripped.
+
+    One mechanism for both kinds of model. An architecture's target (:meth:`of_arch`) holds its
+    key names with branch indices generalised (``lstms.{i}.weight_ih_l0``: any branch count fits)
+    and no shapes, since its sizes are read off the checkpoint. A built module's target
+    (:meth:`of_module`) holds the module's own names, shapes and dtypes.
+    """
+
+    label: str  # for messages: "'many-to-many'", "the model 'Encoder'"
+    names: frozenset[str]
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: Mapping[str, str] = field(default_factory=dict)
+    generalise: bool = False
+
+    @classmethod
+    def of_arch(cls, spec: ArchSpec) -> KeyTarget:
+        """An architecture's key names, at any sizes and branch count."""
+        return cls(
+            repr(spec.name), _key_pattern(build_model(spec, ArchConfig()).state_dict()), generalise=True
+        )
+
+    @classmethod
+    def of_module(cls, module: torch.nn.Module, label: str | None = None) -> KeyTarget:
+        """A module's own state-dict keys, with their shapes and dtypes."""
+        state = module.state_dict()
+        return cls(
+            label or f"the model {type(module).__name__!r}",
+            frozenset(state),
+            {k: tuple(v.shape) for k, v in state.items()},
+            {k: _dtype_name(v.dtype) for k, v in state.items()},
+        )
+
+    def normal(self, name: str) -> str:
+        """``name`` as it is compared with :attr:`names`."""
+        return _generalise(name) if self.generalise else name
+
+    def fit(self, infos: Mapping[str, TensorInfo], prefix: str) -> tuple[int, int] | None:
+        """How well the keys fit once ``prefix`` is stripped from those that carry it.
+
+        ``(names given, of those with the expected shape)``; ``None`` when stripping would make
+        two keys one (or a key empty).
+        """
+        seen: set[str] = set()
+        given: set[str] = set()
+        shaped = 0
+        for key, info in infos.items():
+            name = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+            if not name or name in seen:
+                return None
+            seen.add(name)
+            normal = self.normal(name)
+            if normal in self.names and normal not in given:
+                given.add(normal)
+                shaped += self.shapes.get(name) == info.shape
+        return len(given), shaped
+
+    def prefixes(self, keys: Iterable[str]) -> list[str]:
+        """``""`` and the dot-terminated key prefixes whose removal leaves one of the expected names.
+
+        Not only prefixes every key shares: an autoencoder's ``encoder.`` leaves ``decoder.*`` as
+        it is. At most :data:`_MAX_PREFIXES`, those that leave the most names first.
+        """
+        hits: dict[str, int] = {}
+        for key in keys:
+            for dot in re.finditer(r"\.", key):
+                rest = key[dot.end() :]
+                if rest and self.normal(rest) in self.names:
+                    hits[key[: dot.end()]] = hits.get(key[: dot.end()], 0) + 1
+        ranked = sorted(hits, key=lambda p: (-hits[p], p))[:_MAX_PREFIXES]
+        return ["", *ranked]
+
+
+# Enough for any wrapper nesting; a checkpoint with more candidate prefixes than this has its
+# best-matching ones tried.
+_MAX_PREFIXES = 64
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A checkpoint's state dict, described but not yet loaded (see :func:`read_checkpoint`).
 
-    ``tensors`` is keyed by the names the architecture sees (prefix stripped); ``entry`` is the
+    ``tensors`` is keyed by the names the model sees (prefix stripped); ``entry`` is the
     checkpoint entry that held the state dict (``None``: the file is the state dict) and
-    ``prefix`` what was stripped from the keys that had it.
+    ``prefix`` what was stripped from the keys that had it. :meth:`fitted` adds what the model
+    declares (its dtypes) and may leave unexpected keys out; :meth:`load` reads the data.
     """
 
     path: Path
     tensors: dict[str, TensorInfo]
-    # Name the architecture sees -> key as stored in the file.
+    # Name the model sees -> key as stored in the file.
     stored_keys: dict[str, str]
     # Reads the named tensors (stored keys) in their stored dtype.
     read: Callable[[list[str]], dict[str, torch.Tensor]] = field(repr=False)
     entry: str | None = None
     prefix: str = ""
     ignored_entries: tuple[str, ...] = ()
+    # What the keys were fitted against, and every state dict the file holds (entry -> stored
+    # key -> info), so that a mismatch can say which options would have fitted.
+    target: KeyTarget | None = field(default=None, repr=False)
+    candidates: Mapping[str | None, Mapping[str, TensorInfo]] = field(default_factory=dict, repr=False)
+    # The model's dtype for each of its keys (from :meth:`fitted`): a key the model declares
+    # non-floating (BatchNorm's int64 num_batches_tracked) loads as saved, not as float32.
+    model_dtypes: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Stored keys left out with --ignore-unexpected-keys.
+    ignored_keys: tuple[str, ...] = ()
 
     @property
     def stripped(self) -> int:
-        """How many keys lost the prefix."""
-        return sum(name != key for name, key in self.stored_keys.items())
+        """How many keys lost the prefix (those left out included)."""
+        loaded = sum(name != key for name, key in self.stored_keys.items())
+        return loaded + sum(1 for key in self.ignored_keys if self.prefix and key.startswith(self.prefix))
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -167,6 +270,15 @@ class Checkpoint:
         return dict(sorted(counts.items()))
 
     @property
+    def kept_as_saved(self) -> dict[str, str]:
+        """Name -> dtype of the tensors that load in their own dtype: the model declares them so."""
+        return {
+            name: info.dtype
+            for name, info in self.tensors.items()
+            if _kind(self.model_dtypes.get(name, "float32")) != "float" and _kind(info.dtype) != "float"
+        }
+
+    @property
     def notes(self) -> list[str]:
         """What was done to the checkpoint on the way in, for the build output."""
         notes = []
@@ -176,16 +288,28 @@ class Checkpoint:
                 note += f" (ignored: {_quoted(self.ignored_entries)})"
             notes.append(note)
         if self.prefix:
-            where = "every key" if self.stripped == len(self.tensors) else f"{self.stripped} keys"
+            every = self.stripped == len(self.tensors) + len(self.ignored_keys)
+            where = "every key" if every else f"{self.stripped} keys"
             notes.append(f"stripped prefix {self.prefix!r} from {where}")
+        if self.ignored_keys:
+            count = len(self.ignored_keys)
+            notes.append(
+                f"left out {count} unexpected key{'s' if count != 1 else ''} (--ignore-unexpected-keys): "
+                + _quoted(self.ignored_keys)
+            )
+        kept = self.kept_as_saved
         for dtype, count in self.source_dtypes.items():
-            if dtype == "float32" or dtype not in _FLOATING:
+            if dtype == "float32":
                 continue
             tensors = f"{count} {dtype} tensor{'s' if count != 1 else ''}"
             if dtype in _UPCAST_EXACT:
                 notes.append(f"upcast {tensors} to float32 (exact)")
-            else:
+            elif dtype in _FLOATING:
                 notes.append(f"downcast {tensors} to float32 (rounded to float32 precision)")
+            elif dtype in kept.values():
+                names = [n for n, d in kept.items() if d == dtype]
+                buffers = f"{_kind(dtype)} buffer{'s' if count != 1 else ''}"
+                notes.append(f"loaded {tensors} as saved (the model's own {buffers}: {_quoted(names, 3)})")
         return notes
 
     def manifest_entry(self) -> dict[str, Any]:
@@ -195,13 +319,74 @@ class Checkpoint:
             entry["state_dict_key"] = self.entry
         if self.prefix:
             entry["stripped_prefix"] = self.prefix
+        if self.kept_as_saved:
+            entry["kept_as_saved"] = self.kept_as_saved
+        if self.ignored_keys:
+            entry["ignored_keys"] = list(self.ignored_keys)
         return entry
 
-    def load(self) -> dict[str, torch.Tensor]:
-        """Read the tensors as float32; raise :class:`WeightsError` for anything that is not a weight.
+    def fitted(self, model: Mapping[str, torch.Tensor], *, ignore_unexpected: bool = False) -> Checkpoint:
+        """This checkpoint for a model whose state dict (or a meta-device copy of it) is ``model``.
 
-        Refuses non-floating dtypes and sparse, meta or quantized tensors before reading any data,
-        then refuses values that are not finite in float32 (a float64 1e300 becomes inf).
+        Records the model's dtypes, which :meth:`load` checks each tensor against; with
+        ``ignore_unexpected`` the keys the model does not have are left out (and said so).
+        """
+        dtypes = {k: _dtype_name(v.dtype) for k, v in model.items()}
+        extra = [name for name in self.tensors if name not in dtypes] if ignore_unexpected else []
+        return dataclasses.replace(
+            self,
+            tensors={k: v for k, v in self.tensors.items() if k not in extra},
+            stored_keys={k: v for k, v in self.stored_keys.items() if k not in extra},
+            model_dtypes=dtypes,
+            ignored_keys=tuple(sorted(self.stored_keys[k] for k in extra)),
+        )
+
+    def advice(self, *, ignore_unexpected: bool) -> str:
+        """What would make the keys fit, for a message about keys that do not: a sentence or ``""``.
+
+        Looks at every state dict in the file and every prefix whose removal gives the target's
+        names, for one that gives all of them (with the expected shapes, where those are known);
+        says the options that pick it, and ``--ignore-unexpected-keys`` when it leaves keys over.
+        """
+        if self.target is None:
+            return ""
+        best = _full_fit(self.target, self.candidates)
+        if best is None:
+            return ""
+        entry, prefix, extra = best
+        if entry == self.entry and prefix == self.prefix and (not extra or ignore_unexpected):
+            return ""
+        options = []
+        if entry != self.entry and entry is not None:
+            options.append(f"--state-dict-key {entry!r}")
+        if prefix != self.prefix:
+            options.append(f"--strip-prefix {prefix!r}")
+        if extra and not ignore_unexpected:
+            options.append("--ignore-unexpected-keys")
+        where = f"entry {entry!r}" if entry is not None else "the file's state dict"
+        how = f"after stripping {prefix!r}" if prefix else "as they are"
+        left = (
+            f", with {len(extra)} key{'s' if len(extra) != 1 else ''} it does not have left over"
+            if extra
+            else ""
+        )
+        if extra and (entry, prefix) != (self.entry, self.prefix):  # not the keys listed as unexpected
+            left += f" ({_quoted(extra, 3)})"
+        return (
+            f" Every key {self.target.label} needs is in {where} {how}{left}: pass "
+            f"{' '.join(options)} to load it"
+            + (" (the keys left over are listed on the terminal and in the manifest)" if extra else "")
+            + "."
+        )
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """Read the tensors; raise :class:`WeightsError` for anything that is not a weight.
+
+        Floating tensors become float32. A tensor the model declares non-floating (per
+        :meth:`fitted`, such as BatchNorm's int64 ``num_batches_tracked``) loads as saved when it is
+        of that kind; any other non-floating tensor is refused, as are sparse, meta or quantized
+        ones, all before any data is read. Then refuses values that are not finite in float32 (a
+        float64 1e300 becomes inf).
         """
         unusable = {k: v.problem for k, v in sorted(self.tensors.items()) if v.problem}
         if unusable:
@@ -213,15 +398,8 @@ class Checkpoint:
                 "is only a placeholder (a model built on torch.device('meta') and never loaded). "
                 + _SAVE_HINT
             )
-        not_floating = {k: v.dtype for k, v in sorted(self.tensors.items()) if v.dtype not in _FLOATING}
-        if not_floating:
-            raise WeightsError(
-                f"{self.path} holds non-floating weights: "
-                + ", ".join(_first([f"{k!r} ({dtype})" for k, dtype in not_floating.items()]))
-                + ". Expected floating-point tensors (float32; float16, bfloat16 and float64 are cast "
-                "to float32). Casting integer, boolean or complex values would ship other weights than "
-                "the ones trained. " + _SAVE_HINT
-            )
+        self._check_dtypes()
+        kept = self.kept_as_saved
         stored = self.read(list(self.stored_keys.values()))
         state: dict[str, torch.Tensor] = {}
         overflow: list[str] = []
@@ -229,12 +407,15 @@ class Checkpoint:
         for name, key in self.stored_keys.items():
             tensor = stored[key]
             info = self.tensors[name]
-            if str(tensor.dtype).removeprefix("torch.") != info.dtype or tuple(tensor.shape) != info.shape:
+            if _dtype_name(tensor.dtype) != info.dtype or tuple(tensor.shape) != info.shape:
                 raise WeightsError(
                     f"{self.path} changed while it was read: {name!r} was {info.dtype} {list(info.shape)}, "
-                    f"then {str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}. Expected a "
+                    f"then {_dtype_name(tensor.dtype)} {list(tensor.shape)}. Expected a "
                     "file that is not being written; build again once it is complete."
                 )
+            if name in kept:
+                state[name] = tensor.detach().contiguous()
+                continue
             as_float32 = tensor.detach().to(torch.float32).contiguous()
             if not torch.isfinite(as_float32).all():
                 # Only float64 can be finite in its own dtype and not in float32 (beyond its range);
@@ -258,11 +439,78 @@ class Checkpoint:
             )
         return state
 
+    def _check_dtypes(self) -> None:
+        """Refuse, by key, a tensor whose kind (float, integer, bool, complex) is not the model's.
+
+        Without the model's dtypes (a checkpoint not yet :meth:`fitted`), every tensor must float.
+        """
+        not_floating: list[str] = []
+        other_kind: list[str] = []
+        for name, info in sorted(self.tensors.items()):
+            want = self.model_dtypes.get(name, "float32")
+            if _kind(want) == _kind(info.dtype):
+                continue
+            model = f", the model's is {want}" if name in self.model_dtypes else ""
+            (not_floating if _kind(want) == "float" else other_kind).append(f"{name!r} ({info.dtype}{model})")
+        if not_floating:
+            raise WeightsError(
+                f"{self.path} holds non-floating weights: "
+                + ", ".join(_first(not_floating))
+                + ". Expected floating-point tensors (float32; float16, bfloat16 and float64 are cast "
+                "to float32). Casting integer, boolean or complex values would ship other weights than "
+                "the ones trained: export the trained float weights of the model itself (not a "
+                "quantized or converted copy). " + _SAVE_HINT
+            )
+        if other_kind:
+            raise WeightsError(
+                f"{self.path} holds buffers of another kind than the model declares: "
+                + ", ".join(_first(other_kind))
+                + ". Expected the kind the model's own buffer has (such as BatchNorm's int64 "
+                "num_batches_tracked): casting would load other values than the ones saved. Save the "
+                "state dict of the trained model itself. " + _SAVE_HINT
+            )
+
+
+def _kind(dtype: str) -> str:
+    """``float``, ``integer``, ``bool`` or ``complex``: what a value of ``dtype`` is."""
+    if dtype in _FLOATING:
+        return "float"
+    if dtype == "bool":
+        return "bool"
+    if dtype.startswith("complex"):
+        return "complex"
+    return "integer"
+
+
+def _full_fit(
+    target: KeyTarget, candidates: Mapping[str | None, Mapping[str, TensorInfo]]
+) -> tuple[str | None, str, list[str]] | None:
+    """The entry and prefix that give every name of ``target`` (shapes too, where known) and leave
+    the fewest keys over, with those keys (as stored); ``None`` when no choice gives them all."""
+    found: list[tuple[int, str, str | None, str, list[str]]] = []
+    for entry, infos in candidates.items():
+        for prefix in target.prefixes(infos):
+            fit = target.fit(infos, prefix)
+            if fit is None or fit[0] < len(target.names) or (target.shapes and fit[1] < len(target.names)):
+                continue
+            extra = [
+                key
+                for key in infos
+                if target.normal(key[len(prefix) :] if prefix and key.startswith(prefix) else key)
+                not in target.names
+            ]
+            found.append((len(extra), prefix, entry, prefix, extra))
+    if not found:
+        return None
+    _, _, entry, prefix, extra = min(found, key=lambda f: (f[0], len(f[1]), str(f[2])))
+    return entry, prefix, sorted(extra)
+
 
 def read_checkpoint(
     path: Path,
     spec: ArchSpec | None = None,
     *,
+    module: torch.nn.Module | None = None,
     state_dict_key: str | None = None,
     strip_prefix: str | None = None,
 ) -> Checkpoint:
@@ -270,10 +518,11 @@ def read_checkpoint(
 
     ``state_dict_key`` names the checkpoint entry that holds the state dict and ``strip_prefix``
     the key prefix to remove (``""``: none); left ``None``, both are detected: the state dict is
-    the file itself or the one entry that is a mapping of tensors, and a prefix common to every
-    key is stripped when that is what makes the key names fit ``spec`` (any registered
-    architecture when ``spec`` is ``None``). Raises :class:`WeightsError` for unreadable or unsafe
-    files and ambiguous checkpoints, :class:`UsageError` for an option that does not apply.
+    the file itself or the entry whose keys fit best, and the prefix stripped is the one whose
+    removal (from the keys that carry it) makes the most key names fit ``module``'s own (with its
+    shapes breaking ties), else ``spec``'s, else any registered architecture's. Raises
+    :class:`WeightsError` for unreadable or unsafe files and ambiguous checkpoints,
+    :class:`UsageError` for an option that does not apply.
     """
     _require_file(path)
     tensor_maps: dict[str | None, dict[str, torch.Tensor]] | None = None
@@ -285,15 +534,21 @@ def read_checkpoint(
                 "flat mapping of names to tensors, with no entries to choose from. Drop --state-dict-key "
                 "(use --strip-prefix if its keys carry a prefix)."
             )
-        candidates: dict[str | None, dict[str, TensorInfo]] = {None: _read_safetensors_header(path)}
+        every: dict[str | None, dict[str, TensorInfo]] = {None: _read_safetensors_header(path)}
     else:
         tensor_maps, ignored = _tensor_mappings(path, _load_pickle(path), state_dict_key)
-        candidates = {k: {n: TensorInfo.of(t) for n, t in v.items()} for k, v in tensor_maps.items()}
+        every = {k: {n: TensorInfo.of(t) for n, t in v.items()} for k, v in tensor_maps.items()}
+    candidates: dict[str | None, dict[str, TensorInfo]] = (
+        every if state_dict_key is None else {state_dict_key: every[state_dict_key]}
+    )
 
-    # What the key names should look like: this architecture's, else any architecture's.
-    patterns = [(repr(spec.name), _key_pattern(build_model(spec, ArchConfig()).state_dict()))] if spec else []
-    patterns.append(("any rnnexport architecture", _all_patterns()))
-    entry, prefix = _choose(path, candidates, patterns, strip_prefix)
+    # What the key names should look like: the module's, else this architecture's, else any's.
+    if module is not None:
+        targets = [KeyTarget.of_module(module)]
+    else:
+        targets = [KeyTarget.of_arch(spec)] if spec else []
+        targets.append(KeyTarget("any rnnexport architecture", _all_patterns(), generalise=True))
+    entry, prefix = _choose(path, candidates, targets, strip_prefix)
     tensors: dict[str, TensorInfo] = {}
     stored_keys: dict[str, str] = {}
     for key, info in candidates[entry].items():
@@ -323,6 +578,8 @@ def read_checkpoint(
         entry=entry,
         prefix=prefix,
         ignored_entries=tuple(sorted(n for n in ignored if n != entry)),
+        target=targets[0] if module is not None or spec is not None else None,
+        candidates=every,
     )
 
 
@@ -341,6 +598,24 @@ def load_state_dict(
     """
     checkpoint = read_checkpoint(path, spec, state_dict_key=state_dict_key, strip_prefix=strip_prefix)
     return checkpoint.load()
+
+
+def fit_to_arch(
+    checkpoint: Checkpoint, spec: ArchSpec, config: ArchConfig, *, ignore_unexpected: bool = False
+) -> Checkpoint:
+    """``checkpoint`` fitted to ``spec`` at ``config`` (see :meth:`Checkpoint.fitted`) and checked
+    by :func:`check_state_dict`; its data is not read yet."""
+    with torch.device("meta"):  # dtypes only: no storage, whatever the sizes
+        template = spec.build_model(config).state_dict()
+    fitted = checkpoint.fitted(template, ignore_unexpected=ignore_unexpected)
+    check_state_dict(
+        spec,
+        config,
+        fitted.shapes,
+        origin=fitted.origin,
+        advice=functools.partial(fitted.advice, ignore_unexpected=ignore_unexpected),
+    )
+    return fitted
 
 
 def key_mismatches(
@@ -362,7 +637,7 @@ def key_mismatches(
     parts = [
         f"{label} ({len(items)}): "
         + "; ".join(items[:limit])
-        + (" ..." if limit is not None and len(items) > limit else "")
+        + (f"; and {len(items) - limit} more" if limit is not None and len(items) > limit else "")
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
         if items
     ]
@@ -375,12 +650,14 @@ def check_state_dict(
     state: Mapping[str, torch.Tensor] | Mapping[str, tuple[int, ...]],
     *,
     origin: str,
+    advice: Callable[[], str] | None = None,
 ) -> None:
     """Raise :class:`WeightsError` listing every missing, unexpected and wrongly shaped key.
 
     ``state`` maps names to tensors or to shapes (so a safetensors header is checked before any
     data is read). An RNN with more layers, or more directions, than the architecture's gets a
-    message saying exactly that: no size option can fix it.
+    message saying exactly that: no size option can fix it. ``advice``, called on a mismatch (see
+    :meth:`Checkpoint.advice`), names the options that would make the keys fit, when some would.
     """
     model = build_model(spec, config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -391,7 +668,7 @@ def check_state_dict(
         used = config.subset(spec.sizes)
         sizes = ", ".join(f"{k}={v}" for k, v in used.items())
         matching = _architectures_with_keys(got)
-        advice = (
+        sizes_advice = (
             " Check that the checkpoint was trained with this architecture, and pass the sizes it was "
             "trained with (--config or --input-size/--hidden-size/--output-size/--branches)."
         )
@@ -405,7 +682,7 @@ def check_state_dict(
                     "architecture, or was edited after saving. No size option makes it fit; save the "
                     "trained model's state_dict again."
                 )
-                advice = ""
+                sizes_advice = ""
             else:
                 hint = f" The key names fit '{spec.name}'; the checkpoint's shapes say {read}."
         elif matching:
@@ -414,12 +691,17 @@ def check_state_dict(
             )
         else:
             hint = ""
+        options = advice() if advice is not None else ""
+        if options:  # options fit the key names: that is the fix, not another architecture
+            hint = options
+            if not any(part.startswith("wrong shape") for part in parts):
+                sizes_advice = ""
         raise WeightsError(
             f"The weights in {origin} do not fit '{spec.name}' with {sizes}. "
             + ". ".join(parts)
             + "."
             + hint
-            + advice
+            + sizes_advice
         )
 
 
@@ -486,7 +768,8 @@ def _tensor_mappings(
 
     The file itself is a candidate when it is a mapping of names to tensors; otherwise each
     top-level entry that is one (``state_dict``, ``model_state_dict``, ``model``, an EMA copy, ...).
-    An optimizer state is not: its ``state`` is keyed by parameter number.
+    An optimizer state is not: its ``state`` is keyed by parameter number. ``state_dict_key`` must
+    name one of them; all are returned, so that a mismatch can say which entry would fit.
     """
     if not isinstance(loaded, Mapping):
         raise WeightsError(
@@ -501,23 +784,21 @@ def _tensor_mappings(
         return {None: {str(k): v for k, v in loaded.items()}}, []
     entries = [k for k in loaded if isinstance(k, str)]
     found = {k: {str(n): t for n, t in loaded[k].items()} for k in entries if _is_tensor_mapping(loaded[k])}
-    if state_dict_key is not None:
-        if state_dict_key not in found:
-            what = (
-                f"its entry {state_dict_key!r} holds a {type(loaded[state_dict_key]).__name__}, not a "
-                "mapping of names to tensors"
-                if state_dict_key in entries
-                else f"it has no entry {state_dict_key!r}"
+    if state_dict_key is not None and state_dict_key not in found:
+        what = (
+            f"its entry {state_dict_key!r} holds a {type(loaded[state_dict_key]).__name__}, not a "
+            "mapping of names to tensors"
+            if state_dict_key in entries
+            else f"it has no entry {state_dict_key!r}"
+        )
+        raise UsageError(
+            f"--state-dict-key {state_dict_key!r} does not name a state dict in {path}: {what}. "
+            + (
+                f"Entries that are state dicts: {_quoted(sorted(found))}."
+                if found
+                else f"None of its entries ({_quoted(sorted(entries))}) is a state dict."
             )
-            raise UsageError(
-                f"--state-dict-key {state_dict_key!r} does not name a state dict in {path}: {what}. "
-                + (
-                    f"Entries that are state dicts: {_quoted(sorted(found))}."
-                    if found
-                    else f"None of its entries ({_quoted(sorted(entries))}) is a state dict."
-                )
-            )
-        return {state_dict_key: found[state_dict_key]}, entries
+        )
     if not found:
         not_tensors = sorted(repr(k) for k, v in loaded.items() if not isinstance(v, torch.Tensor))
         raise WeightsError(
@@ -539,35 +820,52 @@ def _is_tensor_mapping(value: object) -> bool:
 def _choose(
     path: Path,
     candidates: Mapping[str | None, Mapping[str, TensorInfo]],
-    patterns: list[tuple[str, frozenset[str]]],
+    targets: list[KeyTarget],
     strip_prefix: str | None,
 ) -> tuple[str | None, str]:
     """The candidate entry and key prefix whose stripped names fit the expected key names best.
 
-    ``patterns`` (a label and key names) are tried in order: this architecture's key names, then
-    any architecture's, so that a DDP checkpoint of another architecture still loses its prefix
-    and gets the right "try --arch" hint. Ties are refused: only the user knows which to export.
+    ``targets`` are tried in order: a module's or this architecture's key names, then any
+    architecture's, so that a DDP checkpoint of another architecture still loses its prefix and
+    gets the right "try --arch" hint. A fit is the number of expected names given, then of those
+    with the expected shape; among equal fits, the prefix stripped from fewer keys wins (stripping
+    nothing, where that fits as well). Remaining ties are refused: only the user knows which to
+    export.
     """
-    fits: dict[str | None, tuple[int, str]] = {}
-    for label, expected in patterns:
-        fits = {}
+    fits: dict[str | None, tuple[tuple[int, int], str]] = {}
+    label = targets[0].label
+    for target in targets:
+        label, fits = target.label, {}
         for entry, infos in candidates.items():
-            prefixes = [strip_prefix] if strip_prefix is not None else _common_prefixes(infos)
-            scored = sorted(((_score(infos, p, expected), p) for p in prefixes), reverse=True)
-            best_score, best_prefix = scored[0]
-            tied = [p for score, p in scored if score == best_score]
-            if best_score and len(tied) > 1:
+            prefixes = [strip_prefix] if strip_prefix is not None else target.prefixes(infos)
+            scored: list[tuple[tuple[int, int], int, str]] = []
+            for prefix in prefixes:
+                fit = target.fit(infos, prefix)
+                if fit is not None or strip_prefix is not None:
+                    stripped = sum(1 for k in infos if prefix and k.startswith(prefix))
+                    scored.append((fit or (0, 0), -stripped, prefix))
+            scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
+            best_fit, best_stripped, best_prefix = scored[0]
+            tied = [p for fit, stripped, p in scored if (fit, stripped) == (best_fit, best_stripped)]
+            if best_fit[0] and len(tied) > 1:
                 raise WeightsError(
-                    f"The keys of {path} fit {label} after stripping any of the prefixes "
-                    f"{_quoted(sorted(tied))}. Pass --strip-prefix with the one to strip."
+                    f"The keys of {path} fit {label} equally well after stripping any of the prefixes "
+                    f"{_quoted(sorted(tied))}. Pass --strip-prefix with the one to strip"
+                    + (
+                        " (and --ignore-unexpected-keys to leave out the keys that then do not fit)."
+                        if strip_prefix is None and len(target.shapes) > 0
+                        else "."
+                    )
                 )
-            fits[entry] = (best_score, best_prefix if best_score else "")
-        if any(score for score, _ in fits.values()):
+            fits[entry] = (best_fit, best_prefix if best_fit[0] else "")
+        if any(fit[0] for fit, _ in fits.values()):
             break
-    top = max(score for score, _ in fits.values())
-    best = sorted((e for e, (score, _) in fits.items() if score == top), key=str)
+    top = max(fit for fit, _ in fits.values())
+    best = sorted((e for e, (fit, _) in fits.items() if fit == top), key=str)
     if len(best) > 1:
-        which = f"whose key names fit {label}" if top else f"and none has the key names of {patterns[0][0]}"
+        which = (
+            f"whose key names fit {label}" if top[0] else f"and none has the key names of {targets[0].label}"
+        )
         raise WeightsError(
             f"{path} holds several state dicts {which}: entries {_quoted(str(e) for e in best)}. Expected "
             f"one; pass --state-dict-key with the entry to export (for example --state-dict-key {best[0]!r})."
@@ -583,30 +881,13 @@ def _choose(
     return entry, fits[entry][1] if strip_prefix is None else strip_prefix
 
 
-def _common_prefixes(keys: Iterable[str]) -> list[str]:
-    """``""`` and every dot-terminated prefix that all keys share and that leaves each key a name."""
-    keys = list(keys)
-    shortest, longest = min(keys), max(keys)
-    # The sorted extremes share exactly the prefix that all keys share.
-    length = next(
-        (i for i, (a, b) in enumerate(zip(shortest, longest, strict=False)) if a != b), len(shortest)
-    )
-    common = shortest[:length]
-    prefixes = [""]
-    for end, char in enumerate(common):
-        if char == "." and all(len(k) > end + 1 for k in keys):
-            prefixes.append(common[: end + 1])
-    return prefixes
-
-
-def _score(keys: Iterable[str], prefix: str, expected: frozenset[str]) -> int:
-    """How many of the architecture's key names the keys give once ``prefix`` is stripped."""
-    stripped = (k[len(prefix) :] if k.startswith(prefix) else k for k in keys)
-    return len(_key_pattern(stripped) & expected)
-
-
 def _key_pattern(keys: Iterable[str]) -> frozenset[str]:
-    return frozenset(re.sub(r"\.\d+\.", ".{i}.", k) for k in keys)
+    return frozenset(map(_generalise, keys))
+
+
+def _generalise(key: str) -> str:
+    """A key with its branch indices generalised: ``lstms.0.bias`` -> ``lstms.{i}.bias``."""
+    return re.sub(r"\.\d+\.", ".{i}.", key)
 
 
 def _all_patterns() -> frozenset[str]:
@@ -771,9 +1052,13 @@ def _load_pickle(path: Path) -> object:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found:
             what = (
-                f"asks to import {found.group(1)}: a whole pickled module, or some other object whose "
-                "unpickling could run code (a training checkpoint that pickles objects of its own, such as "
-                "hyperparameters or callbacks, is refused the same way: save its state dict alone)"
+                f"asks to import {found.group(1)}, which torch.load(weights_only=True) does not allow: "
+                "unpickling such an object could run code. That is a whole pickled module, or a training "
+                "checkpoint that pickles objects of its own besides tensors, numbers, strings and "
+                "containers (hyperparameters as argparse.Namespace or AttributeDict, paths, numpy values, "
+                "callbacks). If you trust the file, take the weights out of it in Python, e.g. "
+                f"torch.save(torch.load('{path.name}', weights_only=False)['state_dict'], 'model.pt') "
+                "with the entry that holds them"
             )
         else:
             detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import safetensors
 import safetensors.torch
@@ -24,9 +27,15 @@ from rnnexport.errors import UsageError, WeightsError
 from rnnexport.reference import build_model
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
-from rnnexport.weights import MAX_SAFETENSORS_HEADER, check_state_dict, load_state_dict, read_checkpoint
+from rnnexport.weights import (
+    MAX_SAFETENSORS_HEADER,
+    check_state_dict,
+    fit_to_arch,
+    load_state_dict,
+    read_checkpoint,
+)
 
-from .conftest import flat
+from .conftest import flat, run_cli
 
 cli = CliRunner()
 SPEC = get_arch("many-to-many")
@@ -272,8 +281,17 @@ def test_prefixed_checkpoint_of_another_architecture_still_gets_the_arch_hint(tm
 def test_options_need_weights_and_an_architecture(tmp_path: Path) -> None:
     result = _build("--arch", "many-to-many", "--strip-prefix", "module.", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
-    assert "--state-dict-key and --strip-prefix say how to read a checkpoint, but no --weights was given" in (
-        flat(result.output)
+    assert flat(result.output).endswith(
+        "error: --strip-prefix says how to read a checkpoint, but no --weights was given. Pass --weights "
+        "FILE, or leave it out."
+    )
+    result = _build(
+        "--arch", "many-to-many", "--state-dict-key", "m", "--ignore-unexpected-keys", "--out", str(tmp_path)
+    )
+    assert result.exit_code == 2
+    assert flat(result.output).endswith(
+        "error: --state-dict-key and --ignore-unexpected-keys say how to read a checkpoint, but no --weights "
+        "was given. Pass --weights FILE, or leave them out."
     )
     result = _build("--all", "--state-dict-key", "model", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
@@ -356,9 +374,11 @@ def test_non_floating_weights_are_refused_by_key(dtype: torch.dtype, suffix: str
     assert result.exit_code == 1
     output = flat(result.output)
     assert (
-        f"holds non-floating weights: 'fc.bias' ({name}), 'lstm.weight_hh_l0' ({name}). Expected "
+        f"holds non-floating weights: 'fc.bias' ({name}, the model's is float32), 'lstm.weight_hh_l0' "
+        f"({name}, the model's is float32). Expected "
         "floating-point tensors (float32; float16, bfloat16 and float64 are cast to float32). Casting "
-        "integer, boolean or complex values would ship other weights than the ones trained." in output
+        "integer, boolean or complex values would ship other weights than the ones trained: export the "
+        "trained float weights of the model itself" in output
     )
     assert not (tmp_path / "o").exists()
 
@@ -650,3 +670,92 @@ def test_truncated_torch_file(tmp_path: Path) -> None:
     assert f"error: Cannot read {path} as a PyTorch state_dict: RuntimeError: " in output
     assert "it looks truncated or corrupt" in output
     assert not (tmp_path / "o").exists()
+
+
+# --- keys the user leaves out, and objects weights_only refuses ----------------------------------
+
+
+def test_architecture_checkpoint_with_extra_keys_loads_with_ignore_unexpected_keys(tmp_path: Path) -> None:
+    state = _state(seed=4)
+    path = tmp_path / "extra.pt"
+    extra = {"module.loss.pos_weight": torch.ones(5), "module.ema.num_updates": torch.tensor(40)}
+    torch.save({"module." + k: v for k, v in state.items()} | extra, path)
+    out = tmp_path / "dist"
+    args = ["build", "--arch", "many-to-many", "--weights", str(path), "--out", str(out), "--device", "cpu"]
+    refused = run_cli(*args)
+    assert refused.exit_code == 1
+    assert flat(refused.output).endswith(
+        f"error: The weights in {path} (prefix 'module.' stripped) do not fit 'many-to-many' with "
+        "input_size=10, hidden_size=20, output_size=5. unexpected (2): 'loss.pos_weight' [5]; "
+        "'ema.num_updates' []. Every key 'many-to-many' needs is in the file's state dict after stripping "
+        "'module.', with 2 keys it does not have left over: pass --ignore-unexpected-keys to load it (the "
+        "keys left over are listed on the terminal and in the manifest)."
+    )
+    assert not out.exists()
+
+    built = run_cli(*args, "--ignore-unexpected-keys")
+    assert built.exit_code == 0, built.output
+    assert (
+        "stripped prefix 'module.' from every key; left out 2 unexpected keys (--ignore-unexpected-keys): "
+        "'module.ema.num_updates', 'module.loss.pos_weight'; "
+    ) in flat(built.output)
+    weights = json.loads((out / "many-to-many" / "manifest.json").read_text())["weights"]
+    assert weights["ignored_keys"] == ["module.ema.num_updates", "module.loss.pos_weight"]
+    assert weights["source_dtypes"] == {"float32": 6}  # what was loaded; the int64 extra was left out
+    model = build_model(SPEC, ArchConfig(), state_dict=state)
+    session = ort.InferenceSession(
+        str(out / "many-to-many" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    x = torch.randn(3, 17, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, atol=1e-5, rtol=1e-4)
+    manifest = rnnexport.build(
+        "many-to-many", out=tmp_path / "api", weights=path, device="cpu", ignore_unexpected_keys=True
+    )
+    assert manifest.weights["ignored_keys"] == weights["ignored_keys"]
+
+
+def test_arch_weights_fed_an_integer_are_refused_by_the_models_dtype(tmp_path: Path) -> None:
+    state = _state()
+    state["fc.bias"] = torch.arange(5)
+    path = tmp_path / "ints.pt"
+    torch.save(state, path)
+    checkpoint = read_checkpoint(path, SPEC)
+    fitted = fit_to_arch(checkpoint, SPEC, ArchConfig())
+    assert fitted.model_dtypes["fc.bias"] == "float32"
+    with pytest.raises(
+        WeightsError, match=r"holds non-floating weights: 'fc.bias' \(int64, the model's is float32\)"
+    ):
+        fitted.load()
+
+
+LIGHTNING_OBJECTS: dict[str, tuple[object, str]] = {
+    "namespace": (argparse.Namespace(lr=0.1, layers=2), "argparse.Namespace"),
+    "path": (Path("/runs/last"), "pathlib."),
+    "numpy-scalar": (np.float64(0.25), "numpy."),
+}
+
+
+@pytest.mark.parametrize("kind", list(LIGHTNING_OBJECTS))
+def test_training_checkpoint_with_objects_weights_only_refuses_says_so(kind: str, tmp_path: Path) -> None:
+    value, name = LIGHTNING_OBJECTS[kind]
+    path = tmp_path / "last.ckpt"
+    torch.save(
+        {"state_dict": {"model." + k: v for k, v in _state().items()}, "hyper_parameters": value}, path
+    )
+    with pytest.raises(WeightsError) as info:
+        read_checkpoint(path, SPEC)
+    message = _message(info)
+    assert message.startswith(
+        f"Refused to load {path}: expected a state_dict of tensors, but the file asks to import {name}"
+    )
+    assert (
+        "which torch.load(weights_only=True) does not allow: unpickling such an object could run code"
+        in message
+    )
+    assert (
+        "If you trust the file, take the weights out of it in Python, e.g. "
+        "torch.save(torch.load('last.ckpt', weights_only=False)['state_dict'], 'model.pt') with the entry "
+        "that holds them. Nothing in it was executed."
+    ) in message
