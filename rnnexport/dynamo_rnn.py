@@ -229,8 +229,9 @@ def _rnn_onnx(
 
 def _trim_onnx(data: Any, lengths: Any) -> Any:
     zero = op.Constant(value_ints=[0])
-    # Shape [1]: without axes, ReduceMax reduces every axis.
-    return op.Slice(data, zero, op.ReduceMax(lengths, keepdims=1), zero)
+    # Shape [1]. Axes spelled out: the exporter converts opset 18 down to an older requested opset,
+    # and an empty-axes ReduceMax keeps an attribute (noop_with_empty_axes) older opsets lack.
+    return op.Slice(data, zero, op.ReduceMax(lengths, zero, keepdims=1), zero)
 
 
 TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {

@@ -22,12 +22,13 @@ instead of shipping a graph that only works at sequence length 3.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -91,15 +92,13 @@ def _quiet_exporter() -> Iterator[list[warnings.WarningMessage]]:
 
 
 def _measured_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain: torch.onnx wraps the real cause in a generic 'Failed to
-    export ... step 1/3' error, with the one that happened as ``__cause__``."""
+    """The innermost direct cause: torch.onnx wraps what happened in a generic 'Failed to export ...
+    step 1/3' error, with the exception that was actually raised as its ``__cause__``."""
     seen = {id(exc)}
-    while True:
-        inner = exc.__cause__ or exc.__context__
-        if inner is None or id(inner) in seen:
-            return exc
-        seen.add(id(inner))
-        exc = inner
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
 
 
 def _export_failure(exc: BaseException, exporter: Exporter, opset: int) -> str:
@@ -121,10 +120,16 @@ def _export_failure(exc: BaseException, exporter: Exporter, opset: int) -> str:
     )
 
 
-def _dynamic_shapes(contract: Contract) -> tuple[dict[int, str] | None, ...]:
-    """torch.export's ``dynamic_shapes``, by position: each input's dynamic axes under their names
-    (the exporter names the graph's symbols after them)."""
-    return tuple({axis: name for axis, name in t.dynamic_axes.items()} or None for t in contract.inputs)
+def _dynamic_shapes(model: torch.nn.Module, contract: Contract) -> tuple[Any, ...]:
+    """torch.export's ``dynamic_shapes``, one entry per parameter of ``forward``: each input's dynamic
+    axes under their names (the exporter names the graph's symbols after them); the inputs that a
+    ``*args`` parameter takes are one entry, a tuple."""
+    specs = [dict(t.dynamic_axes) or None for t in contract.inputs]
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    for position, parameter in enumerate(parameters[: len(specs)]):
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (*specs[:position], tuple(specs[position:]))
+    return tuple(specs)
 
 
 def _name_data_dependent_axes(proto: onnx.ModelProto, contract: Contract) -> None:
@@ -152,7 +157,7 @@ def _export_dynamo(
             args,
             None,
             dynamo=True,
-            dynamic_shapes=_dynamic_shapes(contract),
+            dynamic_shapes=_dynamic_shapes(model, contract),
             custom_translation_table=TRANSLATIONS,
             opset_version=opset,
             input_names=contract.input_names,
