@@ -397,12 +397,14 @@ def _finalise_model(
 
 def _versions() -> dict[str, str]:
     import onnxruntime
+    import onnxscript
     import onnxsim
 
     return {
         "rnnexport": __version__,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,  # the dynamo exporter's translator
         "onnxruntime": onnxruntime.__version__,
         "onnxsim": getattr(onnxsim, "__version__", "unknown"),
         "numpy": np.__version__,
