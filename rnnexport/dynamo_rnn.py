@@ -228,7 +228,7 @@ def _rnn_onnx(
 
 
 def _trim_onnx(data: Any, lengths: Any) -> Any:
-    zero = op.Constant(value_ints=[0])
+    zero: Any = op.Constant(value_ints=[0])
     # Shape [1]. Axes spelled out: the exporter converts opset 18 down to an older requested opset,
     # and an empty-axes ReduceMax keeps an attribute (noop_with_empty_axes) older opsets lack.
     return op.Slice(data, zero, op.ReduceMax(lengths, zero, keepdims=1), zero)
@@ -249,7 +249,7 @@ class _TorchNodes:
     def weights(self, module: nn.RNNBase, layer: int) -> _LayerWeights:
         if not hasattr(module, _BUFFER.format("w", layer)):  # a module outside the exported model
             return _layer_weights(module, layer)
-        parts = [getattr(module, _BUFFER.format(part, layer), None) for part in _PARTS]
+        parts: list[Any] = [getattr(module, _BUFFER.format(part, layer), None) for part in _PARTS]
         return _LayerWeights(*parts)
 
     def absent(self) -> Any:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,9 @@ def _gru_graph(*, linear_before_reset: int | None) -> onnx.ModelProto:
         numpy_helper.from_array(np.zeros((1, 3 * H, 3), np.float32), "w"),
         numpy_helper.from_array(np.zeros((1, 3 * H, H), np.float32), "r"),
     ]
-    extra = {} if linear_before_reset is None else {"linear_before_reset": linear_before_reset}
-    node = helper.make_node("GRU", ["x", "w", "r"], ["y"], hidden_size=H, **extra)
+    node = helper.make_node("GRU", ["x", "w", "r"], ["y"], hidden_size=H)
+    if linear_before_reset is not None:
+        node.attribute.append(helper.make_attribute("linear_before_reset", linear_before_reset))
     graph = helper.make_graph([node], "g", [x], [y], weights)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
@@ -175,18 +177,19 @@ class Packed(nn.Module):
         return y, h
 
 
-def _case(name: str) -> tuple[nn.Module, int, int]:
+def _case(name: str) -> tuple[nn.RNNBase, int, int]:
     """(module, rows of h, width of h); LSTM with proj_size has h of width proj_size."""
     torch.manual_seed(0)
-    rnn: nn.RNNBase = {
+    makers: dict[str, Callable[[], nn.RNNBase]] = {
         "lstm-2-layer-bidir": lambda: nn.LSTM(5, 4, num_layers=2, bidirectional=True, batch_first=True),
         "lstm-proj": lambda: nn.LSTM(5, 6, num_layers=2, proj_size=3, batch_first=True),
         "gru-bidir": lambda: nn.GRU(5, 4, bidirectional=True, batch_first=True),
         "gru-2-layer": lambda: nn.GRU(5, 4, num_layers=2, batch_first=True),
         "rnn-relu": lambda: nn.RNN(5, 4, nonlinearity="relu", batch_first=True),
-    }[name]()
-    rows = rnn.num_layers * (2 if rnn.bidirectional else 1)
-    width = rnn.proj_size if isinstance(rnn, nn.LSTM) and rnn.proj_size else rnn.hidden_size
+    }
+    rnn = makers[name]()
+    rows = int(rnn.num_layers) * (2 if rnn.bidirectional else 1)
+    width = int(rnn.proj_size or rnn.hidden_size)
     return rnn, rows, width
 
 
@@ -241,7 +244,7 @@ def test_a_dynamo_export_computes_what_the_module_does_at_other_shapes(name: str
     rnn, rows, width = _case(name)
     model = Packed(rnn, packed=True, states=True).eval()
     y_width = width * (2 if rnn.bidirectional else 1)
-    contract = _contract(rows, width, rnn.hidden_size, y_width)
+    contract = _contract(rows, width, int(rnn.hidden_size), y_width)
     proto = export_onnx(model, contract, exporter="dynamo")
     check_contract(proto, contract, stage="after export")
     kinds = [n.op_type for n in proto.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
@@ -263,7 +266,7 @@ class DataDependentBranch(nn.Module):
         self.rnn = nn.GRU(5, 4, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.rnn(x)
+        y: torch.Tensor = self.rnn(x)[0]
         return y if bool(x.sum() > 0) else -y  # a Python branch on a tensor's value
 
 
