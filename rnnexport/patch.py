@@ -1,4 +1,4 @@
-"""Export rewrites for recurrent models, applied to any module while the TorchScript exporter traces it.
+"""Export rewrites for recurrent models, applied to any module while an exporter traces it.
 
 The model stays plain eager PyTorch. Inside ``with export_patches(model) as watch:`` these are
 swapped, and restored on exit:
@@ -29,6 +29,10 @@ state from a graph input to every recurrent call and sends its final state to a 
 The packing functions are swapped wherever a loaded module's globals, or the globals of the model's
 own methods, hold them, so ``from torch.nn.utils.rnn import pack_padded_sequence`` in the user's
 file (or notebook) is covered too.
+
+For the dynamo exporter (``torch.export``), :func:`export_patches` takes a :class:`TracedOps`: the
+same stand-ins then compute the graph itself with torch operations and the custom recurrent ops of
+:mod:`rnnexport.dynamo_rnn`, through :func:`recurrent_nodes`, the one builder both exporters share.
 
 Every private torch API rnnexport uses lives in this file.
 """
