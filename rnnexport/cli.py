@@ -406,8 +406,8 @@ def build(
     exporter: Annotated[
         ExporterChoice,
         typer.Option(
-            help="torch.onnx exporter. dynamo is known not to keep RNN sequence axes dynamic on "
-            "torch 2.13: such a build is refused by the contract check."
+            help="torch.onnx exporter. Both export recurrent layers and packed sequences through "
+            "rnnexport's rewrites, and both are checked and verified alike."
         ),
     ] = ExporterChoice.torchscript,
     opset: Annotated[int, typer.Option(help="ONNX opset (7 to 21).")] = 17,

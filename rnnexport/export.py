@@ -4,16 +4,14 @@ Two exporters, chosen explicitly:
 
 - ``torchscript`` (default): ``torch.onnx.export(..., dynamo=False, dynamic_axes=...)``. It emits
   ONNX ``LSTM``/``GRU`` nodes whose sequence axis follows the input.
-- ``dynamo``: ``torch.onnx.export(..., dynamo=True)``. On torch 2.13 it specialises the sequence
-  axis of ``nn.LSTM``/``nn.GRU`` to the example length: the declared output shape keeps that literal
-  length, and a second RNN export in the same process fixes the input's sequence axis as well. It
-  stays available, behind the same contract check, which catches exactly that.
+- ``dynamo``: ``torch.onnx.export(..., dynamo=True)`` (``torch.export``, then onnxscript). The same
+  rewrites run as custom operators (:mod:`rnnexport.dynamo_rnn`), so it writes the same recurrent
+  nodes, packed sequences included, with the same dynamic axes.
 
 The example used for tracing has batch 2 and sequence 3: never size 1, which exporters are free to
-specialise as a broadcastable constant. The TorchScript export runs inside
-:func:`rnnexport.patch.export_patches`, which turns every recurrent layer and packed-sequence call
-of any module into ONNX recurrent nodes; the dynamo exporter does not trace and sees the module as
-it is.
+specialise as a broadcastable constant. Both exports run inside
+:func:`rnnexport.patch.export_patches`, which turns every recurrent layer and packed-sequence call of
+any module into ONNX recurrent nodes (for dynamo, through :func:`rnnexport.dynamo_rnn.dynamo_patches`).
 
 A trace records one run of ``forward`` at the example shape. Python control flow that reads tensor
 values (a loop over the time steps of an ``nn.LSTMCell``, an ``if`` on a tensor) is frozen into it at
@@ -24,26 +22,27 @@ instead of shipping a graph that only works at sequence length 3.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 import torch
 
+from rnnexport.dynamo_rnn import TRANSLATIONS, dynamo_patches
 from rnnexport.errors import ExportError, RnnExportError
 from rnnexport.feeds import make_feeds
-from rnnexport.patch import TracerWarning, export_patches, frozen_trace_values
+from rnnexport.patch import ExportWatch, TracerWarning, export_patches, frozen_trace_values
 from rnnexport.spec import Contract
 from rnnexport.text import first_line
 
 __all__ = [
     "DEFAULT_OPSET",
-    "DYNAMO_RNN_NOTE",
     "EXPORTERS",
     "TRACE_BATCH",
     "TRACE_SEQ",
@@ -56,13 +55,6 @@ EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
 DEFAULT_OPSET = 17
 TRACE_BATCH = 2
 TRACE_SEQ = 3
-# What every failure of the dynamo path says: the known cause, and the one option that helps.
-DYNAMO_RNN_NOTE = (
-    "The dynamo exporter is known not to keep RNN sequence axes dynamic on torch "
-    f"{torch.__version__.split('+')[0]} "
-    "(it specialises nn.LSTM / nn.GRU to the example length, so the graph fails or misbehaves at other "
-    "lengths); use the default '--exporter torchscript'."
-)
 
 
 _FROZEN_HINT = (
@@ -97,6 +89,94 @@ def _quiet_exporter() -> Iterator[list[warnings.WarningMessage]]:
             yield caught
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _measured_cause(exc: BaseException) -> BaseException:
+    """The innermost direct cause: torch.onnx wraps what happened in a generic 'Failed to export ...
+    step 1/3' error, with the exception that was actually raised as its ``__cause__``."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
+
+
+def _export_failure(exc: BaseException, exporter: Exporter, opset: int) -> str:
+    """The one-paragraph message of a failed export: the torch version and what actually failed."""
+    cause = _measured_cause(exc)
+    summary = f"{type(cause).__name__}: {first_line(cause)}"
+    if cause is not exc:
+        summary += f" (reported as {type(exc).__name__}: {first_line(exc)})"
+    advice = (
+        "Check that the model runs in eager PyTorch on inputs of the declared shapes; the TorchScript "
+        "exporter ('--exporter torchscript') traces differently and may succeed where this failed."
+        if exporter == "dynamo"
+        else "Try another '--opset' (17 is the tested default), and check that the model runs in "
+        "eager PyTorch on inputs of the declared shapes."
+    )
+    return (
+        f"torch.onnx could not export the model with the {exporter} exporter (torch "
+        f"{torch.__version__.split('+')[0]}) at opset {opset}: {summary}. {advice}"
+    )
+
+
+def _dynamic_shapes(model: torch.nn.Module, contract: Contract) -> tuple[Any, ...]:
+    """torch.export's ``dynamic_shapes``, one entry per parameter of ``forward``: each input's dynamic
+    axes under their names (the exporter names the graph's symbols after them); the inputs that a
+    ``*args`` parameter takes are one entry, a tuple."""
+    specs = [dict(t.dynamic_axes) or None for t in contract.inputs]
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    for position, parameter in enumerate(parameters[: len(specs)]):
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (*specs[:position], tuple(specs[position:]))
+    return tuple(specs)
+
+
+def _name_data_dependent_axes(proto: onnx.ModelProto, contract: Contract) -> None:
+    """Name the output axes that no input has (``max(lengths)`` steps) as the contract declares them.
+
+    torch.export names a size it can only know at run time itself (``u0``); the TorchScript exporter
+    takes the name from ``dynamic_axes``. Only a symbol that is no input's axis is renamed, so an
+    axis that should follow an input (and did not) still fails the contract check.
+    """
+    from_inputs = {d for t in contract.inputs for d in t.shape if isinstance(d, str)}
+    for spec, value in zip(contract.outputs, proto.graph.output, strict=False):
+        dims = value.type.tensor_type.shape.dim
+        for want, dim in zip(spec.shape, dims, strict=False):
+            if isinstance(want, str) and want not in from_inputs and dim.dim_param not in ("", *from_inputs):
+                dim.dim_param = want
+
+
+def _export_dynamo(
+    model: torch.nn.Module, args: tuple[torch.Tensor, ...], contract: Contract, *, opset: int, to: Path | None
+) -> tuple[onnx.ModelProto, ExportWatch]:
+    """``torch.onnx.export(..., dynamo=True)`` inside the export rewrites (:mod:`rnnexport.dynamo_rnn`)."""
+    with dynamo_patches(model) as watch:
+        program = torch.onnx.export(
+            model,
+            args,
+            None,
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(model, contract),
+            custom_translation_table=TRANSLATIONS,
+            opset_version=opset,
+            input_names=contract.input_names,
+            output_names=contract.output_names,
+        )
+    if program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise RuntimeError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    _name_data_dependent_axes(proto, contract)
+    if to is not None:  # the same contract as TorchScript's: the weights in files beside `to`
+        onnx.save_model(
+            proto,
+            str(to),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{to.name}.data",
+        )
+        proto = onnx.load(str(to), load_external_data=False)
+    return proto, watch
 
 
 def export_onnx(
@@ -147,43 +227,12 @@ def export_onnx(
                     else onnx.load(str(to), load_external_data=False)
                 )
             else:
-                program = torch.onnx.export(
-                    model,
-                    args,
-                    None,
-                    dynamo=True,
-                    dynamic_axes=dynamic_axes,
-                    opset_version=opset,
-                    input_names=inputs,
-                    output_names=outputs,
-                )
-                if program is None:  # pragma: no cover - dynamo=True always returns a program
-                    raise RuntimeError("torch.onnx.export returned no program")
-                proto = program.model_proto
-                if to is not None:  # the same contract as TorchScript's: the weights in files beside `to`
-                    onnx.save_model(
-                        proto,
-                        str(to),
-                        save_as_external_data=True,
-                        all_tensors_to_one_file=True,
-                        location=f"{to.name}.data",
-                    )
-                    proto = onnx.load(str(to), load_external_data=False)
+                proto, watch = _export_dynamo(model, args, contract, opset=opset, to=to)
     except RnnExportError:  # the export patches' own refusals already say what to do
         raise
     except Exception as exc:  # any exporter failure is reported the same way
-        summary = first_line(exc)
-        advice = (
-            DYNAMO_RNN_NOTE
-            if exporter == "dynamo"
-            else "Try another '--opset' (17 is the tested default), and check that the model runs in "
-            "eager PyTorch on inputs of the declared shapes."
-        )
-        raise ExportError(
-            f"torch.onnx could not export the model with the {exporter} exporter at opset {opset}: "
-            f"{type(exc).__name__}: {summary}. {advice}"
-        ) from exc
-    stepped = watch.stepped_cells() if exporter == "torchscript" else []
+        raise ExportError(_export_failure(exc, exporter, opset)) from exc
+    stepped = watch.stepped_cells()
     if stepped:
         raise ExportError(
             "The model cannot keep a dynamic sequence axis: its forward steps a recurrent cell in a Python "

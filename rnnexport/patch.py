@@ -1,4 +1,4 @@
-"""Export rewrites for recurrent models, applied to any module while the TorchScript exporter traces it.
+"""Export rewrites for recurrent models, applied to any module while an exporter traces it.
 
 The model stays plain eager PyTorch. Inside ``with export_patches(model) as watch:`` these are
 swapped, and restored on exit:
@@ -30,6 +30,10 @@ The packing functions are swapped wherever a loaded module's globals, or the glo
 own methods, hold them, so ``from torch.nn.utils.rnn import pack_padded_sequence`` in the user's
 file (or notebook) is covered too.
 
+For the dynamo exporter (``torch.export``), :func:`export_patches` takes a :class:`TracedOps`: the
+same stand-ins then compute the graph itself with torch operations and the custom recurrent ops of
+:mod:`rnnexport.dynamo_rnn`, through :func:`recurrent_nodes`, the one builder both exporters share.
+
 Every private torch API rnnexport uses lives in this file.
 """
 
@@ -42,7 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -55,11 +59,14 @@ __all__ = [
     "ExportWatch",
     "PackedLengths",
     "PaddedBatch",
+    "RecurrentNodes",
     "RecurrentState",
     "StreamingModule",
+    "TracedOps",
     "TracerWarning",
     "export_patches",
     "frozen_trace_values",
+    "recurrent_nodes",
     "recurrent_states",
     "streaming_state",
 ]
@@ -199,6 +206,157 @@ def _rows(g: Any, state: Any, layer: int, dirs: int, layers: int = 0) -> Any:
     return symbolic_helper._slice_helper(g, state, axes=[0], starts=[layer * dirs], ends=[(layer + 1) * dirs])
 
 
+class RecurrentNodes(Protocol):
+    """What :func:`recurrent_nodes` writes with: ONNX nodes of a TorchScript graph, or torch operations
+    and the ONNX recurrent ops of :mod:`rnnexport.dynamo_rnn` while torch.export traces."""
+
+    def weights(self, module: nn.RNNBase, layer: int) -> _LayerWeights:
+        """One layer's weights (:func:`_layer_weights`), as values the graph can use."""
+
+    def absent(self) -> Any:
+        """An omitted optional input of a recurrent node."""
+
+    def cast_lengths(self, lengths: Any) -> Any:
+        """Row lengths as int32 ``sequence_lens``."""
+
+    def transpose(self, x: Any, perm: list[int]) -> Any:
+        """``x`` with its axes permuted."""
+
+    def rows(self, state: Any, layer: int, dirs: int, layers: int) -> Any:
+        """``state[layer*dirs : (layer+1)*dirs]`` of an initial state ``[layers*dirs, batch, size]``."""
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        """``a @ b``."""
+
+    def node(self, kind: str, inputs: list[Any], *, hidden: int, dirs: int, activation: str) -> list[Any]:
+        """An ONNX ``LSTM``/``GRU``/``RNN`` node (GRU with ``linear_before_reset=1``): its outputs."""
+
+    def squeeze_direction(self, y: Any) -> Any:
+        """``[seq, 1, batch, size] -> [seq, batch, size]``."""
+
+    def join_directions(self, y: Any) -> Any:
+        """``[seq, 2, batch, size] -> [seq, batch, 2*size]``: forward then reverse features."""
+
+    def concat(self, parts: list[Any]) -> Any:
+        """``parts`` concatenated on axis 0."""
+
+
+def recurrent_nodes(
+    emit: RecurrentNodes,
+    module: nn.RNNBase,
+    batch_first: bool,
+    x: Any,
+    lengths: Any,
+    h0: Any,
+    c0: Any,
+) -> tuple[Any, ...]:
+    """An ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` call as ONNX recurrent nodes, one per layer, chained.
+
+    ``x`` is time-major unless ``batch_first``; ``lengths`` (a packed call's row lengths), ``h0`` and
+    ``c0`` may be None. Returns ``(y, h_n)`` or ``(y, h_n, c_n)`` as the module does (``y`` in the
+    layout of ``x``). One function for both exporters, so both build the same graph.
+    """
+    kind = _onnx_kind(module)
+    dirs = 2 if module.bidirectional else 1
+    activation = "Relu" if module.mode == "RNN_RELU" else "Tanh"
+    seq_lens = emit.absent() if lengths is None else emit.cast_lengths(lengths)
+    layer_input = emit.transpose(x, [1, 0, 2]) if batch_first else x
+    finals: list[list[Any]] = [[], []]
+    for layer in range(module.num_layers):
+        weights = emit.weights(module, layer)
+        inputs = [layer_input, weights.w, weights.r, weights.b, seq_lens]
+        initial_h = emit.absent() if h0 is None else emit.rows(h0, layer, dirs, module.num_layers)
+        if h0 is not None and weights.unprojection is not None:
+            initial_h = emit.matmul(initial_h, weights.unprojection)
+        inputs.append(initial_h)
+        if kind == "LSTM":
+            inputs.append(emit.absent() if c0 is None else emit.rows(c0, layer, dirs, module.num_layers))
+        outputs = emit.node(kind, inputs, hidden=module.hidden_size, dirs=dirs, activation=activation)
+        y, states = outputs[0], list(outputs[1:])  # y: [seq, dirs, batch, hidden]
+        if weights.projection is not None:
+            y = emit.matmul(y, weights.projection)
+            states[0] = emit.matmul(states[0], weights.projection)
+        for k, s in enumerate(states):
+            finals[k].append(s)
+        layer_input = emit.squeeze_direction(y) if dirs == 1 else emit.join_directions(y)
+    y = emit.transpose(layer_input, [1, 0, 2]) if batch_first else layer_input
+    results = [y]
+    for parts in finals[: 2 if kind == "LSTM" else 1]:
+        results.append(parts[0] if len(parts) == 1 else emit.concat(parts))
+    return tuple(results)
+
+
+class _GraphNodes:
+    """:class:`RecurrentNodes` for the TorchScript exporter: nodes of its graph ``g``."""
+
+    def __init__(self, g: Any) -> None:
+        self.g = g
+
+    def weights(self, module: nn.RNNBase, layer: int) -> _LayerWeights:
+        weights = _layer_weights(module, layer)
+        return _LayerWeights(
+            w=_constant(self.g, weights.w),
+            r=_constant(self.g, weights.r),
+            b=_constant(self.g, weights.b),
+            projection=None if weights.projection is None else _constant(self.g, weights.projection),
+            unprojection=None if weights.unprojection is None else _constant(self.g, weights.unprojection),
+        )
+
+    def absent(self) -> Any:
+        return _none(self.g)
+
+    def cast_lengths(self, lengths: Any) -> Any:
+        return self.g.op("Cast", lengths, to_i=_ONNX_INT32)
+
+    def transpose(self, x: Any, perm: list[int]) -> Any:
+        return self.g.op("Transpose", x, perm_i=perm)
+
+    def rows(self, state: Any, layer: int, dirs: int, layers: int) -> Any:
+        return _rows(self.g, state, layer, dirs, layers)
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        return self.g.op("MatMul", a, b)
+
+    def node(self, kind: str, inputs: list[Any], *, hidden: int, dirs: int, activation: str) -> list[Any]:
+        attributes: dict[str, Any] = {
+            "hidden_size_i": hidden,
+            "direction_s": "bidirectional" if dirs == 2 else "forward",
+        }
+        if kind == "GRU":
+            # PyTorch's GRU applies the reset gate after the recurrent product, as ONNX's option 1.
+            attributes["linear_before_reset_i"] = 1
+        if kind == "RNN":
+            attributes["activations_s"] = [activation] * dirs
+        return list(self.g.op(kind, *inputs, outputs=3 if kind == "LSTM" else 2, **attributes))
+
+    def squeeze_direction(self, y: Any) -> Any:
+        return symbolic_helper._squeeze_helper(self.g, y, [1])
+
+    def join_directions(self, y: Any) -> Any:
+        y = self.g.op("Transpose", y, perm_i=[0, 2, 1, 3])
+        return self.g.op("Reshape", y, _constant(self.g, torch.tensor([0, 0, -1], dtype=torch.int64)))
+
+    def concat(self, parts: list[Any]) -> Any:
+        return self.g.op("Concat", *parts, axis_i=0)
+
+
+@dataclass(frozen=True)
+class TracedOps:
+    """How the export stand-ins compute while torch.export traces them (the dynamo exporter).
+
+    torch.export records the torch operations that run, not a ``symbolic``: so the export Functions
+    compute, there, the graph itself, with ``nodes`` (ops that become ONNX recurrent nodes) and
+    ``trim`` (``data[:max(lengths)]`` as an op with a data-dependent size). See
+    :mod:`rnnexport.dynamo_rnn`.
+    """
+
+    nodes: RecurrentNodes
+    trim: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+_TRACED: list[TracedOps] = []  # the one in force (export_patches(traced=...)), else empty
+
+
 class _RecurrentOp(torch.autograd.Function):
     """An ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` call as ONNX recurrent nodes, one per layer.
 
@@ -217,6 +375,8 @@ class _RecurrentOp(torch.autograd.Function):
         h0: torch.Tensor | None,
         c0: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
+        if _TRACED:  # torch.export records what runs here: the graph itself
+            return recurrent_nodes(_TRACED[-1].nodes, module, batch_first, x, lengths, h0, c0)
         original = _ORIGINAL_FORWARD[_base_class(module)]
         hx: Any = h0 if c0 is None else (h0, c0)
         saved_batch_first = module.batch_first
@@ -244,53 +404,7 @@ class _RecurrentOp(torch.autograd.Function):
         h0: Any,
         c0: Any,
     ) -> Any:
-        kind, hidden = _onnx_kind(module), module.hidden_size
-        dirs = 2 if module.bidirectional else 1
-        attributes: dict[str, Any] = {
-            "hidden_size_i": hidden,
-            "direction_s": "bidirectional" if dirs == 2 else "forward",
-        }
-        if kind == "GRU":
-            # PyTorch's GRU applies the reset gate after the recurrent product, as ONNX's option 1.
-            attributes["linear_before_reset_i"] = 1
-        if kind == "RNN":
-            attributes["activations_s"] = ["Relu" if module.mode == "RNN_RELU" else "Tanh"] * dirs
-        seq_lens = _none(g) if lengths is None else g.op("Cast", lengths, to_i=_ONNX_INT32)
-        layer_input = g.op("Transpose", x, perm_i=[1, 0, 2]) if batch_first else x
-        finals: list[list[Any]] = [[], []]
-        for layer in range(module.num_layers):
-            weights = _layer_weights(module, layer)
-            inputs = [
-                layer_input,
-                _constant(g, weights.w),
-                _constant(g, weights.r),
-                _constant(g, weights.b),
-                seq_lens,
-            ]
-            initial_h = _none(g) if h0 is None else _rows(g, h0, layer, dirs, module.num_layers)
-            if h0 is not None and weights.unprojection is not None:
-                initial_h = g.op("MatMul", initial_h, _constant(g, weights.unprojection))
-            inputs.append(initial_h)
-            if kind == "LSTM":
-                inputs.append(_none(g) if c0 is None else _rows(g, c0, layer, dirs, module.num_layers))
-            outputs = g.op(kind, *inputs, outputs=3 if kind == "LSTM" else 2, **attributes)
-            y, states = outputs[0], list(outputs[1:])  # y: [seq, dirs, batch, hidden]
-            if weights.projection is not None:
-                projection = _constant(g, weights.projection)
-                y = g.op("MatMul", y, projection)
-                states[0] = g.op("MatMul", states[0], projection)
-            for k, s in enumerate(states):
-                finals[k].append(s)
-            if dirs == 1:
-                layer_input = symbolic_helper._squeeze_helper(g, y, [1])
-            else:  # [seq, batch, dirs, size] -> [seq, batch, dirs*size]: forward then reverse features
-                y = g.op("Transpose", y, perm_i=[0, 2, 1, 3])
-                layer_input = g.op("Reshape", y, _constant(g, torch.tensor([0, 0, -1], dtype=torch.int64)))
-        y = g.op("Transpose", layer_input, perm_i=[1, 0, 2]) if batch_first else layer_input
-        results = [y]
-        for parts in finals[: 2 if kind == "LSTM" else 1]:
-            results.append(parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis_i=0))
-        return tuple(results)
+        return recurrent_nodes(_GraphNodes(g), module, batch_first, x, lengths, h0, c0)
 
 
 class _TrimSteps(torch.autograd.Function):
@@ -298,6 +412,8 @@ class _TrimSteps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, data: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if _TRACED:
+            return _TRACED[-1].trim(data, lengths)
         with _untraced():
             return data[: int(lengths.max())].clone()
 
@@ -451,12 +567,15 @@ def _counting(cls: type[nn.Module], watch: ExportWatch, names: dict[int, str]) -
 
 
 @contextlib.contextmanager
-def export_patches(model: nn.Module | None = None) -> Iterator[ExportWatch]:
+def export_patches(
+    model: nn.Module | None = None, *, traced: TracedOps | None = None
+) -> Iterator[ExportWatch]:
     """Swap the recurrent layers' ``forward`` and the packing functions for their export forms.
 
     Applies to every ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (and subclasses that do not override
     ``forward``) for the duration of the block, process-wide, and restores everything on exit.
     ``model`` is the module about to be exported; it names the cells in :class:`ExportWatch`.
+    ``traced`` is given for torch.export (the dynamo exporter): the same stand-ins then compute with it.
     """
     watch = ExportWatch(cell_calls={})
     names = {id(m): name or "model" for name, m in model.named_modules()} if model is not None else {}
@@ -476,8 +595,12 @@ def export_patches(model: nn.Module | None = None) -> Iterator[ExportWatch]:
             setattr(owner, name, replacement)
         for namespace, name, _, stand_in in rebinds:
             namespace[name] = stand_in
+        if traced is not None:
+            _TRACED.append(traced)
         yield watch
     finally:
+        if traced is not None:
+            _TRACED.remove(traced)
         for namespace, name, original, stand_in in rebinds:
             if namespace.get(name) is stand_in:  # unless the code rebound it meanwhile
                 namespace[name] = original

@@ -49,7 +49,6 @@ from rnnexport.errors import (
 )
 from rnnexport.export import (
     DEFAULT_OPSET,
-    DYNAMO_RNN_NOTE,
     EXPORTERS,
     TRACE_BATCH,
     TRACE_SEQ,
@@ -409,12 +408,14 @@ def _finalise_model(
 
 def _versions() -> dict[str, str]:
     import onnxruntime
+    import onnxscript
     import onnxsim
 
     return {
         "rnnexport": __version__,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,  # the dynamo exporter's translator
         "onnxruntime": onnxruntime.__version__,
         "onnxsim": getattr(onnxsim, "__version__", "unknown"),
         "numpy": np.__version__,
@@ -548,13 +549,7 @@ def _accuracy_options(
 def _check_streaming(
     streaming: bool, precisions: list[Precision], formats: list[Format], exporter: str
 ) -> None:
-    """A streaming build ships float32 ONNX only (its variants are not verified as streams), and
-    exports with TorchScript: the state I/O lives in the export patches, which dynamo does not run."""
-    if streaming and exporter != "torchscript":
-        raise UsageError(
-            f"--streaming exports with the TorchScript exporter only; got --exporter {exporter}. The "
-            "state inputs and outputs are added while the model is traced. Leave --exporter out."
-        )
+    """A streaming build ships float32 ONNX only (its variants are not verified as streams)."""
     if streaming and (precisions != ["fp32"] or formats != ["onnx"]):
         raise UsageError(
             f"--streaming builds ship model.onnx in float32 only; got --precision {','.join(precisions)} "
@@ -914,51 +909,46 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
 
         streaming = stream.streaming if stream is not None else None
         layout: dict[str, Any] | None = None
-        try:
-            # A model for external data goes through files from the export on: none of its stages
-            # may serialize it whole (protobuf stops at 2 GiB), and each file is private to the build.
-            with _export_folder(request.external) as work:
-                to = None if work is None else work / MODEL
-                with (
-                    _stage(progress, "export") as stage,
-                    _user_code(subject, "while it was traced for export"),
-                ):
-                    exported = export_onnx(model, contract, exporter=exporter, opset=opset, to=to)
-                    _check_traced(exported, contract, exporter, stage=f"after export ({exporter})", path=to)
-                    stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
-                with _stage(progress, "simplify") as stage:
-                    # A streaming call is mostly per-node overhead (see simplify_onnx).
-                    simplified, stats = simplify_onnx(
-                        exported, check_feeds=cases[-1].inputs, path=to, streaming=stream is not None
+        # A model for external data goes through files from the export on: none of its stages
+        # may serialize it whole (protobuf stops at 2 GiB), and each file is private to the build.
+        with _export_folder(request.external) as work:
+            to = None if work is None else work / MODEL
+            with (
+                _stage(progress, "export") as stage,
+                _user_code(subject, "while it was traced for export"),
+            ):
+                exported = export_onnx(model, contract, exporter=exporter, opset=opset, to=to)
+                _check_traced(exported, contract, exporter, stage=f"after export ({exporter})", path=to)
+                stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
+            with _stage(progress, "simplify") as stage:
+                # A streaming call is mostly per-node overhead (see simplify_onnx).
+                simplified, stats = simplify_onnx(
+                    exported, check_feeds=cases[-1].inputs, path=to, streaming=stream is not None
+                )
+                del exported
+                _finalise_model(simplified, subject, contract, streaming)
+                held = _tensor_bytes(simplified)
+                if request.external or held >= request.limits.inline_model_bytes:
+                    # Tested again on what the graph holds: an export may hold more than the
+                    # parameters (a constant the trace folded in).
+                    _stores_externally(
+                        held,
+                        request.limits,
+                        request.precisions,
+                        request.formats,
+                        what=f"'{subject.name}'",
                     )
-                    del exported
-                    _finalise_model(simplified, subject, contract, streaming)
-                    held = _tensor_bytes(simplified)
-                    if request.external or held >= request.limits.inline_model_bytes:
-                        # Tested again on what the graph holds: an export may hold more than the
-                        # parameters (a constant the trace folded in).
-                        _stores_externally(
-                            held,
-                            request.limits,
-                            request.precisions,
-                            request.formats,
-                            what=f"'{subject.name}'",
-                        )
-                        with writing(request.destination.parent):
-                            layout = write_external_model(simplified, staging)
-                    # The checker reads the staged files for external data (see check_contract).
-                    staged = staging / MODEL if layout is not None else None
-                    _check_traced(simplified, contract, exporter, stage="after simplification", path=staged)
-                    stage.details.append(stats.describe())
-                    if layout is not None:
-                        stage.details.append(
-                            f"{layout['tensors']} tensors ({format_bytes(layout['bytes'])}) written to "
-                            f"{EXTERNAL_DATA}, beside {MODEL}"
-                        )
-        except ExportError as exc:
-            if exporter != "dynamo" or DYNAMO_RNN_NOTE in str(exc):
-                raise
-            raise type(exc)(f"{exc} {DYNAMO_RNN_NOTE}") from exc
+                    with writing(request.destination.parent):
+                        layout = write_external_model(simplified, staging)
+                # The checker reads the staged files for external data (see check_contract).
+                staged = staging / MODEL if layout is not None else None
+                _check_traced(simplified, contract, exporter, stage="after simplification", path=staged)
+                stage.details.append(stats.describe())
+                if layout is not None:
+                    stage.details.append(
+                        f"{layout['tensors']} tensors ({format_bytes(layout['bytes'])}) written to "
+                        f"{EXTERNAL_DATA}, beside {MODEL}"
+                    )
         if layout is None:
             model_bytes = simplified.SerializeToString()
             write_file(staging / MODEL, model_bytes, where=request.destination.parent)

@@ -17,7 +17,7 @@ from rnnexport.artifact import MANIFEST
 from rnnexport.cli import app
 from rnnexport.text import visible
 
-from .conftest import ARCH_NAMES, REPO
+from .conftest import ARCH_NAMES
 
 cli = CliRunner()
 
@@ -313,25 +313,6 @@ def test_a_file_that_is_not_npz_gets_a_message_about_its_type(tmp_path: Path) ->
     assert result.exit_code == 2
     assert "is neither an .npz archive (np.savez) nor a safetensors file" in _flat(result.output)
     assert "pickled" not in result.output
-
-
-# -- dynamo ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_dynamo_failure_says_why_and_leaks_no_runtime_logs(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "rnnexport.cli", "build", "--arch", "attention", "--exporter", "dynamo",
-         "--out", str(tmp_path), "--device", "cpu"],
-        capture_output=True, text=True, check=False, cwd=REPO, env=os.environ | {"COLUMNS": "200"},
-    )  # fmt: skip
-    assert result.returncode == 1
-    assert "known not to keep RNN sequence axes dynamic" in _flat(result.stderr)
-    assert "--opset" not in result.stderr
-    assert "[W:onnxruntime" not in result.stderr
-    assert "[E:onnxruntime" not in result.stderr
-    assert "Traceback" not in result.stderr
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_first_line_of_a_library_error_drops_colour_codes() -> None:
