@@ -195,7 +195,9 @@ def _import_file(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     saved = list(sys.path)
-    sys.path.insert(0, str(path.resolve().parent))
+    folder = path.resolve().parent
+    sys.path.insert(0, str(folder))
+    _forget_shadowed_siblings(folder)
     try:
         with UserCode.of(object, path).running(
             f"Importing --model file {visible(path)}",
@@ -209,6 +211,29 @@ def _import_file(path: Path) -> Any:
     finally:
         sys.path[:] = saved
     return module
+
+
+def _forget_shadowed_siblings(folder: Path) -> None:
+    """Drop loaded modules that a module beside the model file shadows under ``python FILE.py``.
+
+    ``from kws import KWSCRNN`` must import the ``kws.py`` beside this file, even when another model
+    file's own ``kws`` was imported earlier in this process (an API user building two models). What
+    rnnexport itself runs on (the standard library, torch, numpy, onnx) is never dropped.
+    """
+    for name, loaded in list(sys.modules.items()):
+        top = name.partition(".")[0]
+        if top in _NEVER_SHADOWED or top in sys.stdlib_module_names:
+            continue
+        if not ((folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()):
+            continue
+        origin = getattr(loaded, "__file__", None)
+        if origin is None or not Path(origin).resolve().is_relative_to(folder):
+            del sys.modules[name]
+
+
+# The packages rnnexport's own code holds references into: a file of that name beside a model file
+# cannot replace them mid-process.
+_NEVER_SHADOWED = frozenset({"rnnexport", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "onnxsim"})
 
 
 def load_factory(target: str) -> tuple[Callable[..., Any], ModelSource]:

@@ -204,6 +204,25 @@ def test_sys_path_is_restored_and_siblings_stay_loaded(tmp_path: Path) -> None:
     assert factory.__module__ == "helper_mod_h4"
 
 
+def test_each_model_file_imports_its_own_sibling_of_a_shared_name(tmp_path: Path) -> None:
+    """Two projects, each with its own `layers.py`: the second import must not reuse the first's."""
+    factories = []
+    for width in (3, 5):
+        folder = tmp_path / f"project{width}"
+        folder.mkdir()
+        (folder / "layers.py").write_text(f"WIDTH = {width}\n")
+        (folder / "model.py").write_text(
+            "import torch\nfrom layers import WIDTH\n\n"
+            "class Net(torch.nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            "        self.fc = torch.nn.Linear(2, WIDTH)\n"
+        )
+        factory, _ = load_factory(f"{folder / 'model.py'}:Net")
+        factories.append(factory)
+    assert [f().fc.out_features for f in factories] == [3, 5]
+
+
 def test_a_model_that_cannot_run_in_float64_builds_under_the_float32_rule(tmp_path: Path) -> None:
     path = _write(tmp_path / "m", forward="x = x.float()  # float32-only code")
     code, output = _build(path, f"{path}:Net")
