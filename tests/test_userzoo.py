@@ -459,9 +459,8 @@ def test_seq2seq_encoder_streams_exactly_from_its_learned_state(seq2seq: Saved, 
 
 
 def _initial_state(states: list[dict[str, Any]], folder: Path, batch: int) -> dict[str, np.ndarray]:
-    """Each state's initial value as the manifest gives it, repeated over ``batch`` rows: ``"zeros"``,
-    or the per-row values inline (a list, or ``"values"``) or in a file of the artifact (``"file"``,
-    ``.npy`` or an ONNX ``TensorProto``), inside ``initial`` or beside it."""
+    """Each state's initial value as the README's streaming section reads it, repeated over ``batch``
+    rows: ``"zeros"``, or ``{"file": ...}``, an ONNX ``TensorProto`` shipped inside the artifact."""
     feeds = {}
     for s in states:
         shape = [batch, *s["shape"][1:]]
@@ -469,18 +468,11 @@ def _initial_state(states: list[dict[str, Any]], folder: Path, batch: int) -> di
         if initial == "zeros":
             feeds[s["input"]] = np.zeros(shape, s["dtype"])
             continue
-        where = initial if isinstance(initial, dict) else s
-        if isinstance(initial, list):
-            values = np.asarray(initial)
-        elif "values" in where:
-            values = np.asarray(where["values"])
-        elif "file" in where:
-            file = folder / where["file"]
-            assert file.resolve().parent == folder.resolve(), where["file"]
-            tensor = onnx.load_tensor(str(file)) if file.suffix != ".npy" else None
-            values = np.load(file) if tensor is None else numpy_helper.to_array(tensor)
-        else:
-            raise AssertionError(f"{s['input']}: an initial value this reader does not know: {initial!r}")
+        assert isinstance(initial, dict), initial
+        assert "file" in initial, initial
+        file = folder / initial["file"]
+        assert file.resolve().is_relative_to(folder.resolve()), initial["file"]
+        values = numpy_helper.to_array(onnx.load_tensor(str(file)))
         feeds[s["input"]] = np.ascontiguousarray(np.broadcast_to(values.astype(s["dtype"]), shape))
     return feeds
 
