@@ -1277,6 +1277,18 @@ def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
     return problems
 
 
+def _unverified_models(manifest: Manifest, verified: Mapping[str, VariantResult]) -> list[str]:
+    """Listed model files that verification only hashed: neither model.onnx, its external data
+    (checked against the graph's references), nor a shipped variant that was run."""
+    return sorted(
+        name
+        for name in manifest.files
+        if name.lower().endswith(_MODEL_SUFFIXES)
+        and name not in (MODEL, EXTERNAL_DATA)
+        and name not in verified
+    )
+
+
 def _folder_identity(folder: Path) -> tuple[int, int] | None:
     try:
         info = folder.lstat()
@@ -1472,6 +1484,13 @@ def verify_artifact(
             criterion=criterion,
             tf32=tf32,
         )
+        unverified = _unverified_models(manifest, variants)
+        if unverified:
+            raise ArtifactError(
+                f"The manifest of {folder} lists {', '.join(map(repr, unverified))}, model file(s) that no "
+                "shipped variant entry names: nothing verified them, and every model file in an "
+                f"artifact is verified or refused. {_REBUILD}"
+            )
         return ArtifactReport(
             folder,
             manifest,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -209,3 +210,12 @@ def test_verify_needs_no_torch(artifact: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "passed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_listed_model_file_no_variant_names_is_refused(artifact: Path) -> None:
+    # Listed and hashed, but nothing would run it: hashing alone is not verifying.
+    shutil.copy(artifact / "model.onnx", artifact / "extra.onnx")
+    digest = hashlib.sha256((artifact / "extra.onnx").read_bytes()).hexdigest()
+    _edit_manifest(artifact, lambda m: m["files"].update({"extra.onnx": digest}))
+    with pytest.raises(ArtifactError, match=r"lists 'extra\.onnx', model file\(s\) that no shipped variant"):
+        verify_artifact(artifact, device="cpu")
