@@ -47,7 +47,7 @@ from onnx import TensorProto, numpy_helper
 from rnnexport.compare import Criterion, ProviderResult, Tolerance
 from rnnexport.contract import check_contract, read_contract
 from rnnexport.errors import ArtifactError, RnnExportError, UsageError
-from rnnexport.feeds import Case, Feeds, validate_feeds
+from rnnexport.feeds import Case, Feeds, axis_ranges, validate_feeds
 from rnnexport.limits import DEFAULT_LIMITS, Limits, check_tolerance, format_bytes
 from rnnexport.oracle import FLOAT64_OUTPUT, seq_axes
 from rnnexport.runtime import DEVICES, Device, resolve_devices
@@ -100,6 +100,8 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
 _REBUILD = "Rebuild the artifact, or copy it again from the build machine."
+# How many unlisted files a report names before it says "and K more".
+UNLISTED_SHOWN = 20
 _TEST_SET = re.compile(r"test_data_set_(0|[1-9][0-9]{0,5})")
 # A dynamic axis named in a contract (as io descriptions allow: an identifier).
 _AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -691,6 +693,34 @@ def _listed_name_problem(name: str) -> str | None:
     return None
 
 
+# Files ONNX Runtime or a test runner would load from the folder: a model (any variant, either format),
+# external data, and a test-data tensor inside a test-data set (onnx_test_runner reads every one).
+_MODEL_SUFFIXES = (".onnx", ".ort", ".onnx.data")
+
+
+def _unlisted_problem(name: str) -> str | None:
+    """Why a file the manifest does not list must be refused, or None when it is harmless.
+
+    An unlisted file is no part of what was verified. Most are left by the machine the folder went
+    through (``.DS_Store``, ``Thumbs.db``, an editor's ``model.onnx~``): nothing loads them, so they are
+    reported and passed over. A model file or a test-data tensor is different: a runtime or a test runner
+    would load it, and every such file in the folder is either verified or refused.
+    """
+    head, _, tail = name.rpartition("/")
+    if name.lower().endswith(_MODEL_SUFFIXES):
+        return (
+            f"'{name}' is a model file the manifest does not list (refused: every model file in an "
+            "artifact is verified or refused, and nothing verified this one; remove it, or build the "
+            "variant with --precision/--format so that it is listed and verified)"
+        )
+    if _TEST_SET.fullmatch(head) and _TEST_FILE.fullmatch(tail):
+        return (
+            f"'{name}' is a test-data tensor the manifest does not list (refused: a test runner reads "
+            "every tensor of a test-data set, and nothing verified this one)"
+        )
+    return None
+
+
 def _size_limit(name: str, limits: Limits) -> int:
     if name == MODEL:
         return limits.model_bytes
@@ -699,12 +729,14 @@ def _size_limit(name: str, limits: Limits) -> int:
 
 def _read_listed(
     folder: Path, listed: Mapping[str, str], limits: Limits, *, copy_to: Path | None = None
-) -> tuple[dict[str, bytes], list[str]]:
+) -> tuple[dict[str, bytes], list[str], list[str]]:
     """Read every listed file once, within the size bounds, and hash those bytes.
 
-    Returns the contents of the files whose hash matched and every problem found: paths outside
-    the folder, links, pipes and devices, extra, missing, oversized or modified files, and folders
-    the manifest does not account for (an empty ``test_data_set_x/`` included).
+    Returns the contents of the files whose hash matched, every problem found (paths outside the
+    folder, links, pipes and devices, missing, oversized or modified files, unlisted model files and
+    test-data tensors, and folders the manifest does not account for, an empty ``test_data_set_x/``
+    included), and the other regular files the manifest does not list: never opened, not part of
+    what was verified, reported as a warning (see :func:`_unlisted_problem`).
 
     ``model.onnx.data`` (ONNX external data, up to gigabytes) is never held in memory: it is hashed
     as it streams, and written as it streams into the private folder ``copy_to`` when given, where
@@ -712,12 +744,17 @@ def _read_listed(
     """
     problems = [p for p in map(_listed_name_problem, listed) if p]
     if problems:
-        return {}, problems
+        return {}, problems, []
     scan = _scan(folder, limits)
     problems += scan.problems
     present = set(scan.files)
+    unlisted = []
     for name in sorted(present - set(listed)):
-        problems.append(f"'{name}' is in the folder but not in the manifest")
+        problem = _unlisted_problem(name)
+        if problem is None:
+            unlisted.append(name)
+        else:
+            problems.append(problem)
     for name in sorted(set(listed) - present):
         if name not in scan.dirs and name not in scan.refused:
             problems.append(f"'{name}' is listed in the manifest but missing")
@@ -740,7 +777,7 @@ def _read_listed(
             f"{format_bytes(limits.artifact_bytes)}"
         )
     if problems:
-        return {}, problems
+        return {}, problems, unlisted
     contents: dict[str, bytes] = {}
     for name in sorted(present & set(listed)):
         limit = _size_limit(name, limits)
@@ -761,11 +798,15 @@ def _read_listed(
             problems.append(f"'{name}' was modified: its sha256 does not match the manifest")
         else:
             contents[name] = data
-    return contents, problems
+    return contents, problems, unlisted
 
 
 def check_files(folder: Path, listed: Mapping[str, str], *, limits: Limits = DEFAULT_LIMITS) -> list[str]:
-    """Every way the folder departs from the manifest's file list. Links are reported, never followed."""
+    """Every way the folder departs from the manifest's file list that makes it untrustworthy.
+
+    Links are reported, never followed. Harmless unlisted files (``.DS_Store``) are not problems:
+    they are no part of the artifact; an unlisted model file or test-data tensor is.
+    """
     return _read_listed(folder, listed, limits)[1]
 
 
@@ -1174,6 +1215,9 @@ class ArtifactReport:
     variants: dict[str, VariantResult] = field(default_factory=dict)
     # The size of model.onnx.data (verified) when the weights are external data; None otherwise.
     external_data_bytes: int | None = None
+    # Regular files in the folder that the manifest does not list and nothing loads (.DS_Store): not
+    # part of what was verified, so reported, never opened.
+    unlisted: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -1188,10 +1232,19 @@ class ArtifactReport:
             "arch": self.manifest.arch,
             "passed": self.passed,
             "files": "ok",
+            # Capped: a folder may hold thousands of stray files, the report names the first few.
+            "unlisted": self.unlisted[:UNLISTED_SHOWN],
+            "unlisted_more": max(0, len(self.unlisted) - UNLISTED_SHOWN),
             "manifest_sha256": self.manifest_sha256,
             "notes": self.notes,
             "tolerance": {d: r.tolerance.to_json() for d, r in self.results.items()},
-            "providers": {r.provider: r.to_json() for r in self.results.values()},
+            "providers": {
+                r.provider: {
+                    **r.to_json(),
+                    "axes": axis_ranges(self.manifest.contract, r.to_json()["shapes"]),
+                }
+                for r in self.results.values()
+            },
             "variants": {name: v.to_json() for name, v in self.variants.items()},
             "external_data": None
             if self.external_data_bytes is None
@@ -1305,6 +1358,18 @@ def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
     return problems
 
 
+def _unverified_models(manifest: Manifest, verified: Mapping[str, VariantResult]) -> list[str]:
+    """Listed model files that verification only hashed: neither model.onnx, its external data
+    (checked against the graph's references), nor a shipped variant that was run."""
+    return sorted(
+        name
+        for name in manifest.files
+        if name.lower().endswith(_MODEL_SUFFIXES)
+        and name not in (MODEL, EXTERNAL_DATA)
+        and name not in verified
+    )
+
+
 def _folder_identity(folder: Path) -> tuple[int, int] | None:
     try:
         info = folder.lstat()
@@ -1315,7 +1380,7 @@ def _folder_identity(folder: Path) -> tuple[int, int] | None:
 
 def _read_consistently(
     folder: Path, limits: Limits, attempts: int = 3, *, copy_to: Path | None = None
-) -> tuple[Manifest, bytes, dict[str, bytes], list[str]]:
+) -> tuple[Manifest, bytes, dict[str, bytes], list[str], list[str]]:
     """The manifest and every listed file, all read from one and the same folder.
 
     A ``--force`` rebuild publishes by renaming a new folder into place; if that happens while this
@@ -1325,10 +1390,10 @@ def _read_consistently(
     for _ in range(attempts):
         before = _folder_identity(folder)
         manifest, manifest_bytes = _read_manifest(folder, limits)
-        contents, problems = _read_listed(folder, manifest.files, limits, copy_to=copy_to)
+        contents, problems, unlisted = _read_listed(folder, manifest.files, limits, copy_to=copy_to)
         if before is not None and _folder_identity(folder) == before:
             break
-    return manifest, manifest_bytes, contents, problems
+    return manifest, manifest_bytes, contents, problems, unlisted
 
 
 def verify_artifact(
@@ -1376,7 +1441,9 @@ def verify_artifact(
     # gets copies of the verified bytes, never the artifact's own files.
     with tempfile.TemporaryDirectory(prefix="rnnexport-verify-") as private:
         scratch = Path(private)
-        manifest, manifest_bytes, contents, problems = _read_consistently(folder, limits, copy_to=scratch)
+        manifest, manifest_bytes, contents, problems, unlisted = _read_consistently(
+            folder, limits, copy_to=scratch
+        )
         digest = hashlib.sha256(manifest_bytes).hexdigest()
         if expect_sha256 is not None and digest != expect_sha256.strip().lower():
             raise ArtifactError(
@@ -1505,6 +1572,13 @@ def verify_artifact(
             criterion=criterion,
             tf32=tf32,
         )
+        unverified = _unverified_models(manifest, variants)
+        if unverified:
+            raise ArtifactError(
+                f"The manifest of {folder} lists {', '.join(map(repr, unverified))}, model file(s) that no "
+                "shipped variant entry names: nothing verified them, and every model file in an "
+                f"artifact is verified or refused. {_REBUILD}"
+            )
         return ArtifactReport(
             folder,
             manifest,
@@ -1513,4 +1587,5 @@ def verify_artifact(
             manifest_sha256=digest,
             variants=variants,
             external_data_bytes=data_size,
+            unlisted=unlisted,
         )

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -35,6 +36,7 @@ from rnnexport.text import visible
 
 if TYPE_CHECKING:
     from rnnexport.artifact import Manifest
+    from rnnexport.spec import Contract
 
 app = typer.Typer(
     name="rnnexport",
@@ -60,6 +62,51 @@ _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EPIPE
 def _safe(text: object) -> str:
     """Untrusted text, ready to embed in Rich markup: control characters visible, markup escaped."""
     return escape(visible(text))
+
+
+# Narrowest a wrapping column may get on a terminal before the table is shown as lines instead.
+_NARROWEST_WRAPPED = 8
+# Wide enough for any table's natural width: a measurement bound, never a printing width.
+_UNBOUNDED = 1 << 20
+
+
+def _print_table(table: Table, console: Console) -> None:
+    """Print ``table`` whole: every column and every value, whatever the width.
+
+    Not on a terminal (a pipe, a file, a script), rows are printed at their full width whatever
+    ``COLUMNS`` says, nothing cut or wrapped. On a terminal, Rich fits the table to the width,
+    wrapping the columns that may wrap; where even that cannot keep every value (Rich squeezes
+    columns down to nothing), each row is printed as ``column: value`` lines instead. The title is a
+    line of its own either way, so it is never wrapped to the table's width.
+    """
+    title, table.title = table.title, None
+    if title is not None:
+        console.print(title, style="table.title", soft_wrap=True)
+    wide = console.options.update_width(_UNBOUNDED)
+    natural = Measurement.get(console, wide, table).maximum
+    if not console.is_terminal:
+        Console(file=console.file, width=natural, highlight=False, no_color=console.no_color).print(
+            table, crop=False
+        )
+        return
+    needed = [
+        max(Measurement.get(console, wide, cell).maximum for cell in [column.header, *column.cells])
+        for column in table.columns
+    ]
+    chrome = natural - sum(needed)  # borders and padding
+    narrowest = sum(
+        n if column.no_wrap else min(n, _NARROWEST_WRAPPED)
+        for n, column in zip(needed, table.columns, strict=True)
+    )
+    if chrome + narrowest <= console.width:
+        console.print(table)
+        return
+    rows = zip(*(list(column.cells) for column in table.columns), strict=True)
+    for row in rows:
+        for k, (column, cell) in enumerate(zip(table.columns, row, strict=True)):
+            lines = str(cell).splitlines() or [""]
+            label = f"{'- ' if k == 0 else '  '}{escape(str(column.header))}: "
+            console.print(label + ("\n" + " " * len(label)).join(lines), soft_wrap=True)
 
 
 def _mark(ok: bool) -> str:
@@ -176,7 +223,7 @@ def list_command(
                 "\n".join(f"{k}={v}" for k, v in s.default_sizes.items()),
                 escape("\n".join([s.summary, f"from: {s.source}", *(f"note: {n}" for n in s.notes)])),
             )
-        Console(highlight=False).print(table)
+        _print_table(table, Console(highlight=False))
 
 
 def _write_stdout(text: str) -> None:
@@ -214,7 +261,7 @@ def _print_variants(title: str, variants: list[dict[str, Any]] | dict[str, dict[
         return
     table = Table(title=_safe(title), title_justify="left")
     for column in ("file", "status", "bytes", "max err (f64)", "p99 err (f64)", "err/allowed", "runs on"):
-        table.add_column(column, no_wrap=column != "runs on")
+        table.add_column(column, no_wrap=column != "runs on", overflow="fold")
     notes: dict[str, list[str]] = {}  # note -> the files it is about
     unchecked: set[str] = set()
     for v in rows:
@@ -245,7 +292,7 @@ def _print_variants(title: str, variants: list[dict[str, Any]] | dict[str, dict[
             lines.append(f"reduce_range={details['reduce_range']}: {details.get('reason', '')}")
         for line in lines:
             notes.setdefault(str(line), []).append(str(v.get("file")))
-    _err.print(table)
+    _print_table(table, _err)
     _err.print(
         "  runs on: nodes the provider takes / nodes, from ONNX Runtime's partitioner (CPU, CUDA, TensorRT, "
         "XNNPACK) or its mobile usability checker (CoreML, NNAPI)"
@@ -279,6 +326,11 @@ class _Reporter:
     def line(self, text: str) -> None:
         if not self.quiet:
             _err.print(f"  {_safe(text)}")
+
+    def verdict(self, text: str) -> None:
+        """'passed: ...' on a line of its own, whatever a table above had room to show."""
+        if not self.quiet:
+            _err.print(f"[bold green]passed[/]: {_safe(text)}", soft_wrap=True)
 
     def stage_started(self, stage: str, total: int | None = None) -> None:
         if not self.live:
@@ -317,8 +369,14 @@ class _Reporter:
             self._progress.stop()
             self._progress = None
 
-    def providers(self, title: str, providers: dict[str, Any], *, requested: str) -> None:
-        """Summary table: one row per provider that ran (or was asked for), then the notes below it."""
+    def providers(self, title: str, providers: dict[str, Any], *, requested: str, contract: Contract) -> None:
+        """Summary table: one row per provider that ran (or was asked for), then the notes below it.
+
+        ``shapes`` gives the range of every dynamic axis the cases covered, read where ``contract``
+        puts it (``mel: [batch, 1, seq, 40]`` has seq on axis 2).
+        """
+        from rnnexport.feeds import axis_ranges
+
         if self.quiet:
             return
         shown = {
@@ -328,23 +386,19 @@ class _Reporter:
         }
         table = Table(title=_safe(title), title_justify="left")
         for column in ("provider", "status", "max abs err", "worst err/allowed", "cases", "shapes"):
-            table.add_column(column, no_wrap=column != "shapes")
+            table.add_column(column, no_wrap=column != "shapes", overflow="fold")
         colours = {"passed": "green", "failed": "red", "unavailable": "yellow", "skipped": "dim"}
         notes = []
         for provider, r in shown.items():
             short = provider.removesuffix("ExecutionProvider")
-            # The leading two axes of the first input with two or more (batch and seq for the
-            # built-in architectures), whatever the inputs are called.
-            leading = [next((v[:2] for v in s.values() if len(v) >= 2), None) for s in r.get("shapes", [])]
-            shapes = [pair for pair in leading if pair is not None]
-            batches, seqs = [s[0] for s in shapes], [s[-1] for s in shapes]
+            axes = axis_ranges(contract, r.get("shapes", []))
             table.add_row(
                 _safe(short),
                 f"[{colours.get(r['status'], 'red')}]{_safe(r['status'])}[/]",
                 f"{r['max_abs_error']:.2e}" if "max_abs_error" in r else "-",
                 f"{r['max_error_ratio']:.3f}" if "max_error_ratio" in r else "-",
                 str(r.get("cases", "-")),
-                f"batch {min(batches)}-{max(batches)}, seq {min(seqs)}-{max(seqs)}" if shapes else "-",
+                _safe(", ".join(f"{axis} {low}-{high}" for axis, (low, high) in axes.items())) or "-",
             )
             if "tolerance" in r and r.get("rule") == "oracle":
                 tol = r["tolerance"]
@@ -365,7 +419,7 @@ class _Reporter:
                 f"{short} failure: {line}" for line in r.get("failures", [])[: 20 if self.verbose else 5]
             ]
         hidden = [p.removesuffix("ExecutionProvider") for p in providers if p not in shown]
-        _err.print(table)
+        _print_table(table, _err)
         for note in notes:
             _err.print(f"  {_safe(note)}")
         if hidden:
@@ -598,6 +652,12 @@ def build(
         raise typer.Exit(exit_code)
 
 
+def _passed_on(providers: dict[str, Any]) -> str:
+    """The providers that passed, in words: 'CPU and CUDA'."""
+    names = [p.removesuffix("ExecutionProvider") for p, r in providers.items() if r.get("status") == "passed"]
+    return " and ".join(names) or "no provider"
+
+
 def _report_artifact(
     name: str, manifest: Manifest, destination: Path, reporter: _Reporter, *, requested: str
 ) -> dict[str, Any]:
@@ -605,8 +665,15 @@ def _report_artifact(
 
     ``passed`` is False when a variant failed its gate: the rest shipped, and the command exits 1.
     """
+    from rnnexport.feeds import axis_ranges
+
     providers = manifest.verification["providers"]
-    reporter.providers(f"{name}: verified artifact in {destination}", providers, requested=requested)
+    reporter.providers(
+        f"{name}: verified artifact in {destination}",
+        providers,
+        requested=requested,
+        contract=manifest.contract,
+    )
     layout = manifest.export.get("external_data")
     if layout is not None:
         from rnnexport.limits import format_bytes
@@ -624,11 +691,17 @@ def _report_artifact(
             f"{', '.join(failed)} failed verification and {verb} not shipped; the other "
             f"files of {destination} passed and were shipped."
         )
+    else:
+        reporter.verdict(f"{name} verified on {_passed_on(providers)}, shipped to {destination}")
     return {
         "arch": name,
         "passed": not failed,
         "artifact": str(destination),
-        "providers": providers,
+        # Each dynamic axis's range over the cases, read where the contract puts it.
+        "providers": {
+            p: {**r, "axes": axis_ranges(manifest.contract, r.get("shapes", []))}
+            for p, r in providers.items()
+        },
         "variants": manifest.variants,
         "external_data": layout,
     }
@@ -714,7 +787,7 @@ def verify(
     artifact's test data within the recorded tolerance, on the provider that actually ran.
     Exit codes: 0 passed; 1 the artifact or its outputs failed a check; 2 usage error.
     """
-    from rnnexport.artifact import verify_artifact
+    from rnnexport.artifact import UNLISTED_SHOWN, verify_artifact
 
     reporter = _Reporter(quiet=quiet, verbose=verbose)
     started = time.perf_counter()
@@ -726,7 +799,20 @@ def verify(
         reporter.line(f"note: {note}")
     providers = {r.provider: r.to_json() for r in report.results.values()}
     if not quiet:
-        _err.print(f"{_mark(True)} files      sha256 of every file matches the manifest; no extra files")
+        unlisted = report.unlisted
+        _err.print(
+            f"{_mark(True)} files      sha256 of every listed file matches the manifest; "
+            + (f"{len(unlisted)} unlisted (below)" if unlisted else "no extra files")
+        )
+        if unlisted:
+            shown = ", ".join(f"'{name}'" for name in unlisted[:UNLISTED_SHOWN])
+            more = len(unlisted) - UNLISTED_SHOWN
+            _err.print(
+                f"[yellow]warning:[/] {len(unlisted)} file(s) in the folder are not in the manifest and "
+                f"were not verified (nothing loads them; they are no part of the artifact): {_safe(shown)}"
+                + (f" and {more} more" if more > 0 else ""),
+                soft_wrap=True,
+            )
         if report.external_data_bytes is not None:
             from rnnexport.artifact import EXTERNAL_DATA
             from rnnexport.limits import format_bytes
@@ -737,7 +823,12 @@ def verify(
                 "private copy of the verified bytes"
             )
         _err.print(f"{_mark(True)} contract   names, dtypes and dynamic axes match the manifest")
-    reporter.providers(f"{report.manifest.arch}: {directory}", providers, requested=device.value)
+    reporter.providers(
+        f"{report.manifest.arch}: {directory}",
+        providers,
+        requested=device.value,
+        contract=report.manifest.contract,
+    )
     if not quiet and report.variants:
         # Where each file can run was established at build time; the manifest carries it.
         built = {e.get("file"): e for e in report.manifest.variants if isinstance(e, dict)}
@@ -761,6 +852,8 @@ def verify(
         )
         _print_error(f"verification did not pass: {failed or 'no provider could run here'}.")
         raise typer.Exit(1)
+    files = f"model.onnx and {len(report.variants)} variant(s)" if report.variants else "model.onnx"
+    reporter.verdict(f"{directory}: {files} verified on {_passed_on(providers)}")
 
 
 def main() -> None:
@@ -854,9 +947,7 @@ def _bench_table(data: dict[str, Any]) -> None:
             if r["runtime"] == "onnxruntime"
             else f"{r['best_round_p50_ms'] / artifact[r['batch'], r['seq']]:.2f}x",
         )
-    # Never truncate figures: a pipe or a log file gets the whole table, however narrow it thinks it is.
-    wide = _err if _err.is_terminal else Console(stderr=True, highlight=False, width=max(_err.width, 130))
-    wide.print(table)
+    _print_table(table, _err)
     _err.print(
         "  best round = the lowest of the rounds' medians (load only adds time); speedup = that runtime's "
         "best round / the artifact's (above 1: the artifact is faster)"

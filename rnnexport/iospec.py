@@ -13,8 +13,9 @@ The format::
 Dims are positive integers or names; every name is a dynamic axis (``batch`` and ``seq`` are the
 ones verification sweeps; an output may name its own, such as ``steps`` for ``max(lengths)``).
 Input dtypes: ``float32``, ``int64``, and ``int32`` for an input with the lengths role. ``range`` is
-``[low, high)`` for generated integer inputs. Output dtype defaults to ``float32``. Nothing here
-imports torch.
+``[low, high)``: the values an integer input holds at its valid steps, generated or given (``--inputs``,
+shipped test data); steps past a row's length (the lengths input) are padding and not bound by it.
+Output dtype defaults to ``float32``. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -200,8 +201,9 @@ def _tensor(raw: Any, kind: str, index: int, origin: str) -> TensorSpec:
                 where,
                 f"has range {bounds!r}",
                 'A "range" is [low, high) with integers low < high, both within int64 '
-                f"[{INT64_RANGE[0]}, {INT64_RANGE[1]}], on an integer input without a role (generated "
-                "values; for an Embedding(1000, ...) use [0, 1000]).",
+                f"[{INT64_RANGE[0]}, {INT64_RANGE[1]}], on an integer input without a role: the values it "
+                "holds at valid steps (for an Embedding(1000, ...) use [0, 1000]; padding past a row's "
+                "length is not bound by it).",
             )
     return TensorSpec(
         name=name,

@@ -219,7 +219,8 @@ def test_record_writes_bench_json_and_verify_still_passes(masked: Path) -> None:
 
 
 def test_record_refuses_a_tampered_artifact_and_leaves_it_alone(masked: Path) -> None:
-    (masked / "notes.txt").write_text("not listed")
+    # An unlisted model file: nothing verified it (a stray .DS_Store would only be a warning).
+    (masked / "model.fp16.onnx").write_bytes(b"not listed")
     before = (masked / MANIFEST).read_bytes()
     from rnnexport.bench import BenchReport, record_bench
 

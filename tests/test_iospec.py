@@ -170,3 +170,161 @@ def test_model_options_do_not_mix_with_arch(tmp_path: Path) -> None:
     code, output = _build(tmp_path, f"{ZOO_FILE}:Tagger", TAGGER_IO, "--config", str(bad_config))
     assert code == 2
     assert "Calling Tagger(**config)" in output
+
+
+# -- integer ranges bind valid steps; padding is free --------------------------------------------------
+
+PADDED_IO: dict[str, Any] = {
+    "inputs": [
+        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [1, 50]},
+        {"name": "lengths", "dtype": "int64", "shape": ["batch"], "role": "lengths"},
+    ],
+    "outputs": [{"name": "y", "shape": ["batch", "seq", 3]}],
+}
+# Padded with 0 (the Embedding's padding_idx), outside the declared range [1, 50).
+PADDED_IDS = np.array([[5, 7, 9, 11, 13], [3, 4, 0, 0, 0], [8, 0, 0, 0, 0]], dtype=np.int64)
+PADDED_LENGTHS = np.array([5, 2, 1], dtype=np.int64)
+PADDED_MODEL = """
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class PaddedTagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(50, 8, padding_idx=0)
+        self.gru = nn.GRU(8, 8, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        embedded = self.embedding(input_ids)
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        y, _ = self.gru(packed)
+        y, _ = pad_packed_sequence(y, batch_first=True, total_length=input_ids.shape[1])
+        return self.out(y)
+"""
+
+
+def test_a_range_binds_valid_steps_and_leaves_padding_free() -> None:
+    contract = parse_io(PADDED_IO, origin="test")
+    validate_feeds(contract, {"input_ids": PADDED_IDS, "lengths": PADDED_LENGTHS}, origin="padded")
+    # Padding may hold anything, even values no Embedding could take.
+    wild = np.where(PADDED_IDS == 0, -7, PADDED_IDS)
+    validate_feeds(contract, {"input_ids": wild, "lengths": PADDED_LENGTHS}, origin="wild padding")
+    bad = PADDED_IDS.copy()
+    bad[1, 1] = 0  # row 1 has 2 valid steps: step 1 is one of them
+    with pytest.raises(InputError) as info:
+        validate_feeds(contract, {"input_ids": bad, "lengths": PADDED_LENGTHS}, origin="bad.npz")
+    message = str(info.value)
+    assert "Input 'input_ids' in bad.npz must hold values in [1, 50) at its valid steps" in message
+    assert "1 value(s) lie outside (for example 0 at row 1, step 1)" in message
+    assert "this one is a valid step" in message
+    bad[0, 4] = 50  # row 0 is full length: its last step is valid too
+    with pytest.raises(InputError, match=r"2 value\(s\) lie outside"):
+        validate_feeds(contract, {"input_ids": bad, "lengths": PADDED_LENGTHS}, origin="bad.npz")
+
+
+def test_padding_is_found_where_the_contract_puts_batch_and_seq() -> None:
+    io = {
+        "inputs": [
+            {"name": "ids", "dtype": "int64", "shape": ["seq", "batch", 2], "range": [1, 9]},
+            {"name": "lengths", "dtype": "int64", "shape": ["batch"], "role": "lengths"},
+        ],
+        "outputs": [{"name": "y", "shape": ["seq", "batch", 3]}],
+    }
+    contract = parse_io(io, origin="test")
+    lengths = np.array([3, 1], dtype=np.int64)
+    ids = np.ones((3, 2, 2), dtype=np.int64)
+    ids[1:, 1, :] = 0  # row 1's steps 1 and 2 are padding (time-major: [seq, batch, 2])
+    validate_feeds(contract, {"ids": ids, "lengths": lengths}, origin="time-major")
+    ids[2, 0, 1] = 0  # row 0's step 2 is valid
+    with pytest.raises(InputError, match=r"for example 0 at row 0, step 2\)"):
+        validate_feeds(contract, {"ids": ids, "lengths": lengths}, origin="time-major")
+
+
+def test_without_a_lengths_input_every_value_is_a_valid_step() -> None:
+    io = {
+        "inputs": [{"name": "ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [1, 9]}],
+        "outputs": [{"name": "y", "shape": ["batch", "seq", 3]}],
+    }
+    contract = parse_io(io, origin="test")
+    ids = np.ones((2, 4), dtype=np.int64)
+    ids[1, 3] = 0
+    with pytest.raises(InputError) as info:
+        validate_feeds(contract, {"ids": ids}, origin="plain")
+    assert "for example 0 at index [1, 3])" in str(info.value)
+    assert "padding" not in str(info.value)
+
+
+def test_generated_padding_stays_inside_the_range() -> None:
+    # The documented choice: padded steps of a ranged integer input are drawn from the range too.
+    contract = parse_io(PADDED_IO, origin="test")
+    for batch, seq in ((1, 1), (3, 7), (16, 64)):
+        feeds = make_feeds(contract, batch=batch, seq=seq, rng=np.random.default_rng(batch))
+        ids, lengths = feeds["input_ids"], feeds["lengths"]
+        assert ((ids >= 1) & (ids < 50)).all()
+        if batch >= 2:
+            # Rows of length 1 and of the full length: there is padding to look at.
+            assert lengths.min() == 1
+            assert lengths.max() == seq
+            padded = np.arange(seq)[None, :] >= lengths[:, None]
+            assert padded.any()
+        validate_feeds(contract, feeds, origin="generated")
+
+
+def _rehash(folder: Path) -> None:
+    import hashlib
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in manifest["files"]
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_inputs_padded_with_zero_under_a_range_from_one_build_ship_and_verify(tmp_path: Path) -> None:
+    from onnx import numpy_helper
+
+    from rnnexport.artifact import verify_artifact
+    from rnnexport.errors import ArtifactError
+
+    (tmp_path / "models.py").write_text(PADDED_MODEL)
+    (tmp_path / "io.json").write_text(json.dumps(PADDED_IO))
+    np.savez(tmp_path / "padded.npz", input_ids=PADDED_IDS, lengths=PADDED_LENGTHS)
+    bad = PADDED_IDS.copy()
+    bad[1, 1] = 0
+    np.savez(tmp_path / "bad.npz", input_ids=bad, lengths=PADDED_LENGTHS)
+    out = tmp_path / "out"
+    common = ["--io", str(tmp_path / "io.json"), "--out", str(out), "--device", "cpu"]
+    model = f"{tmp_path / 'models.py'}:PaddedTagger"
+
+    refused = cli.invoke(app, ["build", "--model", model, *common, "--inputs", str(tmp_path / "bad.npz")])
+    assert refused.exit_code == 2, refused.output
+    assert "for example 0 at row 1, step 1" in " ".join(refused.output.split())
+    assert not out.exists()
+
+    built = cli.invoke(app, ["build", "--model", model, *common, "--inputs", str(tmp_path / "padded.npz")])
+    assert built.exit_code == 0, built.output
+    folder = out / "paddedtagger"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    [user] = [e["dir"] for e in manifest["test_data"] if e["case"] == "user:padded.npz"]
+    shipped = numpy_helper.to_array(_tensor_at(folder / user / "input_0.pb"))
+    np.testing.assert_array_equal(shipped, PADDED_IDS)  # the zeros travel as given
+    assert verify_artifact(folder, device="cpu").passed  # and the target re-checks them by the same rule
+
+    # The target refuses a shipped valid step out of range, as the build did.
+    tensor = _tensor_at(folder / user / "input_0.pb")
+    tensor.CopyFrom(numpy_helper.from_array(bad, name="input_ids"))
+    (folder / user / "input_0.pb").write_bytes(tensor.SerializeToString())
+    _rehash(folder)
+    with pytest.raises(ArtifactError, match=r"for example 0 at row 1, step 1"):
+        verify_artifact(folder, device="cpu")
+
+
+def _tensor_at(path: Path) -> Any:
+    from onnx import TensorProto
+
+    tensor = TensorProto()
+    tensor.ParseFromString(path.read_bytes())
+    return tensor
