@@ -70,3 +70,26 @@ def test_streaming_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     states = namespace["states"]
     assert isinstance(states, list)
     assert all(np.abs(array).max() > 0 for k in range(2) for array in states[k].values())
+
+
+def test_the_first_screen_shows_an_own_model_build_and_its_io_json() -> None:
+    """Most users come with their own model: the first 30 lines show --model with an io.json."""
+    first_screen = "\n".join((REPO / "README.md").read_text().splitlines()[:30])
+    assert "rnnexport build --model models.py:" in first_screen
+    assert "--io io.json" in first_screen
+    assert '"inputs"' in first_screen
+    assert "rnnexport build --arch" in first_screen
+
+
+def test_every_contents_link_names_a_heading() -> None:
+    """GitHub's anchors: lowercased, punctuation dropped, spaces as hyphens."""
+    text = (REPO / "README.md").read_text()
+    contents = next(line for line in text.splitlines() if line.startswith("**Contents:**"))
+    block = text[text.index(contents) : text.index("\n\n", text.index(contents))]
+    links = re.findall(r"\]\(#([^)]+)\)", block)
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#{2,3} (.+)$", text, re.M)
+    }
+    assert len(links) >= 10
+    assert [link for link in links if link not in anchors] == []
