@@ -52,7 +52,8 @@ def test_help_has_no_type_placeholders_for_flags_and_answers_to_h(command: list[
     if command == ["build"]:
         assert "--force" in result.output
         assert "--quiet" in result.output
-        assert "known not to keep RNN sequence axes dynamic" in _flat(result.output)
+        assert "torchscript" in result.output
+        assert "dynamo" in result.output
 
 
 def test_list_never_wraps_a_name_and_names_the_articles() -> None:
