@@ -12,11 +12,14 @@ export interface Runtime {
   package: "onnxruntime-web" | "onnxruntime-node";
   /** The execution provider every session uses: `wasm` (web) or `cpu` (Node). */
   provider: string;
+  /** Further session options for every session this package creates (e.g. `{ intraOpNumThreads: 1 }`). */
+  sessionOptions?: Record<string, unknown>;
 }
 
 /** A session on the runtime's provider, quiet, with every graph optimisation (as Python's verify). */
 export function createSession(runtime: Runtime, model: Uint8Array): Promise<InferenceSession> {
   return runtime.ort.InferenceSession.create(model, {
+    ...runtime.sessionOptions,
     executionProviders: [runtime.provider],
     graphOptimizationLevel: "all",
     logSeverityLevel: 3,
