@@ -1084,5 +1084,39 @@ def bench(
             _write_stdout(json.dumps(report.to_json(), indent=2))
 
 
+deploy_app = typer.Typer(
+    help="Write a folder that runs an artifact on a target runtime as it is.", no_args_is_help=True
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("web")
+def deploy_web(
+    directory: Annotated[Path, typer.Argument(help="Artifact folder written by 'rnnexport build'.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write (serve it as it is).")],
+    js: Annotated[
+        Path | None,
+        typer.Option("--js", help="The built JavaScript package (default: js/ of this source tree)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace a folder 'rnnexport deploy web' wrote before.")
+    ] = False,
+) -> None:
+    """A static web page that verifies the artifact in the browser that opens it and streams it.
+
+    The folder holds the artifact, the JavaScript package and ONNX Runtime Web (WebAssembly): nothing
+    is fetched from elsewhere, so any static server will do, e.g. 'python -m http.server -d OUT'.
+    """
+    from rnnexport.deploy.web import deploy_web as write
+
+    with _reported():
+        done = write(directory, out, js=js, force=force)
+    _err.print(
+        f"{_mark(True)} {_safe(done.folder)}: {_safe(done.arch)} with onnxruntime-web "
+        f"{_safe(done.ort_web_version)} ({done.bytes / 1e6:.1f} MB); serve it, e.g. "
+        f"python -m http.server -d {_safe(done.folder)}, and open the page"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -42,3 +42,5 @@ pip install --quiet --upgrade pip
 pip install --quiet "torch==2.13.0"
 pip install --quiet -e ".[build,$runtime,bench,dev]"
 echo "rnnexport installed in .venv with $wanted: $(.venv/bin/rnnexport --version)"
+# The JavaScript package (js/) and what its tests need: node, Chromium, npm packages.
+bash scripts/setup_js.sh

@@ -1,0 +1,1 @@
+"""Deployment targets: one module per target runtime, each writing a folder that runs there as it is."""
