@@ -193,6 +193,13 @@ class DeviceChoice(str, Enum):
     auto = "auto"
 
 
+class RuntimeChoice(str, Enum):
+    """The runtime that runs the test data: ONNX Runtime, or OpenVINO's CPU plugin at f32."""
+
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
 class ExporterChoice(str, Enum):
     """torch.onnx exporter."""
 
@@ -707,6 +714,13 @@ def verify(
             help="Seconds each provider may take to run the test data (default: by size).",
         ),
     ] = None,
+    runtime: Annotated[
+        RuntimeChoice,
+        typer.Option(
+            help="Runtime that runs the test data: onnxruntime, or openvino (its CPU plugin at f32; "
+            "needs the 'openvino' extra)."
+        ),
+    ] = RuntimeChoice.onnxruntime,
 ) -> None:
     """Re-check a shipped artifact on this machine (needs onnxruntime, not torch).
 
@@ -719,8 +733,14 @@ def verify(
     reporter = _Reporter(quiet=quiet, verbose=verbose)
     started = time.perf_counter()
     with _reported(as_json=as_json):
+        if runtime is RuntimeChoice.openvino and device is DeviceChoice.cuda:
+            raise UsageError("--runtime openvino runs on OpenVINO's CPU plugin: use --device cpu or auto.")
         report = verify_artifact(
-            directory, device=device.value, expect_sha256=expect_sha256, time_limit=time_limit
+            directory,
+            device=device.value,
+            expect_sha256=expect_sha256,
+            time_limit=time_limit,
+            runtime=runtime.value,
         )
     for note in report.notes:
         reporter.line(f"note: {note}")
@@ -761,6 +781,15 @@ def verify(
         )
         _print_error(f"verification did not pass: {failed or 'no provider could run here'}.")
         raise typer.Exit(1)
+
+
+def _add_deploy() -> None:
+    from rnnexport.deploy.cli import deploy_app
+
+    app.add_typer(deploy_app, name="deploy")
+
+
+_add_deploy()
 
 
 def main() -> None:
