@@ -502,6 +502,13 @@ def build(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
     ] = False,
+    runtimes: Annotated[
+        str,
+        typer.Option(
+            help="Runtimes that check the shipped model: onnxruntime (always; it decides), and openvino "
+            "(recorded in the manifest's verification.runtimes, passed or failed with the cause)."
+        ),
+    ] = "onnxruntime",
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -535,6 +542,7 @@ def build(
         "precisions": precision,
         "formats": model_format,
         "streaming": streaming,
+        "runtimes": runtimes,
     }
     if model is not None or io_file is not None or name is not None:
         with _reported(as_json=as_json):

@@ -30,11 +30,11 @@ cli = CliRunner()
 SMALL = {"input_size": 4, "hidden_size": 6, "output_size": 3, "branches": 2}
 
 
-def _build(out: Path, arch: str, *, streaming: bool = False) -> Path:
+def _build(out: Path, arch: str, *, streaming: bool = False, runtimes: str | None = None) -> Path:
     from rnnexport.registry import get_arch
 
     sizes = {k: v for k, v in SMALL.items() if k in get_arch(arch).sizes}
-    build(arch, out=out, device="cpu", config=sizes, streaming=streaming)
+    build(arch, out=out, device="cpu", config=sizes, streaming=streaming, runtimes=runtimes)
     return out / arch
 
 
@@ -55,7 +55,7 @@ def stream(dist: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def masked_stream(dist: Path) -> Path:
-    return _build(dist / "masked", "many-to-many-masked", streaming=True)
+    return _build(dist / "masked", "many-to-many-masked", streaming=True, runtimes="onnxruntime,openvino")
 
 
 def test_parallel_branches_verify_on_openvino_at_batch_above_one(parallel: Path) -> None:
@@ -174,3 +174,23 @@ def test_verify_on_openvino_needs_no_torch(stream: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "OpenVINO-CPU" in result.stderr
+
+
+def test_a_build_asked_to_check_openvino_records_it(masked_stream: Path, parallel: Path) -> None:
+    record = json.loads((masked_stream / "manifest.json").read_text())["verification"]["runtimes"]
+    entry = record["openvino"]
+    assert entry["precision"] == "f32"
+    assert "INFERENCE_PRECISION_HINT f32" in entry["ran_on"]
+    if sequence_lens_state_problem("LSTM") is None:
+        assert entry["status"] == "passed"
+    else:
+        assert entry["status"] == "failed"
+        assert "ignores the run-time sequence_lens" in entry["reason"]
+    # Not asked: no record.
+    assert "runtimes" not in json.loads((parallel / "manifest.json").read_text())["verification"]
+
+
+def test_an_unknown_runtime_is_a_usage_error(tmp_path: Path) -> None:
+    result = cli.invoke(app, ["build", "--arch", "many-to-many", "--out", str(tmp_path), "--runtimes", "tvm"])
+    assert result.exit_code == 2
+    assert "--runtimes takes onnxruntime, openvino" in result.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -29,7 +30,7 @@ FP32 = model_config_pb2.DataType.Value("TYPE_FP32")
 INT64 = model_config_pb2.DataType.Value("TYPE_INT64")
 
 
-def _parse(text: str) -> object:
+def _parse(text: str) -> Any:
     config = model_config_pb2.ModelConfig()
     text_format.Parse(text, config)  # raises on any field Triton does not know
     return config
@@ -45,7 +46,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _deploy(artifact: Path, out: Path, *args: str) -> object:
+def _deploy(artifact: Path, out: Path, *args: str) -> Any:
     result = cli.invoke(app, ["deploy", "triton", str(artifact), "--out", str(out), *args])
     assert result.exit_code == 0, result.output
     return result

@@ -26,12 +26,16 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _alone(folder: Path, pool: StreamPool, chunks: list[np.ndarray]) -> tuple[list[dict], dict]:
+def _alone(
+    folder: Path, pool: StreamPool, chunks: list[np.ndarray]
+) -> tuple[list[dict[str, np.ndarray] | None], dict[str, np.ndarray]]:
     """One stream on its own session at batch 1, state fed by hand: the reference."""
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    state = {s.input: np.zeros([1, *s.shape[1:]], np.float32) for s in pool.streaming.states}
-    outs = []
+    state = {
+        s.input: np.zeros([1, *(int(d) for d in s.shape[1:])], np.float32) for s in pool.streaming.states
+    }
+    outs: list[dict[str, np.ndarray] | None] = []
     for chunk in chunks:
         if chunk.shape[0] == 0:  # nothing new: nothing run, the state stays
             outs.append(None)
@@ -55,7 +59,7 @@ def test_batched_streams_equal_each_stream_alone(dist: Path, arch: str) -> None:
     plan = [{sid: int(rng.integers(0, 4)) for sid in streams if rng.random() < 0.8} for _ in range(6)]
     plan[0] = dict.fromkeys(streams, 2)
     chunks: dict[int, list[np.ndarray]] = {sid: [] for sid in streams}
-    got: dict[int, list[dict]] = {sid: [] for sid in streams}
+    got: dict[int, list[dict[str, np.ndarray]]] = {sid: [] for sid in streams}
     for call in plan:
         feeds = {sid: {"x": rng.standard_normal((n, 4)).astype(np.float32)} for sid, n in call.items()}
         results = pool.step(feeds)
