@@ -37,7 +37,7 @@ batch > 1 (errors of 0.2-0.8 on the parallel architectures) while ONNX Runtime a
 reference evaluator compute it right; ``Concat(Squeeze(Y1), Squeeze(Y2), ..., axis=2)`` is exact on
 both. So a Squeeze whose input joins recurrent outputs goes back to each branch, the ``Concat``
 then joining 3-D tensors: one ``Squeeze`` per branch instead of one, which costs nothing measurable
-on ONNX Runtime (``rnnexport bench``, README "Runtimes"). Merged recurrences have no such ``Concat``.
+on ONNX Runtime (``rnnexport bench``, README "Other runtimes"). Merged recurrences have no such ``Concat``.
 
 On a one-step streaming call ONNX Runtime's per-node overhead (1-2 us a node on one CPU core) is
 most of the time, so each node saved is time saved on every call; the pipeline verifies the graph

@@ -102,6 +102,26 @@ def runtime_note() -> str:
         return f"OpenVINO is unavailable: {exc}"
 
 
+def _graph_outputs(model: bytes | Path) -> list[str]:
+    proto = (
+        onnx.load(str(model), load_external_data=False)
+        if isinstance(model, Path)
+        else onnx.load_from_string(model)
+    )
+    return [o.name for o in proto.graph.output]
+
+
+def output_names(compiled: Any, graph_outputs: Sequence[str]) -> list[str]:
+    """Each compiled output's ONNX name. A tensor can carry several names in OpenVINO (a graph
+    output computed by a ``Cast``, as in a float16 variant, also keeps the Cast's own name), so the
+    one that is a graph output is taken, not whichever ``get_any_name`` returns."""
+    names = []
+    for output in compiled.outputs:
+        known = [n for n in graph_outputs if n in output.get_names()]
+        names.append(known[0] if known else output.get_any_name())
+    return names
+
+
 class OpenVinoRunner:
     """One compiled model on OpenVINO's CPU plugin: ``infer(feeds) -> outputs`` like ``OrtRunner``."""
 
@@ -112,7 +132,7 @@ class OpenVinoRunner:
         read = core.read_model(str(model)) if isinstance(model, Path) else core.read_model(model, b"")
         self.compiled = compile_cpu(core, read)
         self.request = self.compiled.create_infer_request()
-        self.names = [o.get_any_name() for o in self.compiled.outputs]
+        self.names = output_names(self.compiled, _graph_outputs(model))
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> Feeds:
         """Outputs keyed by ONNX output name (copies: the request reuses its buffers)."""
@@ -324,7 +344,7 @@ def _run_cases(
     request = compiled.create_infer_request()
     later = {c for chain in streaming.chains for c in chain[1:]} if streaming else set()
     states = streaming.states if streaming else ()
-    names = [o.get_any_name() for o in compiled.outputs]
+    names = output_names(compiled, [o for o in cases[0].outputs] if cases else [])
     results = []
     for case in cases:
         try:
