@@ -33,7 +33,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -1218,6 +1218,9 @@ class ArtifactReport:
     # Regular files in the folder that the manifest does not list and nothing loads (.DS_Store): not
     # part of what was verified, so reported, never opened.
     unlisted: list[str] = field(default_factory=list)
+    # The test cases and float64 references read (hash-checked) and run: what a deploy target reuses.
+    cases: list[Case] = field(default_factory=list)
+    float64: dict[str, Feeds] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -1403,6 +1406,7 @@ def verify_artifact(
     expect_sha256: str | None = None,
     time_limit: float | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    runtime: str = "onnxruntime",
 ) -> ArtifactReport:
     """Re-check a shipped artifact: file hashes, I/O contract, and outputs on the provider that runs.
 
@@ -1411,9 +1415,16 @@ def verify_artifact(
     model); returns a report with one :class:`ProviderResult` per device otherwise. The caller
     decides what a non-passing result means. ``expect_sha256`` pins the manifest (and through its
     hashes, every file); ``time_limit`` bounds each provider's run in seconds (default: a base plus
-    time in proportion to the model's size, see :class:`~rnnexport.limits.Limits`).
+    time in proportion to the model's size, see :class:`~rnnexport.limits.Limits`). ``runtime``
+    "openvino" runs the test data on OpenVINO's CPU plugin instead (:mod:`rnnexport.deploy.openvino`).
     """
     from rnnexport.worker import verify_with_deadline
+
+    run_one: Callable[..., ProviderResult] = verify_with_deadline
+    if runtime == "openvino":
+        from rnnexport.deploy.openvino import verify_openvino
+
+        run_one = verify_openvino
 
     folder = check_path(Path(folder), what="The artifact folder")
     notes = []
@@ -1531,7 +1542,7 @@ def verify_artifact(
         tf32 = bool(manifest.verification.get("tf32", False))
         criterion = Criterion.from_json(manifest.verification.get("rule"))
         seconds = time_limit if time_limit is not None else limits.run_seconds(len(data) + (data_size or 0))
-        devices = resolve_devices(device)
+        devices: list[Device] = ["cpu"] if runtime == "openvino" else resolve_devices(device)
         chained: dict[str, Any] = {}
         if manifest.streaming is not None:
             # Replays each chain: its first call starts from the states' initial values (zeros, or the
@@ -1544,8 +1555,12 @@ def verify_artifact(
                     f"starts: {'; '.join(starts[:3])}. {_REBUILD}"
                 )
             chained = {"chains": streaming.chains, "state_pairs": streaming.pairs}
+        if runtime == "openvino":
+            from rnnexport.deploy.openvino import runtime_note
+
+            notes.append(runtime_note())
         results = {
-            d: verify_with_deadline(
+            d: run_one(
                 source,
                 cases,
                 device=d,
@@ -1565,7 +1580,7 @@ def verify_artifact(
             contents,
             cases,
             float64,
-            run=functools.partial(verify_with_deadline, seconds=seconds),
+            run=functools.partial(run_one, seconds=seconds),
             contract=manifest.contract,
             devices=devices,
             own={d: manifest.tolerance(d) for d in devices},
@@ -1588,4 +1603,6 @@ def verify_artifact(
             variants=variants,
             external_data_bytes=data_size,
             unlisted=unlisted,
+            cases=cases,
+            float64=float64,
         )

@@ -240,6 +240,13 @@ class DeviceChoice(str, Enum):
     auto = "auto"
 
 
+class RuntimeChoice(str, Enum):
+    """The runtime that runs the test data: ONNX Runtime, or OpenVINO's CPU plugin at f32."""
+
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
 class ExporterChoice(str, Enum):
     """torch.onnx exporter."""
 
@@ -549,6 +556,13 @@ def build(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
     ] = False,
+    runtimes: Annotated[
+        str,
+        typer.Option(
+            help="Runtimes that check the shipped model: onnxruntime (always; it decides), and openvino "
+            "(recorded in the manifest's verification.runtimes, passed or failed with the cause)."
+        ),
+    ] = "onnxruntime",
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -582,6 +596,7 @@ def build(
         "precisions": precision,
         "formats": model_format,
         "streaming": streaming,
+        "runtimes": runtimes,
     }
     if model is not None or io_file is not None or name is not None:
         with _reported(as_json=as_json):
@@ -780,6 +795,13 @@ def verify(
             help="Seconds each provider may take to run the test data (default: by size).",
         ),
     ] = None,
+    runtime: Annotated[
+        RuntimeChoice,
+        typer.Option(
+            help="Runtime that runs the test data: onnxruntime, or openvino (its CPU plugin at f32; "
+            "needs the 'openvino' extra)."
+        ),
+    ] = RuntimeChoice.onnxruntime,
 ) -> None:
     """Re-check a shipped artifact on this machine (needs onnxruntime, not torch).
 
@@ -792,8 +814,14 @@ def verify(
     reporter = _Reporter(quiet=quiet, verbose=verbose)
     started = time.perf_counter()
     with _reported(as_json=as_json):
+        if runtime is RuntimeChoice.openvino and device is DeviceChoice.cuda:
+            raise UsageError("--runtime openvino runs on OpenVINO's CPU plugin: use --device cpu or auto.")
         report = verify_artifact(
-            directory, device=device.value, expect_sha256=expect_sha256, time_limit=time_limit
+            directory,
+            device=device.value,
+            expect_sha256=expect_sha256,
+            time_limit=time_limit,
+            runtime=runtime.value,
         )
     for note in report.notes:
         reporter.line(f"note: {note}")
@@ -854,6 +882,15 @@ def verify(
         raise typer.Exit(1)
     files = f"model.onnx and {len(report.variants)} variant(s)" if report.variants else "model.onnx"
     reporter.verdict(f"{directory}: {files} verified on {_passed_on(providers)}")
+
+
+def _add_deploy() -> None:
+    from rnnexport.deploy.cli import deploy_app
+
+    app.add_typer(deploy_app, name="deploy")
+
+
+_add_deploy()
 
 
 def main() -> None:
@@ -1082,40 +1119,6 @@ def bench(
                 _err.print(f"recorded: {_safe(written)} (listed in the manifest; verify still passes)")
         if as_json:
             _write_stdout(json.dumps(report.to_json(), indent=2))
-
-
-deploy_app = typer.Typer(
-    help="Write a folder that runs an artifact on a target runtime as it is.", no_args_is_help=True
-)
-app.add_typer(deploy_app, name="deploy")
-
-
-@deploy_app.command("web")
-def deploy_web(
-    directory: Annotated[Path, typer.Argument(help="Artifact folder written by 'rnnexport build'.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to write (serve it as it is).")],
-    js: Annotated[
-        Path | None,
-        typer.Option("--js", help="The built JavaScript package (default: js/ of this source tree)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Replace a folder 'rnnexport deploy web' wrote before.")
-    ] = False,
-) -> None:
-    """A static web page that verifies the artifact in the browser that opens it and streams it.
-
-    The folder holds the artifact, the JavaScript package and ONNX Runtime Web (WebAssembly): nothing
-    is fetched from elsewhere, so any static server will do, e.g. 'python -m http.server -d OUT'.
-    """
-    from rnnexport.deploy.web import deploy_web as write
-
-    with _reported():
-        done = write(directory, out, js=js, force=force)
-    _err.print(
-        f"{_mark(True)} {_safe(done.folder)}: {_safe(done.arch)} with onnxruntime-web "
-        f"{_safe(done.ort_web_version)} ({done.bytes / 1e6:.1f} MB); serve it, e.g. "
-        f"python -m http.server -d {_safe(done.folder)}, and open the page"
-    )
 
 
 if __name__ == "__main__":

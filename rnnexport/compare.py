@@ -449,6 +449,8 @@ def verify_on_device(
     seq_axes: Mapping[str, int] | None = None,
     chains: Sequence[Sequence[str]] | None = None,
     state_pairs: Mapping[str, str] | None = None,
+    open_runner: Callable[[bytes | Path], Any] | None = None,
+    provider: str | None = None,
 ) -> ProviderResult:
     """Run every case through ONNX Runtime on ``device`` and compare with the cases' expected outputs.
 
@@ -459,15 +461,19 @@ def verify_on_device(
 
     ``float64`` maps case names to the float64 reference outputs; ``criterion`` says which rule
     decides (see the module docstring) and ``seq_axes`` which outputs are reported per time bucket.
-    ``on_case(done)`` is called after each case, for progress displays.
+    ``on_case(done)`` is called after each case, for progress displays. ``open_runner`` runs the model
+    on another runtime instead (a module-level callable, so that it reaches a worker process:
+    ``model -> runner`` with ``infer(feeds) -> outputs``; it raises
+    :class:`~rnnexport.runtime.ProviderUnavailableError` where that runtime cannot run), reported as
+    ``provider``.
     Never raises for a verification outcome: an unusable provider gives status ``unavailable`` with
     the reason, a mismatch or a run-time error gives ``failed`` with the details.
     """
-    provider = PROVIDERS[device]
+    provider = provider or PROVIDERS[device]
     criterion = criterion or Criterion()
     float64 = float64 or {}
     try:
-        runner = OrtRunner(create_session(model, device, tf32=tf32))
+        runner = open_runner(model) if open_runner else OrtRunner(create_session(model, device, tf32=tf32))
     except ProviderUnavailableError as exc:
         return ProviderResult(
             device, provider, "unavailable", tol, tf32, reason=str(exc), criterion=criterion

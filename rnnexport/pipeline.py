@@ -39,6 +39,7 @@ from rnnexport.artifact import (
 )
 from rnnexport.compare import RULES, Criterion, ProviderResult, Rule, Tolerance, verify_on_device
 from rnnexport.contract import check_contract
+from rnnexport.deploy.runtimes import check_runtimes, other_runtimes
 from rnnexport.errors import (
     ContractError,
     ExportError,
@@ -480,6 +481,8 @@ class _Request:
     limits: Limits = DEFAULT_LIMITS
     # The weights go to model.onnx.data (decided from their float32 size, before anything is built).
     external: bool = False
+    # Runtimes besides ONNX Runtime that check the shipped model and get a manifest record.
+    runtimes: tuple[str, ...] = ()
 
 
 def _stores_externally(
@@ -809,6 +812,7 @@ def build(
     streaming: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     ignore_unexpected_keys: bool = False,
+    runtimes: str | Sequence[str] | None = None,
 ) -> Manifest:
     """Export, simplify, verify and package ``arch`` into ``out/arch``; return the manifest.
 
@@ -859,7 +863,7 @@ def build(
         limits=limits,
         ignore_unexpected_keys=ignore_unexpected_keys,
     )
-    return _run(request, progress)
+    return _run(dataclasses.replace(request, runtimes=other_runtimes(runtimes)), progress)
 
 
 def _run(request: _Request, progress: Progress | None) -> Manifest:
@@ -998,6 +1002,20 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 )
             )
 
+        runtimes = check_runtimes(
+            request.runtimes,
+            model_source,
+            cases,
+            stage=lambda name: _stage(progress, name, total=len(cases)),
+            tol=request.tolerances["cpu"],
+            seconds=request.limits.run_seconds(len(model_bytes)),
+            criterion=request.criterion,
+            float64=float64,
+            seq_axes=seq_axes(contract),
+            chains=chains,
+            state_pairs=streaming.pairs if streaming is not None else None,
+        )
+
         variants = build_variants(
             simplified,
             model_bytes,
@@ -1059,6 +1077,7 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     "tf32": tf32,
                     "tf32_policy": "CUDA provider use_tf32=" + ("1 (looser tolerance)" if tf32 else "0"),
                     "providers": _provider_entries(request, results),
+                    **({"runtimes": runtimes} if runtimes else {}),
                 },
                 test_data=test_data,
                 files=hash_files(staging),
@@ -1215,6 +1234,7 @@ def build_model_artifact(
     precisions: str | Sequence[str] | None = None,
     formats: str | Sequence[str] | None = None,
     streaming: bool = False,
+    runtimes: str | Sequence[str] | None = None,
     limits: Limits = DEFAULT_LIMITS,
     ignore_unexpected_keys: bool = False,
 ) -> Manifest:
@@ -1319,4 +1339,4 @@ def build_model_artifact(
     )
     # Every call of the module returns exactly the declared outputs while the build runs.
     with declared_outputs(module, contract, what=what, form=form):
-        return _run(request, progress)
+        return _run(dataclasses.replace(request, runtimes=other_runtimes(runtimes)), progress)

@@ -30,6 +30,15 @@ joined the branches' outputs is the merged node's output itself. Each branch kee
 tensors, so the state contract does not change. Only up to :data:`MAX_MERGED_HIDDEN` units, where
 the wasted zeros cost less than the nodes they save; never when one branch reads another's output.
 
+**Each branch squeezes before the join** (the portable form). The hoist leaves
+``Squeeze(Concat(Y1, Y2, ...), axis=3)`` on the recurrences' own 4-D outputs when they are not
+merged. OpenVINO's ONNX frontend (2026.4, ``core.read_model``) computes that ``Concat`` wrongly at
+batch > 1 (errors of 0.2-0.8 on the parallel architectures) while ONNX Runtime and the ONNX
+reference evaluator compute it right; ``Concat(Squeeze(Y1), Squeeze(Y2), ..., axis=2)`` is exact on
+both. So a Squeeze whose input joins recurrent outputs goes back to each branch, the ``Concat``
+then joining 3-D tensors: one ``Squeeze`` per branch instead of one, which costs nothing measurable
+on ONNX Runtime (``rnnexport bench``, README "Other runtimes"). Merged recurrences have no such ``Concat``.
+
 On a one-step streaming call ONNX Runtime's per-node overhead (1-2 us a node on one CPU core) is
 most of the time, so each node saved is time saved on every call; the pipeline verifies the graph
 that ships either way.
@@ -186,6 +195,53 @@ def _hoist_once(graph: onnx.GraphProto) -> bool:
         )
         moved.attribute.extend(first.attribute)
         _splice(graph, nodes, at=c, new=[new_concat, moved], drop=drop)
+        return True
+    return False
+
+
+_RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _squeeze_first_once(graph: onnx.GraphProto) -> bool:
+    """``Squeeze(Concat(Y1, Y2, ...))`` of recurrent outputs becomes ``Concat(Squeeze(Y1), ...)``
+    (module docstring: the form every runtime computes right); whether it rewrote one."""
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    uses = _reads(graph)
+    constants = _constants(graph)
+    for s, squeeze in enumerate(nodes):
+        key = _key(squeeze, constants)
+        if key is None or key[0] != "Squeeze" or squeeze.input[0] not in producer:
+            continue
+        c = producer[squeeze.input[0]]
+        concat = nodes[c]
+        if concat.op_type != "Concat" or uses[concat.output[0]] != 1 or len(concat.input) < 2:
+            continue
+        parts = [producer.get(name) for name in concat.input]
+        recurrent = all(
+            i is not None and nodes[i].op_type in _RECURRENT and nodes[i].output[0] == name
+            for i, name in zip(parts, concat.input, strict=True)
+        )
+        axis = _outer_axis(key, int(_attribute(concat, "axis")))
+        if not recurrent or axis is None:
+            continue
+        taken = {n.name for n in nodes} | set(producer) | {i.name for i in graph.input}
+        taken |= {t.name for t in graph.initializer}
+        squeezed = []
+        for name in concat.input:
+            out = _fresh(f"{name}/squeezed", taken)
+            node = helper.make_node("Squeeze", [name, *squeeze.input[1:]], [out], name=out)
+            node.attribute.extend(squeeze.attribute)
+            squeezed.append(node)
+        joined = helper.make_node(
+            "Concat",
+            [n.output[0] for n in squeezed],
+            list(squeeze.output),
+            name=_fresh(f"{squeeze.output[0]}/joined", taken),
+            axis=axis,
+        )
+        # The new nodes read the recurrent outputs, all computed before the Concat: put them there.
+        _splice(graph, nodes, at=c, new=[*squeezed, joined], drop={s})
         return True
     return False
 
@@ -568,6 +624,8 @@ def tidy_graph(model: onnx.ModelProto, *, merge_recurrences: bool = False) -> in
     # Layout nodes first move after the branches' Concat, so that it joins the recurrences' own
     # outputs and the merge can take it over; each rewrite then runs until none applies.
     while _hoist_once(graph) or (merge and _merge_once(graph)) or _sink_split_once(graph):
+        changed = True
+    while _squeeze_first_once(graph):
         changed = True
     if changed:
         _drop_dead(graph)

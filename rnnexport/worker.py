@@ -52,7 +52,7 @@ def verify_with_deadline(
     A child that runs out of time, crashes or is killed gives a ``failed`` result with the reason;
     an interruption of the parent (Ctrl-C, SIGTERM) kills the child before it propagates.
     """
-    provider = PROVIDERS[device]
+    provider = str(options.get("provider") or PROVIDERS[device])
     payload = pickle.dumps(
         (model, list(cases), device, tol, tf32, seconds, options), protocol=pickle.HIGHEST_PROTOCOL
     )

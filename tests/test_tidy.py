@@ -109,9 +109,47 @@ def test_parallel_architectures_ship_one_transpose_after_the_branches() -> None:
         model = onnx.load(str(Path(out) / "parallel-gru" / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("GRU") == 3
-    # One Transpose into the shared time-major input, one out of the joined branches.
+    # One Transpose into the shared time-major input, one out of the joined branches; each branch
+    # squeezes its own output before the join (the form OpenVINO computes right).
     assert ops.count("Transpose") == 2
-    assert ops.count("Squeeze") == 1
+    assert ops.count("Squeeze") == 3
+    (concat,) = [n for n in model.graph.node if n.op_type == "Concat" and n.input[0].endswith("/squeezed")]
+    assert helper.get_attribute_value(concat.attribute[0]) == 2
+
+
+def _recurrent_branches(op: str, count: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``count`` recurrences over x, their Ys joined on axis 3, then Squeeze(1) and Transpose."""
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    hidden, features = 3, 2
+    nodes, weights = [], []
+    for k in range(count):
+        w = RNG.standard_normal((1, gates * hidden, features)).astype(np.float32)
+        r = RNG.standard_normal((1, gates * hidden, hidden)).astype(np.float32)
+        weights += [numpy_helper.from_array(w, f"w{k}"), numpy_helper.from_array(r, f"r{k}")]
+        nodes.append(helper.make_node(op, ["x", f"w{k}", f"r{k}"], [f"y{k}"], hidden_size=hidden))
+    nodes += [
+        helper.make_node("Concat", [f"y{k}" for k in range(count)], ["joined"], axis=3),
+        helper.make_node("Squeeze", ["joined", "axes1"], ["squeezed"]),
+        helper.make_node("Transpose", ["squeezed"], ["y"], perm=[1, 0, 2]),
+    ]
+    model = _model(nodes, {"x": [4, 3, features]})
+    model.graph.initializer.extend(weights)
+    return model, {"x": RNG.standard_normal((4, 3, features)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_recurrent_branches_squeeze_before_the_join(op: str) -> None:
+    model, feeds = _recurrent_branches(op, 3)
+    (expected,) = _run(model, feeds)  # the graph as exported, before any rewrite
+    tidy_graph(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == [op, op, op, "Squeeze", "Squeeze", "Squeeze", "Concat", "Transpose"]
+    concat = model.graph.node[6]
+    assert list(concat.input) == [n.output[0] for n in model.graph.node[3:6]]
+    assert helper.get_attribute_value(concat.attribute[0]) == 2  # axis 3 of [seq, 1, batch, h]
+    (y,) = _run(model, feeds)
+    np.testing.assert_array_equal(y, expected)
+    assert y.shape == (3, 4, 9)
 
 
 def _padded(zero_at: int, concat_axis: int) -> onnx.ModelProto:

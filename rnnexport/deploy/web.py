@@ -136,7 +136,7 @@ def deploy_web(
             "package does not load yet; a browser could not hold such a model anyway. Deploy a model whose "
             "weights fit in model.onnx."
         )
-    contents, problems = _read_listed(artifact, manifest.files, DEFAULT_LIMITS)
+    contents, problems, _unlisted = _read_listed(artifact, manifest.files, DEFAULT_LIMITS)
     if problems:
         raise ArtifactError(
             f"The artifact in {artifact} does not match its manifest: {'; '.join(problems)}. "
