@@ -41,10 +41,4 @@ pip install --quiet --upgrade pip
 # default build and its several GB of CUDA packages as a side effect of installing rnnexport.
 pip install --quiet "torch==2.13.0"
 pip install --quiet -e ".[build,$runtime,bench,dev]"
-# OpenVINO and Triton's config protobuf, for their checks and tests. OpenVINO publishes wheels for
-# x86-64 and ARM64 only: elsewhere its tests skip with that reason.
-pip install --quiet -e ".[openvino,triton]" \
-    || echo "note: the openvino/triton extras did not install here; their tests will be skipped." >&2
 echo "rnnexport installed in .venv with $wanted: $(.venv/bin/rnnexport --version)"
-# The JavaScript package (js/) and what its tests need: node, Chromium, npm packages.
-bash scripts/setup_js.sh

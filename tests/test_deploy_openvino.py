@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 from rnnexport.artifact import verify_artifact
 from rnnexport.cli import app
 
-ov = pytest.importorskip(
+from .conftest import import_or_skip
+
+ov = import_or_skip(
     "openvino",
     reason="openvino is not installed (the 'openvino' extra; wheels exist for x86-64 and ARM64 only)",
 )
