@@ -20,7 +20,8 @@ from rnnexport.feeds import Case, Feeds, make_feeds
 from rnnexport.patch import StreamingModule, recurrent_states
 from rnnexport.reference import ModuleRunner
 from rnnexport.spec import BATCH, SEQ, Contract, TensorSpec
-from rnnexport.streaming import StateSpec, Streaming
+from rnnexport.streaming import StateSpec, Streaming, state_name_problems
+from rnnexport.text import capped
 
 __all__ = [
     "CHAINS",
@@ -58,13 +59,21 @@ def make_streaming(
 
     ``method`` and ``extra`` (resolved templates: name = state key) come from the architecture's
     :class:`~rnnexport.spec.StreamingForm`, if any. Raises :class:`~rnnexport.errors.UsageError`
-    for a bidirectional recurrence, which cannot stream.
+    for a bidirectional recurrence, which cannot stream, and for names the manifest cannot carry
+    (:func:`~rnnexport.streaming.state_name_problems`).
     """
     states = recurrent_states(model)
     specs = tuple(StateSpec(s.key, s.shape) for s in states) + tuple(
         StateSpec(t.name, t.shape) for t in extra
     )
     streaming = Streaming(specs)
+    unnamed = state_name_problems(streaming, contract)
+    if unnamed:
+        raise UsageError(
+            "This model cannot stream under names an artifact's manifest can carry: "
+            f"{capped(unnamed)}. Rename those modules (an nn.ModuleDict key such as 'my-rnn' becomes "
+            "'my_rnn') or those inputs and outputs, or build without --streaming."
+        )
     module = StreamingModule(
         model,
         states,
