@@ -486,8 +486,8 @@ class ModelFacts:
     def of_ort(cls, data: bytes) -> ModelFacts:
         """The facts of an ORT-format file, read with ONNX Runtime's own flatbuffer schema.
 
-        Read after ONNX Runtime has loaded ``data`` (its loader verifies the flatbuffer), so the
-        offsets in it are sound; the depth is bounded all the same.
+        Read before anything loads ``data``: a malformed buffer raises (the caller reports it), and
+        the walk is bounded in depth and in the elements it reads, so no buffer makes it run long.
         """
         from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import (
             InferenceSession,
@@ -500,9 +500,15 @@ class ModelFacts:
         ops: Counter[str] = Counter()
         types: set[int] = set()
         external: list[str] = []
-        # A table may be referred to from many places; no file holds more distinct ones than bytes,
-        # so a walk that visits more is going round a shared subgraph and stops.
-        budget = [len(data)]
+        # Every element of a vector takes at least 4 bytes of the file, so a walk that reads more
+        # elements than that is going round shared subgraphs (or lengths the file cannot hold): stop.
+        budget = [len(data) // 4 + 64]
+
+        def elements(count: int) -> range:
+            budget[0] -= count
+            if budget[0] < 0:
+                raise ValueError("its graphs refer to more elements than the file can hold")
+            return range(count)
 
         def tensor(t: Any) -> None:
             types.add(t.DataType())
@@ -510,32 +516,29 @@ class ModelFacts:
                 external.append((t.Name() or b"").decode("utf-8", "replace"))
 
         def visit(graph: Any, depth: int) -> None:
-            budget[0] -= graph.NodesLength() + graph.InitializersLength() + graph.NodeArgsLength() + 1
-            if budget[0] < 0:
-                raise ValueError("its graphs refer to more tables than the file can hold")
-            for i in range(graph.InitializersLength()):
+            for i in elements(graph.InitializersLength()):
                 tensor(graph.Initializers(i))
-            for i in range(graph.SparseInitializersLength()):
+            for i in elements(graph.SparseInitializersLength()):
                 tensor(graph.SparseInitializers(i).Values())
-            for i in range(graph.NodeArgsLength()):
+            for i in elements(graph.NodeArgsLength()):
                 kind = graph.NodeArgs(i).Type()
                 if kind is not None and kind.ValueType() == TypeInfoValue.tensor_type:
                     shaped = TensorTypeAndShape()
                     table = kind.Value()
                     shaped.Init(table.Bytes, table.Pos)
                     types.add(shaped.ElemType())
-            for i in range(graph.NodesLength()):
+            for i in elements(graph.NodesLength()):
                 node = graph.Nodes(i)
                 ops[(node.OpType() or b"").decode("utf-8", "replace")] += 1
-                for a in range(node.AttributesLength()):
+                for a in elements(node.AttributesLength()):
                     attr = node.Attributes(a)
                     if node.OpType() == b"Cast" and attr.Name() == b"to":
                         types.add(attr.I())
-                    for t in [attr.T(), *(attr.Tensors(j) for j in range(attr.TensorsLength()))]:
+                    for t in [attr.T(), *(attr.Tensors(j) for j in elements(attr.TensorsLength()))]:
                         if t is not None:
                             tensor(t)
                     if depth < _MAX_DEPTH:
-                        for g in [attr.G(), *(attr.Graphs(j) for j in range(attr.GraphsLength()))]:
+                        for g in [attr.G(), *(attr.Graphs(j) for j in elements(attr.GraphsLength()))]:
                             if g is not None:
                                 visit(g, depth + 1)
 

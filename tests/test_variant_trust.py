@@ -286,3 +286,13 @@ def test_format_identifier_rule() -> None:
     assert "not an ORT-format file" in file_problems("m.ort", "ort", onnx_bytes)[0]
     assert "not an ORT-format file" in file_problems("m.ort", "ort", b"")[0]
     assert "is an ORT-format file" in file_problems("m.onnx", "onnx", ort_bytes)[0]
+
+
+@pytest.mark.parametrize("cut", ["half", "header only"])
+def test_an_ort_file_that_is_not_whole_is_refused_without_a_traceback(folder: Path, cut: str) -> None:
+    data = (folder / "model.int8.ort").read_bytes()
+    (folder / "model.int8.ort").write_bytes(data[: len(data) // 2] if cut == "half" else data[:8])
+    _edit_manifest(folder, lambda m: None)
+    output = _verify(folder)
+    assert output.startswith("1 "), output
+    assert "model.int8.ort cannot be read as an ORT model" in output
