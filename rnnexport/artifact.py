@@ -63,7 +63,7 @@ from rnnexport.safeio import (
 )
 from rnnexport.spec import DTYPES, DYNAMIC_AXES, ROLES, ArchConfig, Contract
 from rnnexport.streaming import Streaming, streaming_problems
-from rnnexport.text import capped
+from rnnexport.text import capped, first_of
 from rnnexport.variants import (
     FORMATS,
     PRECISIONS,
@@ -1364,11 +1364,11 @@ def verify_artifact(
     if not os.path.lexists(folder) and folder.parent.is_dir():
         # A --force rebuild killed between its two renames leaves the artifact aside: put it back.
         notes = recover_destination(folder, clean=False)
-    notes += [
+    notes += first_of(
         f"{leftover.path.name} beside it was left by a build (pid {leftover.pid}) that was killed; "
         "the next 'rnnexport build' into this folder removes it"
         for leftover in _leftovers(folder)
-    ]
+    )
     try:
         mode = folder.lstat().st_mode
     except OSError as exc:
