@@ -55,6 +55,7 @@ from rnnexport.safeio import (
     check_path,
     copy_bounded,
     describe_os_error,
+    exchange,
     file_kind,
     loads_strict,
     read_bounded,
@@ -62,7 +63,16 @@ from rnnexport.safeio import (
 )
 from rnnexport.spec import DTYPES, DYNAMIC_AXES, ROLES, ArchConfig, Contract
 from rnnexport.streaming import INITIAL_FOLDER, STATE_IN, Streaming, start_states, streaming_problems
-from rnnexport.variants import VariantResult, verify_shipped_variants
+from rnnexport.text import capped, first_of
+from rnnexport.variants import (
+    FORMATS,
+    PRECISIONS,
+    REQUIRED_OPERATORS,
+    VariantResult,
+    shipped_variants,
+    variant_file,
+    verify_shipped_variants,
+)
 
 __all__ = [
     "EXTERNAL_DATA",
@@ -73,6 +83,7 @@ __all__ = [
     "ArtifactReport",
     "Manifest",
     "check_files",
+    "check_publishable",
     "hash_files",
     "parse_manifest",
     "prepare_destination",
@@ -301,7 +312,7 @@ def parse_manifest(data: bytes, *, path: Path) -> Manifest:
     if doc.get("streaming") is not None:
         streaming = Streaming.from_json(doc["streaming"], need)
         problems = streaming_problems(streaming, Contract.from_json(doc), dirs, doc["files"])
-        need(not problems, "; ".join(problems))
+        need(not problems, capped(problems))
     return Manifest.from_json(doc)
 
 
@@ -1036,11 +1047,22 @@ def recover_destination(destination: Path, *, clean: bool = True) -> list[str]:
 
 
 def _holds_only_build_output(folder: Path) -> bool:
-    """True when ``folder`` holds nothing but what a build writes into its staging folder."""
+    """True when ``folder`` holds nothing but what a build writes into its staging folder, or what
+    an artifact holds (a ``--force`` exchange leaves the old artifact under the staging folder's name)."""
+    from rnnexport.bench import BENCH_FILE  # bench imports this module
+
+    artifact_files = {
+        MODEL,
+        EXTERNAL_DATA,
+        MANIFEST,
+        REQUIRED_OPERATORS,
+        BENCH_FILE,
+        *(variant_file(p, f) for p in PRECISIONS for f in FORMATS),
+    }
     try:
         for entry in os.scandir(folder):
             mode = entry.stat(follow_symlinks=False).st_mode
-            if entry.name in (MODEL, EXTERNAL_DATA, MANIFEST) and stat.S_ISREG(mode):
+            if entry.name in artifact_files and stat.S_ISREG(mode):
                 continue
             initial = entry.name == INITIAL_FOLDER
             if not ((_TEST_SET.fullmatch(entry.name) or initial) and stat.S_ISDIR(mode)):
@@ -1174,8 +1196,11 @@ def publish(staging: Path, destination: Path, *, force: bool) -> None:
     """Move a complete artifact into place; with ``force`` the old one is replaced as a whole.
 
     Each step is a rename within one folder, so a reader sees the old artifact or the new one, never
-    a mix. An interruption leaves the old artifact in place; a kill between the two renames leaves it
-    in ``.NAME.old-PID-START``, which the next build or verify moves back.
+    a mix. Where the operating system swaps two folders atomically (:func:`~rnnexport.safeio.exchange`),
+    ``force`` is that one step: the destination holds a complete artifact at every moment, and the
+    old one, left in the staging folder's place, is then removed. Elsewhere it takes two renames: an
+    interruption leaves the old artifact in place, and a kill between them leaves it in
+    ``.NAME.old-PID-START``, which the next build or verify moves back.
     """
     old = None
     if os.path.lexists(destination):  # checked again: someone may have written it meanwhile
@@ -1184,6 +1209,11 @@ def publish(staging: Path, destination: Path, *, force: bool) -> None:
             raise UsageError(
                 f"{destination} appeared or changed while building ({problem}); nothing was replaced."
             )
+        if exchange(staging, destination):
+            # A kill from here on leaves the old artifact under the staging folder's name, which the
+            # next build removes like any dead build's staging folder.
+            shutil.rmtree(staging, ignore_errors=True)
+            return
         old = _aside_name(destination)
     # Both renames inside one try: Ctrl-C (or a handled signal) can only strike between statements,
     # and wherever it does, the old artifact goes back unless the new one is already in place.
@@ -1361,18 +1391,6 @@ def _metadata_problems(model: onnx.ModelProto, manifest: Manifest) -> list[str]:
     return problems
 
 
-def _unverified_models(manifest: Manifest, verified: Mapping[str, VariantResult]) -> list[str]:
-    """Listed model files that verification only hashed: neither model.onnx, its external data
-    (checked against the graph's references), nor a shipped variant that was run."""
-    return sorted(
-        name
-        for name in manifest.files
-        if name.lower().endswith(_MODEL_SUFFIXES)
-        and name not in (MODEL, EXTERNAL_DATA)
-        and name not in verified
-    )
-
-
 def _folder_identity(folder: Path) -> tuple[int, int] | None:
     try:
         info = folder.lstat()
@@ -1397,6 +1415,71 @@ def _read_consistently(
         if before is not None and _folder_identity(folder) == before:
             break
     return manifest, manifest_bytes, contents, problems, unlisted
+
+
+def _unaccounted(folder: Path, manifest: Manifest) -> list[str]:
+    """The listed files nothing verifies, sorted.
+
+    Each listed file must be ``model.onnx``, its external data, a test-data file, a shipped variant
+    (verified like ``model.onnx``) or a side file rnnexport writes (``required_operators.config``,
+    ``bench.json``) or a learned initial state the ``streaming`` section names. A model under any
+    other name, or a variant whose ``variants`` entry was removed, would otherwise ship in a verified
+    artifact unverified.
+    """
+    from rnnexport.bench import BENCH_FILE  # bench imports this module
+
+    variants = {v.file for v in shipped_variants(folder, manifest.variants, manifest.files)}
+    initial: set[str] = set()
+    if manifest.streaming is not None:  # learned initial states, checked against the stream starts
+        streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
+        initial = {entry.file for entry in streaming.shipped.values()}
+    known = {MODEL, EXTERNAL_DATA, REQUIRED_OPERATORS, BENCH_FILE, *variants, *initial}
+
+    def accounted(name: str) -> bool:
+        head, _, tail = name.partition("/")
+        return name in known or bool(_TEST_SET.fullmatch(head) and _TEST_FILE.fullmatch(tail))
+
+    return sorted(name for name in manifest.files if not accounted(name))
+
+
+def _refuse_unaccounted(folder: Path, manifest: Manifest) -> None:
+    names = _unaccounted(folder, manifest)
+    if names:
+        raise ArtifactError(
+            f"The manifest of {folder} lists {capped(map(repr, names), sep=', ')}, which no shipped "
+            "variant entry or other part of an rnnexport artifact accounts for: nothing would verify "
+            f"{'it' if len(names) == 1 else 'them'}. Every model file in an artifact is verified (its "
+            f"'variants' entry gives its precision and format) or refused. {_REBUILD}"
+        )
+
+
+def check_publishable(folder: Path, *, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise :class:`ArtifactError` unless ``verify`` would accept the manifest and files of the
+    staged artifact in ``folder``: the build's last step before publishing it.
+
+    These are verify's own checks, run before it runs anything: the manifest parsed and validated
+    (:func:`parse_manifest`), every listed file read within its bound and hashed, nothing extra or
+    unaccounted for, and the model's metadata against the manifest. A build that would publish what
+    verify refuses is a bug in rnnexport; the caller publishes nothing.
+    """
+    try:
+        manifest, _ = _read_manifest(folder, limits)
+        contents, problems, _unlisted = _read_listed(folder, manifest.files, limits)
+        if not problems:
+            problems = [
+                f"'{name}' is listed, but nothing verifies it" for name in _unaccounted(folder, manifest)
+            ]
+            if MODEL in contents:
+                problems += _metadata_problems(onnx.load_from_string(contents[MODEL]), manifest)
+            else:
+                problems.append(f"{MODEL} is not listed")
+    except ArtifactError as exc:
+        problems = [str(exc).removesuffix(f" {_REBUILD}").rstrip(".")]
+    if problems:
+        raise ArtifactError(
+            f"This build made an artifact that 'rnnexport verify' would refuse ({capped(problems)}), so "
+            "nothing was published. This is a bug in rnnexport: please report it with this message."
+        )
 
 
 def verify_artifact(
@@ -1431,11 +1514,11 @@ def verify_artifact(
     if not os.path.lexists(folder) and folder.parent.is_dir():
         # A --force rebuild killed between its two renames leaves the artifact aside: put it back.
         notes = recover_destination(folder, clean=False)
-    notes += [
+    notes += first_of(
         f"{leftover.path.name} beside it was left by a build (pid {leftover.pid}) that was killed; "
         "the next 'rnnexport build' into this folder removes it"
         for leftover in _leftovers(folder)
-    ]
+    )
     try:
         mode = folder.lstat().st_mode
     except OSError as exc:
@@ -1463,9 +1546,7 @@ def verify_artifact(
             )
         if problems:
             raise ArtifactError(
-                f"The artifact in {folder} does not match its manifest: "
-                + "; ".join(problems)
-                + f". {_REBUILD}"
+                f"The artifact in {folder} does not match its manifest: " + capped(problems) + f". {_REBUILD}"
             )
         if MODEL not in contents:
             raise ArtifactError(f"The manifest in {folder} does not list {MODEL}. {_REBUILD}")
@@ -1481,7 +1562,7 @@ def verify_artifact(
         external, referring = _external_data_problems(model, data_size=data_size)
         if external:
             raise ArtifactError(
-                f"{folder / MODEL} refers to data it may not: " + "; ".join(external) + ". An rnnexport "
+                f"{folder / MODEL} refers to data it may not: " + capped(external) + ". An rnnexport "
                 f"artifact holds its weights in {MODEL}, or in the one file {EXTERNAL_DATA} beside it, "
                 f"listed and hashed in the manifest, at offsets inside it. {_REBUILD}"
             )
@@ -1518,16 +1599,15 @@ def verify_artifact(
         claims = _metadata_problems(model, manifest)
         if claims:
             raise ArtifactError(
-                f"The manifest of {folder} does not describe its model: "
-                + "; ".join(claims)
-                + f". {_REBUILD}"
+                f"The manifest of {folder} does not describe its model: " + capped(claims) + f". {_REBUILD}"
             )
         listed_sets = sorted({n.split("/", 1)[0] for n in manifest.files if n.startswith("test_data_set_")})
         declared = [e["dir"] for e in manifest.test_data]
         if sorted(declared) != listed_sets:
             raise ArtifactError(
-                f"The manifest of {folder} declares the test-data sets {sorted(declared)} but lists files "
-                f"for {listed_sets}. {_REBUILD}"
+                f"The manifest of {folder} declares the test-data sets "
+                f"[{capped(map(repr, sorted(declared)), sep=', ')}] but lists files for "
+                f"[{capped(map(repr, listed_sets), sep=', ')}]. {_REBUILD}"
             )
         for name in manifest.files:
             head, _, tail = name.partition("/")
@@ -1535,6 +1615,7 @@ def verify_artifact(
                 raise ArtifactError(
                     f"The manifest of {folder} lists '{name}', which no test-data set holds. {_REBUILD}"
                 )
+        _refuse_unaccounted(folder, manifest)
         cases = _cases_from(contents, declared, manifest.contract, folder=folder)
         if not cases:
             raise ArtifactError(f"{folder} has no test_data_set_N folders to verify against. {_REBUILD}")
@@ -1587,13 +1668,6 @@ def verify_artifact(
             criterion=criterion,
             tf32=tf32,
         )
-        unverified = _unverified_models(manifest, variants)
-        if unverified:
-            raise ArtifactError(
-                f"The manifest of {folder} lists {', '.join(map(repr, unverified))}, model file(s) that no "
-                "shipped variant entry names: nothing verified them, and every model file in an "
-                f"artifact is verified or refused. {_REBUILD}"
-            )
         return ArtifactReport(
             folder,
             manifest,

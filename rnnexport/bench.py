@@ -64,6 +64,7 @@ from rnnexport.feeds import Feeds, make_feeds
 from rnnexport.runtime import PROVIDERS, Device, ProviderUnavailableError, bucketed_run, probe_provider
 from rnnexport.spec import Contract
 from rnnexport.streaming import STATE_IN, STATE_OUT, Streaming, start_states
+from rnnexport.text import capped
 from rnnexport.text import visible as _safe
 
 __all__ = [
@@ -582,7 +583,7 @@ def _rebuild_eager(
         if not all(c.passed for c in comparisons):
             raise _Unavailable(
                 "the rebuilt PyTorch model does not reproduce the artifact's test data "
-                f"({'; '.join(str(c.problem) for c in comparisons if c.problem)})"
+                f"({capped(str(c.problem) for c in comparisons if c.problem)})"
             )
     return module.to(device), {"weights": source}
 
@@ -937,7 +938,7 @@ def run_bench(
     problems = check_files(folder, manifest.files)
     if problems:
         raise ArtifactError(
-            f"The artifact in {folder} does not match its manifest: {'; '.join(problems)}. Benchmarking it "
+            f"The artifact in {folder} does not match its manifest: {capped(problems)}. Benchmarking it "
             "would time something else than what was verified; rebuild it or copy it again."
         )
     unknown = sorted(set(runtimes) - set(RUNTIMES))
@@ -1122,7 +1123,7 @@ def record_bench(folder: Path | str, report: BenchReport) -> Path:
     problems = [p for p in check_files(folder, others) if f"'{BENCH_FILE}'" not in p]
     if problems:
         raise ArtifactError(
-            f"Not recording into {folder}: it does not match its manifest ({'; '.join(problems)}), and "
+            f"Not recording into {folder}: it does not match its manifest ({capped(problems)}), and "
             "re-hashing would hide that. Rebuild the artifact or copy it again, then record."
         )
     text = json.dumps(report.to_json(), indent=2) + "\n"

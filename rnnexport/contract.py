@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from rnnexport.errors import ContractError
 from rnnexport.spec import Contract, Dim, TensorSpec
+from rnnexport.text import capped
 
 __all__ = ["check_contract", "graph_problems", "read_contract"]
 
@@ -202,7 +203,7 @@ def check_contract(
     if problems:
         note = f" (traced with {trace_sizes})" if trace_sizes else ""
         raise ContractError(
-            f"The ONNX graph {stage} breaks its I/O contract{note}: " + "; ".join(problems) + ". "
+            f"The ONNX graph {stage} breaks its I/O contract{note}: " + capped(problems) + ". "
             "A fixed size where a dynamic axis was declared means the exporter froze that axis and "
             "the model would fail or silently misbehave at other shapes."
         )

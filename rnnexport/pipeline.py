@@ -28,6 +28,7 @@ from rnnexport.artifact import (
     EXTERNAL_DATA,
     MODEL,
     Manifest,
+    check_publishable,
     hash_files,
     prepare_destination,
     publish,
@@ -1086,6 +1087,9 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 streaming=None if streaming is None else streaming.to_json(),
             )
             manifest.write(staging)
+            # What verify would refuse is never published (a bug if it happens: the checks above
+            # should have refused the build first).
+            check_publishable(staging, limits=request.limits)
             publish(staging, request.destination, force=force)
             stage.details.append(str(request.destination))
     return manifest

@@ -14,19 +14,23 @@ Numpy archives (``--inputs``) go through :func:`load_npz`, which bounds what the
 before decompressing anything.
 
 Writes go through :func:`write_file`, which turns a full disk, a file-size limit or a too-long name
-into one message. Torch-free.
+into one message. :func:`exchange` swaps two folders in one step where the operating system can.
+Torch-free.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import io
 import json
 import math
 import os
+import platform
 import re
 import stat
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +49,7 @@ __all__ = [
     "check_path",
     "copy_bounded",
     "describe_os_error",
+    "exchange",
     "file_kind",
     "load_npz",
     "loads_strict",
@@ -395,3 +400,62 @@ def loads_strict(
         raise error(f"{what} is not acceptable JSON: {exc}.{tail}") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise error(f"{what} is not valid JSON: {exc}.{tail}") from None
+
+
+# renameat2(2): its flag that swaps two existing paths, the "current folder" descriptor, and the
+# system call's number where glibc lacks the wrapper (before 2.28), per architecture.
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_RENAMEAT2_SYSCALL = {
+    "x86_64": 316,
+    "aarch64": 276,
+    "riscv64": 276,
+    "i386": 353,
+    "i686": 353,
+    "armv7l": 382,
+    "ppc64le": 357,
+    "s390x": 347,
+}
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> int:
+    """``renameat2(AT_FDCWD, source, AT_FDCWD, target, flags)``: 0, or the errno it failed with
+    (``ENOSYS`` where there is no such call: not Linux, or an architecture not listed above)."""
+    if not sys.platform.startswith("linux"):
+        return errno.ENOSYS
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return errno.ENOSYS
+    paths = (os.fsencode(source), os.fsencode(target))
+    wrapper = getattr(libc, "renameat2", None)
+    if wrapper is not None:
+        wrapper.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+        wrapper.restype = ctypes.c_int
+        result = wrapper(_AT_FDCWD, paths[0], _AT_FDCWD, paths[1], flags)
+    else:
+        number = _RENAMEAT2_SYSCALL.get(platform.machine())
+        if number is None:
+            return errno.ENOSYS
+        libc.syscall.restype = ctypes.c_long
+        result = libc.syscall(
+            ctypes.c_long(number),
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(paths[0]),
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(paths[1]),
+            ctypes.c_uint(flags),
+        )
+    return 0 if result == 0 else ctypes.get_errno() or errno.EIO
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step; True when done.
+
+    Linux's ``renameat2`` with ``RENAME_EXCHANGE``: afterwards each name holds what the other held,
+    and at no moment is either name missing. False, with nothing changed, where the swap did not
+    happen: another operating system, a kernel or C library without the call, a file system that
+    refuses the flag (``EINVAL``), a sandbox that blocks it, or any other failure. The caller then
+    does it the portable way, whose own errors say what is wrong.
+    """
+    return _renameat2(first, second, _RENAME_EXCHANGE) == 0

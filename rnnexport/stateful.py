@@ -25,7 +25,8 @@ from rnnexport.feeds import Case, Feeds, make_feeds
 from rnnexport.patch import RecurrentState, StreamingModule, recurrent_states
 from rnnexport.reference import ModuleRunner
 from rnnexport.spec import BATCH, SEQ, Contract, TensorSpec
-from rnnexport.streaming import StateSpec, Streaming, encode_initial, start_states
+from rnnexport.streaming import StateSpec, Streaming, encode_initial, start_states, state_name_problems
+from rnnexport.text import capped
 
 __all__ = [
     "CHAINS",
@@ -165,7 +166,8 @@ def make_streaming(
     :class:`~rnnexport.spec.StreamingForm`, if any. A recurrent layer to which the model passes a
     learned initial state starts from it (:func:`capture_initial_states`); the wrapper replaces that
     ``hx`` by the carried state. Raises :class:`~rnnexport.errors.UsageError` for a bidirectional
-    recurrence, which cannot stream, and for an ``hx`` that depends on the inputs.
+    recurrence, which cannot stream, for an ``hx`` that depends on the inputs, and for names the
+    manifest cannot carry (:func:`~rnnexport.streaming.state_name_problems`).
     """
     states = recurrent_states(model)
     learned = capture_initial_states(model, contract, states)
@@ -181,6 +183,13 @@ def make_streaming(
         else:
             specs.append(StateSpec(s.key, s.shape))
     streaming = Streaming((*specs, *(StateSpec(t.name, t.shape) for t in extra)))
+    unnamed = state_name_problems(streaming, contract)
+    if unnamed:
+        raise UsageError(
+            "This model cannot stream under names an artifact's manifest can carry: "
+            f"{capped(unnamed)}. Rename those modules (an nn.ModuleDict key such as 'my-rnn' becomes "
+            "'my_rnn') or those inputs and outputs, or build without --streaming."
+        )
     module = StreamingModule(
         model,
         states,

@@ -3,8 +3,10 @@
 A streaming artifact (``rnnexport build ... --streaming``) computes one chunk per call. Besides the
 model's own inputs and outputs it takes every state tensor as an input ``state_in.<key>`` and
 returns the updated state as ``state_out.<key>``, where ``<key>`` is ``<module path>.h`` (or
-``.c`` for an LSTM's cell state, or an architecture's own running statistic). Names starting with
-``state_in.`` / ``state_out.`` are refused in a model's own I/O description, so they cannot collide.
+``.c`` for an LSTM's cell state, or an architecture's own running statistic). A key is made of
+letters, digits and underscores between dots, and names starting with ``state_in.`` / ``state_out.``
+are refused among a streaming model's own inputs and outputs, so they cannot collide: a build refuses
+what the manifest cannot carry (:func:`state_name_problems`) before it exports anything.
 
 Every state tensor is **batch-major** (``[batch, size]``, or ``[batch, layers, size]`` for a
 stacked layer), unlike ONNX's recurrent ``[layers, batch, size]``: Triton's sequence batcher (and
@@ -32,6 +34,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from rnnexport.spec import BATCH, SEQ, Contract, Dim, TensorSpec
+from rnnexport.text import capped
 
 __all__ = [
     "INITIAL_FOLDER",
@@ -42,6 +45,7 @@ __all__ = [
     "Streaming",
     "encode_initial",
     "start_states",
+    "state_name_problems",
     "streaming_problems",
 ]
 
@@ -50,6 +54,11 @@ STATE_OUT = "state_out."
 # The folder of an artifact that holds learned initial states, one TensorProto per state input.
 INITIAL_FOLDER = "initial_state"
 _KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+# The rule _KEY enforces, for messages.
+_KEY_RULE = (
+    "a state key is letters, digits and underscores in parts separated by dots, such as 'encoder.rnn.h'"
+)
+_RESERVED = f"names starting with '{STATE_IN}' or '{STATE_OUT}' are reserved for the carried state"
 _SET = re.compile(r"test_data_set_(0|[1-9][0-9]{0,5})")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -164,7 +173,7 @@ class Streaming:
             name = s.get("input")
             need(isinstance(name, str) and name.startswith(STATE_IN), f"a state has the input {name!r}")
             key = name[len(STATE_IN) :]
-            need(_KEY.fullmatch(key), f"a state has the input {name!r}")
+            need(_KEY.fullmatch(key), f"a state has the input {name!r} ({_KEY_RULE})")
             need(s.get("output") == STATE_OUT + key, f"state {name!r} has the output {s.get('output')!r}")
             need(s.get("dtype") == "float32", f"state {name!r} has the dtype {s.get('dtype')!r}")
             shape = s.get("shape")
@@ -248,10 +257,36 @@ def streaming_problems(
     declared = {s.input for s in streaming.states} | {s.output for s in streaming.states}
     stray = [n for n in [*inputs, *outputs] if n.startswith((STATE_IN, STATE_OUT)) and n not in declared]
     if stray:
-        problems.append(f"the graph has state tensors {stray} that the streaming section does not declare")
+        problems.append(
+            f"the graph has state tensors [{capped(map(repr, stray), sep=', ')}] that the streaming section "
+            f"does not declare ({_RESERVED})"
+        )
     missing = sorted({d for c in streaming.chains for d in c} - set(test_sets))
     if missing:
-        problems.append(f"'streaming.chains' names test-data sets {missing} that the manifest does not list")
+        problems.append(
+            f"'streaming.chains' names test-data sets [{capped(map(repr, missing), sep=', ')}] that the "
+            "manifest does not list"
+        )
+    return problems
+
+
+def state_name_problems(streaming: Streaming, base: Contract) -> list[str]:
+    """The names of a streaming model (``base``: its own contract) that a manifest cannot carry.
+
+    The rules are the ones :meth:`Streaming.from_json` and :func:`streaming_problems` apply when
+    ``verify`` reads the manifest; a build checks them before exporting, so it never publishes what
+    ``verify`` refuses. One line per name, with the rule it breaks.
+    """
+    problems = [
+        f"the state of '{s.key.rsplit('.', 1)[0]}' would be named '{s.input}' ({_KEY_RULE})"
+        for s in streaming.states
+        if not _KEY.fullmatch(s.key)
+    ]
+    problems += [
+        f"the model's own tensor '{t.name}' ({_RESERVED})"
+        for t in (*base.inputs, *base.outputs)
+        if t.name.startswith((STATE_IN, STATE_OUT))
+    ]
     return problems
 
 

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
-__all__ = ["first_line", "visible"]
+__all__ = ["PROBLEMS_SHOWN", "capped", "first_line", "first_of", "visible"]
+
+# A message lists at most this many problems (then "and K more"), each cut to ITEM_CHARS: a manifest
+# naming 100,000 missing files is one short paragraph, in the console and in --json alike.
+PROBLEMS_SHOWN = 10
+ITEM_CHARS = 1000
 
 # C0 controls (tab and newline included: one message is one paragraph), DEL, C1 controls, and the
 # Unicode format characters that reorder or hide text (bidi embeddings, overrides and isolates).
@@ -42,3 +48,24 @@ def visible(text: object) -> str:
     """``str(text)`` with every control or invisible formatting character replaced by its escape."""
     # NFC first, so a character cannot hide as a base plus a combining mark that renders as a control.
     return _UNSAFE.sub(_escape, unicodedata.normalize("NFC", str(text)))
+
+
+def first_of(items: Iterable[str], limit: int = PROBLEMS_SHOWN) -> list[str]:
+    """The first ``limit`` items, each cut to :data:`ITEM_CHARS`, then ``"and K more"`` if any were left out.
+
+    Every list of problems a message shows goes through this (or :func:`capped`): what a file lists is
+    unbounded, what a message shows is not.
+    """
+    shown: list[str] = []
+    rest = 0
+    for item in items:
+        if len(shown) < limit:
+            shown.append(item if len(item) <= ITEM_CHARS else item[:ITEM_CHARS].rstrip() + " [...]")
+        else:
+            rest += 1
+    return shown + ([f"and {rest:,} more"] if rest else [])
+
+
+def capped(items: Iterable[str], *, sep: str = "; ", limit: int = PROBLEMS_SHOWN) -> str:
+    """``sep.join(first_of(items, limit))``: a list of problems for a message, bounded."""
+    return sep.join(first_of(items, limit))

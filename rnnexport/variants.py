@@ -31,7 +31,7 @@ import logging
 import platform
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,24 +45,30 @@ from rnnexport.feeds import Case, Feeds
 from rnnexport.oracle import seq_axes
 from rnnexport.runtime import Device, probe_provider
 from rnnexport.spec import Contract
+from rnnexport.text import capped
 
 __all__ = [
     "FORMATS",
+    "ORT_IDENTIFIER",
     "PRECISIONS",
     "REQUIRED_OPERATORS",
     "SUPPORT_PROVIDERS",
     "VARIANT_TOLERANCES",
     "Format",
+    "ModelFacts",
     "Precision",
     "ReduceRange",
+    "ShippedVariant",
     "Variant",
     "VariantResult",
     "check_session_contract",
     "choose_reduce_range",
+    "file_problems",
     "make_variants",
     "parse_choices",
     "provider_support",
     "required_operators_config",
+    "shipped_variants",
     "to_float16",
     "to_int8",
     "to_ort_format",
@@ -390,7 +396,10 @@ def check_session_contract(session: Any, contract: Contract, *, where: str) -> N
         ("output", contract.outputs, session.get_outputs()),
     ):
         if [t.name for t in declared] != [a.name for a in actual]:
-            problems.append(f"{kind}s {[a.name for a in actual]}, expected {[t.name for t in declared]}")
+            problems.append(
+                f"{kind}s [{capped((repr(a.name) for a in actual), sep=', ')}], expected "
+                f"[{capped((repr(t.name) for t in declared), sep=', ')}]"
+            )
             continue
         for t, a in zip(declared, actual, strict=True):
             if a.type != _ORT_TYPES.get(t.dtype):
@@ -399,9 +408,190 @@ def check_session_contract(session: Any, contract: Contract, *, where: str) -> N
                 problems.append(f"{kind} '{t.name}' has shape {list(a.shape)}, expected {list(t.shape)}")
     if problems:
         raise ContractError(
-            f"{where} does not keep the I/O contract: {'; '.join(problems)}. A variant must take and return "
+            f"{where} does not keep the I/O contract: {capped(problems)}. A variant must take and return "
             "what model.onnx does; rebuild the artifact."
         )
+
+
+# -- what a file is --------------------------------------------------------------------------------
+
+# The flatbuffer file identifier of the ORT format, at bytes 4..8 of every ORT-format file. ONNX
+# Runtime picks the format by it (a full build loads either kind from any file name); mobile and
+# minimal builds load only files that carry it.
+ORT_IDENTIFIER = b"ORTM"
+
+# Operators that compute on 8-bit integers: ONNX's, and the com.microsoft ones ONNX Runtime's
+# quantizer and its ORT-format optimisations produce (QLinear* are matched by prefix).
+_QUANTIZED_OPS = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeLSTM",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QGemm",
+        "QAttention",
+    }
+)
+_INT8_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+# Nested subgraphs read at most this deep (ONNX Runtime's flatbuffer verifier stops at 64 tables).
+_MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model file computes with, read off its graph (an ONNX model or an ORT-format file)."""
+
+    operators: Counter[str]
+    float16: bool  # a float16 weight, constant or value, or a Cast to float16
+    int8_weights: bool  # an 8-bit integer weight or constant
+    external: tuple[str, ...] = ()  # ORT-format tensors that refer to data outside the file
+
+    @property
+    def quantized(self) -> list[str]:
+        """The operators among :attr:`operators` that compute on 8-bit integers."""
+        return sorted(op for op in self.operators if op in _QUANTIZED_OPS or op.startswith("QLinear"))
+
+    @classmethod
+    def of_onnx(cls, model: onnx.ModelProto) -> ModelFacts:
+        """The facts of an ONNX model: every graph, subgraphs and functions included."""
+        ops: Counter[str] = Counter()
+        types: set[int] = set()
+
+        def visit(nodes: Iterable[onnx.NodeProto], tensors: Iterable[onnx.TensorProto], depth: int) -> None:
+            types.update(t.data_type for t in tensors)
+            for node in nodes:
+                ops[node.op_type] += 1
+                for attr in node.attribute:
+                    if node.op_type == "Cast" and attr.name == "to":
+                        types.add(attr.i)
+                    types.update(
+                        t.data_type for t in (*attr.tensors, *([attr.t] if attr.HasField("t") else []))
+                    )
+                    if depth < _MAX_DEPTH:
+                        for graph in (*attr.graphs, *([attr.g] if attr.HasField("g") else [])):
+                            visit(graph.node, graph.initializer, depth + 1)
+
+        visit(model.graph.node, model.graph.initializer, 0)
+        for function in model.functions:
+            visit(function.node, (), 0)
+        values = (*model.graph.input, *model.graph.output, *model.graph.value_info)
+        types.update(v.type.tensor_type.elem_type for v in values if v.type.HasField("tensor_type"))
+        return cls(ops, onnx.TensorProto.FLOAT16 in types, bool(types & set(_INT8_TYPES)))
+
+    @classmethod
+    def of_ort(cls, data: bytes) -> ModelFacts:
+        """The facts of an ORT-format file, read with ONNX Runtime's own flatbuffer schema.
+
+        Read before anything loads ``data``: a malformed buffer raises (the caller reports it), and
+        the walk is bounded in depth and in the elements it reads, so no buffer makes it run long.
+        """
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.InferenceSession import (
+            InferenceSession,
+        )
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.TensorTypeAndShape import (
+            TensorTypeAndShape,
+        )
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.TypeInfoValue import TypeInfoValue
+
+        ops: Counter[str] = Counter()
+        types: set[int] = set()
+        external: list[str] = []
+        # Every element of a vector takes at least 4 bytes of the file, so a walk that reads more
+        # elements than that is going round shared subgraphs (or lengths the file cannot hold): stop.
+        budget = [len(data) // 4 + 64]
+
+        def elements(count: int) -> range:
+            budget[0] -= count
+            if budget[0] < 0:
+                raise ValueError("its graphs refer to more elements than the file can hold")
+            return range(count)
+
+        def tensor(t: Any) -> None:
+            types.add(t.DataType())
+            if t.ExternalDataOffset() >= 0:
+                external.append((t.Name() or b"").decode("utf-8", "replace"))
+
+        def visit(graph: Any, depth: int) -> None:
+            for i in elements(graph.InitializersLength()):
+                tensor(graph.Initializers(i))
+            for i in elements(graph.SparseInitializersLength()):
+                tensor(graph.SparseInitializers(i).Values())
+            for i in elements(graph.NodeArgsLength()):
+                kind = graph.NodeArgs(i).Type()
+                if kind is not None and kind.ValueType() == TypeInfoValue.tensor_type:
+                    shaped = TensorTypeAndShape()
+                    table = kind.Value()
+                    shaped.Init(table.Bytes, table.Pos)
+                    types.add(shaped.ElemType())
+            for i in elements(graph.NodesLength()):
+                node = graph.Nodes(i)
+                ops[(node.OpType() or b"").decode("utf-8", "replace")] += 1
+                for a in elements(node.AttributesLength()):
+                    attr = node.Attributes(a)
+                    if node.OpType() == b"Cast" and attr.Name() == b"to":
+                        types.add(attr.I())
+                    for t in [attr.T(), *(attr.Tensors(j) for j in elements(attr.TensorsLength()))]:
+                        if t is not None:
+                            tensor(t)
+                    if depth < _MAX_DEPTH:
+                        for g in [attr.G(), *(attr.Graphs(j) for j in elements(attr.GraphsLength()))]:
+                            if g is not None:
+                                visit(g, depth + 1)
+
+        session = InferenceSession.GetRootAs(data, 0)
+        model = session.Model()
+        graph = None if model is None else model.Graph()
+        if graph is not None:
+            visit(graph, 0)
+        return cls(ops, onnx.TensorProto.FLOAT16 in types, bool(types & set(_INT8_TYPES)), tuple(external))
+
+
+def _precision_problem(file: str, precision: Precision, facts: ModelFacts) -> str | None:
+    """Why ``facts`` are not what a ``precision`` variant computes with, or None.
+
+    int8: operators that compute on 8-bit integers, and 8-bit weights for them; float16: float16
+    weights or compute, and no quantized operator; float32: no quantized operator. Accuracy alone
+    cannot tell: the float32 model passes the looser gates of int8 and float16.
+    """
+    quantized = facts.quantized
+    if precision == "int8" and not (quantized and facts.int8_weights):
+        what = "no operator that computes on 8-bit integers" if not quantized else "no 8-bit integer weights"
+        return (
+            f"{file} claims int8 but has {what} (an int8 variant holds DynamicQuantizeLSTM, MatMulInteger, "
+            "DynamicQuantizeLinear, QLinear* or similar, with int8 weights): it is not a quantized model"
+        )
+    if precision == "fp16" and (quantized or not facts.float16):
+        what = f"quantized operators ({', '.join(quantized)})" if quantized else "no float16 tensor at all"
+        return f"{file} claims fp16 but has {what}: it is not a float16 model"
+    if precision == "fp32" and quantized:
+        return f"{file} claims fp32 but has quantized operators ({', '.join(quantized)})"
+    return None
+
+
+def file_problems(file: str, fmt: Format, data: bytes) -> list[str]:
+    """Why ``data`` is not a file of format ``fmt`` that stands alone, before anything loads it.
+
+    The format is the file's own identifier, not its name: ``.ort`` must carry the ORT-format
+    identifier at bytes 4..8 (mobile and minimal builds of ONNX Runtime load nothing else), and
+    ``.onnx`` must not (ONNX Runtime would load it as the ORT format).
+    """
+    tagged = data[4:8] == ORT_IDENTIFIER
+    if fmt == "ort" and not tagged:
+        return [
+            f"{file} is not an ORT-format file: bytes 4..8 are {data[4:8]!r}, where an ORT-format file "
+            f"carries the identifier {ORT_IDENTIFIER.decode()!r} (an ONNX model under an .ort name loads in "
+            "a full ONNX Runtime, but not in the mobile and minimal builds the ORT format is for)"
+        ]
+    if fmt == "onnx" and tagged:
+        return [
+            f"{file} is an ORT-format file (identifier {ORT_IDENTIFIER.decode()!r} at bytes 4..8), not an "
+            "ONNX model"
+        ]
+    return []
 
 
 # -- where a variant can run -----------------------------------------------------------------------
@@ -654,10 +844,6 @@ class VariantResult:
         return data
 
 
-def _external_tensors(model: onnx.ModelProto) -> list[str]:
-    return [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-
-
 def verify_variant(
     file: str,
     precision: Precision,
@@ -676,30 +862,51 @@ def verify_variant(
     on_case: Callable[[int], None] | None = None,
     run: Callable[..., ProviderResult] = verify_on_device,
 ) -> VariantResult:
-    """Check a variant's I/O contract, then verify it on every device against both references.
+    """Check what a variant file is, then verify it on every device against both references.
 
-    Never raises for a verification outcome: a broken contract or file gives a failed result with the
-    reason. Used at build time (the gate) and by ``rnnexport verify`` on the target, which passes a
-    ``run`` with a time bound (:func:`rnnexport.worker.verify_with_deadline`).
+    Before anything runs: its format by the file's identifier, no external data anywhere in it, its
+    I/O contract, and its precision as a fact of its graph (:class:`ModelFacts`). Never raises for a
+    verification outcome: any of these failing gives a failed result with the reason. Used at build
+    time (the gate) and by ``rnnexport verify`` on the target, which passes a ``run`` with a time
+    bound (:func:`rnnexport.worker.verify_with_deadline`).
     """
     import onnxruntime as ort
+
+    # The one rule verify applies to every model file's external data (artifact imports this module).
+    from rnnexport.artifact import _external_data_problems
 
     chosen = {d: tolerances[d] for d in devices}
     reason = ""
     try:
+        problems = file_problems(file, fmt, data)
+        if problems:
+            raise ArtifactError(capped(problems))
         if fmt == "onnx":
             model = onnx.load_from_string(data)
-            external = _external_tensors(model)
+            # No data file: every external reference, anywhere in the model, is refused unread. ONNX
+            # Runtime would resolve it against the current folder of whoever loads the variant.
+            external, _ = _external_data_problems(model, data_size=None)
             if external:
-                raise ContractError(
-                    f"{file} refers to external data for {external}; variants are single files"
+                raise ArtifactError(
+                    f"{file} refers to data outside itself: {capped(external)}; a variant is one "
+                    "self-contained file"
                 )
             check_contract(model, contract, stage=f"in {file}")
+            facts = ModelFacts.of_onnx(model)
         else:
+            facts = ModelFacts.of_ort(data)
+            if facts.external:
+                raise ArtifactError(
+                    f"{file} refers to external data for the tensors "
+                    f"[{capped(map(repr, facts.external), sep=', ')}]; a variant is one self-contained file"
+                )
             options = ort.SessionOptions()
             options.log_severity_level = 3
             session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
             check_session_contract(session, contract, where=file)
+        problem = _precision_problem(file, precision, facts)
+        if problem:
+            raise ArtifactError(problem)
     except RnnExportError as exc:
         reason = str(exc)
     except Exception as exc:  # protobuf / ORT refusing the bytes: the file is not a model
@@ -760,6 +967,62 @@ def _entry_tolerance(entry: Mapping[str, Any], device: Device, fallback: Toleran
     return Tolerance(atol=atol, rtol=rtol)
 
 
+@dataclass(frozen=True)
+class ShippedVariant:
+    """A manifest's entry for a variant that ships, checked: the file and what it is held to."""
+
+    file: str
+    precision: Precision
+    format: Format
+    tolerances: dict[Device, Tolerance]
+
+
+def shipped_variants(
+    folder: Path,
+    entries: Sequence[Mapping[str, Any]],
+    listed: Collection[str],
+    *,
+    devices: Sequence[Device] = (),
+    own: Mapping[Device, Tolerance] | None = None,
+) -> list[ShippedVariant]:
+    """The variants a manifest ships other than ``model.onnx``, each with its tolerance per device.
+
+    ``listed`` are the files the manifest lists; ``own`` the float32 model's tolerance per device.
+    Raises :class:`ArtifactError` for an entry that is malformed, names a file the manifest does not
+    list, or is not shipped yet listed. Reads no file: ``verify`` calls it before running anything.
+    """
+    shipped: list[ShippedVariant] = []
+    for entry in entries:
+        try:
+            if not isinstance(entry, Mapping):
+                raise TypeError("each variant entry must be an object")
+            name, precision, fmt = entry["file"], entry["precision"], entry["format"]
+            if not (isinstance(name, str) and precision in PRECISIONS and fmt in FORMATS):
+                raise ValueError(
+                    f"variant entry {entry.get('file')!r} has no valid file, precision or format"
+                )
+            if name == variant_file("fp32", "onnx"):
+                continue
+            if entry.get("shipped") is not True:
+                # A file the build did not ship must not be there: nothing would verify it.
+                if name in listed:
+                    raise ValueError(f"variant {name!r} is marked as not shipped, yet the artifact lists it")
+                continue
+            if name != variant_file(precision, fmt) or name not in listed:
+                raise ValueError(f"variant {name!r} is not one of the artifact's listed model files")
+            tolerances = {
+                d: _entry_tolerance(entry, d, VARIANT_TOLERANCES[precision] or (own or {})[d])
+                for d in devices
+            }
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(
+                f"The manifest in {folder} has a malformed 'variants' entry ({type(exc).__name__}: "
+                f"{capped([str(exc)])}). Rebuild the artifact."
+            ) from exc
+        shipped.append(ShippedVariant(name, precision, fmt, tolerances))
+    return shipped
+
+
 def verify_shipped_variants(
     folder: Path,
     entries: Sequence[Mapping[str, Any]],
@@ -774,53 +1037,27 @@ def verify_shipped_variants(
     criterion: Criterion,
     tf32: bool = False,
 ) -> dict[str, VariantResult]:
-    """``rnnexport verify`` for every shipped variant other than ``model.onnx``: contract and outputs,
-    each with the tolerance its manifest entry records (``own``: the float32 model's per device).
+    """``rnnexport verify`` for every shipped variant other than ``model.onnx`` (see
+    :func:`shipped_variants`): what the file is, its contract and outputs, each with the tolerance
+    its manifest entry records (``own``: the float32 model's per device).
 
     ``contents`` are the listed files' bytes, read once and already checked against their hashes;
     ``run`` verifies one model on one device (with a time bound, on the target).
-    Raises :class:`ArtifactError` for an entry that is malformed or names a file the manifest does
-    not list.
     """
-    checked: dict[str, VariantResult] = {}
-    for entry in entries:
-        try:
-            if not isinstance(entry, Mapping):
-                raise TypeError("each variant entry must be an object")
-            name, precision, fmt = entry["file"], entry["precision"], entry["format"]
-            if not (isinstance(name, str) and precision in PRECISIONS and fmt in FORMATS):
-                raise ValueError(
-                    f"variant entry {entry.get('file')!r} has no valid file, precision or format"
-                )
-            if name == variant_file("fp32", "onnx"):
-                continue
-            if entry.get("shipped") is not True:
-                # A file the build did not ship must not be there: nothing would verify it.
-                if name in contents:
-                    raise ValueError(f"variant {name!r} is marked as not shipped, yet the artifact lists it")
-                continue
-            if name != variant_file(precision, fmt) or name not in contents:
-                raise ValueError(f"variant {name!r} is not one of the artifact's listed model files")
-            tolerances = {
-                d: _entry_tolerance(entry, d, VARIANT_TOLERANCES[precision] or own[d]) for d in devices
-            }
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(
-                f"The manifest in {folder} has a malformed 'variants' entry ({type(exc).__name__}: {exc}). "
-                "Rebuild the artifact."
-            ) from exc
-        checked[name] = verify_variant(
-            name,
-            precision,
-            fmt,
-            contents[name],
+    return {
+        v.file: verify_variant(
+            v.file,
+            v.precision,
+            v.format,
+            contents[v.file],
             cases,
             float64,
             contract=contract,
             devices=devices,
-            tolerances=tolerances,
+            tolerances=v.tolerances,
             criterion=criterion,
             tf32=tf32,
             run=run,
         )
-    return checked
+        for v in shipped_variants(folder, entries, contents, devices=devices, own=own)
+    }

@@ -29,6 +29,7 @@ from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import Limits
 from rnnexport.pipeline import build
 from rnnexport.safeio import loads_strict, read_bounded
+from rnnexport.text import capped, first_of
 
 from .conftest import run_cli
 
@@ -604,3 +605,54 @@ def test_test_data_that_breaks_the_contract(folder: Path) -> None:
 def test_long_path_components_are_a_message(tmp_path: Path) -> None:
     long = tmp_path / ("d" * 300)
     _refused(long, "has a path component of 300 bytes; file systems allow at most 255 bytes per name", code=2)
+
+
+# -- 9. what a message lists is bounded, whatever the manifest lists ----------------------------------
+
+
+def test_first_of_bounds_the_count_and_each_item() -> None:
+    items = [f"p{i}" for i in range(25)]
+    assert first_of(items, 3) == ["p0", "p1", "p2", "and 22 more"]
+    assert first_of(items[:3], 3) == ["p0", "p1", "p2"]
+    assert first_of([], 3) == []
+    assert capped(iter(items), limit=2) == "p0; p1; and 23 more"
+    assert capped(["x" * 5000]) == "x" * 1000 + " [...]"
+    assert (
+        capped((str(i) for i in range(1_000_000)), sep=", ")
+        == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9, and 999,990 more"
+    )
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_a_hundred_thousand_bogus_entries_make_one_short_message(folder: Path, json_output: bool) -> None:
+    # Before: 6.3 MB of message (12.6 MB with --json), one line per missing file.
+    _edit_manifest(
+        folder, lambda m: m["files"].update({f"bogus/file_{i:06d}.bin": "0" * 64 for i in range(100_000)})
+    )
+    result = run_cli("verify", str(folder), "--device", "cpu", *(["--json"] if json_output else []))
+    assert result.exit_code == 1
+    assert len(result.output) < 4_000
+    output = _flat(result)
+    assert "'bogus/file_000000.bin' is listed in the manifest but missing" in output
+    assert "'bogus/file_000009.bin' is listed" in output
+    assert "'bogus/file_000010.bin'" not in output
+    assert "and 99,990 more" in output
+
+
+def test_a_chain_naming_half_a_million_missing_sets_makes_one_short_message(folder: Path) -> None:
+    # Before: 12 MB of message, every missing set named.
+    state = {"input": "state_in.r.h", "output": "state_out.r.h", "shape": ["batch", 4]}
+    chain = [f"test_data_set_{i}" for i in range(100, 500_100)]
+    _edit_manifest(
+        folder,
+        lambda m: m.update(
+            streaming={
+                "states": [{**state, "dtype": "float32", "initial": "zeros"}],
+                "chunk_axis": "seq",
+                "chains": [chain],
+            }
+        ),
+    )
+    output = _refused(folder, "'streaming.chains' names test-data sets ['test_data_set_100', ")
+    assert len(output) < 4_000
+    assert "and 499,990 more] that the manifest does not list" in output

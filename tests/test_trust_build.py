@@ -474,8 +474,11 @@ def test_stale_staging_folders_of_dead_builds_are_removed(tmp_path: Path) -> Non
 
 
 _KILLED_MID_SWAP = """
-import os, signal, sys
+import errno, os, signal, sys
 from pathlib import Path
+import rnnexport.safeio
+# A file system that refuses RENAME_EXCHANGE: --force takes the two renames.
+rnnexport.safeio._renameat2 = lambda *args: errno.EINVAL
 real = Path.rename
 def rename(self, target):
     result = real(self, target)
