@@ -378,8 +378,11 @@ def test_a_corrupt_golden_folder_is_one_message(
 
 # -- 5. signals --------------------------------------------------------------------------------------
 
+# SIGHUP back to its default first: a suite started under nohup passes it on ignored, and rnnexport
+# rightly leaves an ignored signal ignored, so the child would never see the SIGHUP this sends.
 _SLOW_BUILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 from pathlib import Path
 from rnnexport import pipeline
 marker = Path(sys.argv[1])
