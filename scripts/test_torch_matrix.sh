@@ -70,7 +70,7 @@ for release in "${releases[@]}"; do
     "$venv/bin/python" -m pytest -q "$@" 2>&1 | tee "$log"
     code=${PIPESTATUS[0]}
     counts=$(grep -E '^=* ?[0-9]+ (passed|failed|skipped|error)' "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//')
-    line="torch $(torch_version "$venv"): ${steps[*]}, pytest ${counts:-no summary} (exit $code), $((SECONDS - start)) s"
+    line="torch $(torch_version "$venv"): $(IFS=,; echo "${steps[*]}" | sed 's/,/, /g'), pytest ${counts:-no summary} (exit $code), $((SECONDS - start)) s"
     summaries+=("$line")
     if [ "$code" -ne 0 ] || [[ "${steps[*]}" == *FAILED* ]]; then
         failed=1
