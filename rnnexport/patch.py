@@ -357,6 +357,18 @@ class TracedOps:
 _TRACED: list[TracedOps] = []  # the one in force (export_patches(traced=...)), else empty
 
 
+def _apply(function: type[torch.autograd.Function], *args: Any) -> Any:
+    """``function.apply(*args)``, typed the same on every supported torch.
+
+    torch 2.13 declares ``Function.apply`` as an untyped classmethod (a call to it is an untyped call
+    for strict mypy); from 2.14 on it is an attribute of type ``Any``. Through a variable of a declared
+    callable type, the call type-checks alike on both, without an ignore that one of them reports as
+    unused.
+    """
+    apply: Callable[..., Any] = function.apply
+    return apply(*args)
+
+
 class _RecurrentOp(torch.autograd.Function):
     """An ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` call as ONNX recurrent nodes, one per layer.
 
@@ -454,7 +466,7 @@ def _recurrent_forward(self: nn.RNNBase, input: Any, hx: Any = None) -> Any:
     else:  # an unbatched (2-D) input: left to torch.onnx's own symbolics
         return _ORIGINAL_FORWARD[_base_class(self)](self, input, hx)
     h0, c0 = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
-    results = _RecurrentOp.apply(self, batch_first, x, lengths, h0, c0)  # type: ignore[no-untyped-call]
+    results = _apply(_RecurrentOp, self, batch_first, x, lengths, h0, c0)
     y = results[0] if lengths is None else PaddedBatch(results[0], lengths)
     state = (results[1], results[2]) if isinstance(self, nn.LSTM) else results[1]
     return y, state
@@ -484,7 +496,7 @@ def _pad_packed_sequence(
         return result
     data, lengths = sequence.data, sequence.lengths
     if total_length is None:
-        data = _TrimSteps.apply(data, lengths)  # type: ignore[no-untyped-call]
+        data = _apply(_TrimSteps, data, lengths)
     else:
         # Zeros up to total_length. While tracing, shapes are traced values, so the amount follows
         # the input's length (it is 0 in the usual total_length=x.size(1)).

@@ -36,9 +36,11 @@ if pip show --quiet "$other" >/dev/null 2>&1; then
 fi
 
 pip install --quiet --upgrade pip
-# torch first and alone, at the release the suite is tested on: that lets a wheel already on the
-# machine (a CPU build, or the CUDA build you chose) satisfy it, instead of the resolver fetching the
-# default build and its several GB of CUDA packages as a side effect of installing rnnexport.
+# torch first and alone: that lets a wheel already on the machine (a CPU build, or the CUDA build you
+# chose) satisfy it, instead of the resolver fetching the default build and its several GB of CUDA
+# packages as a side effect of installing rnnexport. 2.13.0 because CI keeps that release as a CPU-only
+# wheel, which installs fast; the project accepts the whole range in pyproject.toml (2.13 to 2.15), and
+# scripts/test_torch_matrix.sh runs the suite on each of those releases.
 pip install --quiet "torch==2.13.0"
 pip install --quiet -e ".[build,$runtime,bench,dev]"
 echo "rnnexport installed in .venv with $wanted: $(.venv/bin/rnnexport --version)"
