@@ -246,7 +246,7 @@ def test_a_build_never_publishes_what_verify_refuses(
             )
     else:
         monkeypatch.setattr("rnnexport.pipeline.hash_files", _drop_a_hash)
-        expected = "is in the folder but not in the manifest"
+        expected = "is a test-data tensor the manifest does not list"
 
         def run() -> object:
             return build("many-to-many", out=out, config=SIZES, device="cpu", force=True)
