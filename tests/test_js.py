@@ -14,8 +14,10 @@ it), where they fail.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -162,17 +164,42 @@ def test_tampered_artifact_fails_in_node_as_in_python(
     assert "'model.onnx' was modified: its sha256 does not match the manifest" in report["error"]["message"]
 
 
-def test_extra_file_fails_in_node_as_in_python(artifacts: Path, node_ready: None, tmp_path: Path) -> None:
-    copy = tmp_path / "extra"
-    shutil.copytree(artifacts / "many-to-many", copy)
-    (copy / "test_data_set_0" / "input_9.pb").write_bytes(b"")
-    with pytest.raises(ArtifactError, match="not in the manifest"):
-        verify_artifact(copy, device="cpu")
-    code, report = _verify_in_node(copy)
+def test_unlisted_files_are_judged_in_node_as_in_python(
+    artifacts: Path, node_ready: None, tmp_path: Path
+) -> None:
+    """A stray .DS_Store passes with a warning; an unlisted test tensor, or a listed model file that no
+    variant entry accounts for, is refused: the same verdicts as rnnexport verify."""
+    stray = tmp_path / "stray"
+    shutil.copytree(artifacts / "many-to-many", stray)
+    (stray / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    assert verify_artifact(stray, device="cpu").unlisted == [".DS_Store"]
+    code, report = _verify_in_node(stray)
+    assert code == 0
+    assert report["passed"] is True
+    assert report["unlisted"] == [".DS_Store"]
+
+    tensor = tmp_path / "tensor"
+    shutil.copytree(artifacts / "many-to-many", tensor)
+    (tensor / "test_data_set_0" / "input_9.pb").write_bytes(b"")
+    expected = "'test_data_set_0/input_9.pb' is a test-data tensor the manifest does not list"
+    with pytest.raises(ArtifactError, match=re.escape(expected)):
+        verify_artifact(tensor, device="cpu")
+    code, report = _verify_in_node(tensor)
     assert code == 1
-    assert (
-        "'test_data_set_0/input_9.pb' is in the folder but not in the manifest" in report["error"]["message"]
-    )
+    assert expected in report["error"]["message"]
+
+    extra = tmp_path / "extra"
+    shutil.copytree(artifacts / "many-to-many", extra)
+    shutil.copy(extra / "model.onnx", extra / "extra.onnx")
+    manifest = json.loads((extra / "manifest.json").read_text())
+    manifest["files"]["extra.onnx"] = hashlib.sha256((extra / "extra.onnx").read_bytes()).hexdigest()
+    (extra / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    expected = "lists 'extra.onnx', which no shipped variant entry or other part of an rnnexport artifact"
+    with pytest.raises(ArtifactError, match=re.escape(expected)):
+        verify_artifact(extra, device="cpu")
+    code, report = _verify_in_node(extra)
+    assert code == 1
+    assert expected in report["error"]["message"]
 
 
 # -- the browser -----------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ export interface VerifyReport {
   arch: string;
   passed: boolean;
   files: "ok";
+  /** Regular files the manifest does not list and nothing loads: not verified, reported (the first 20). */
+  unlisted: string[];
+  unlisted_more: number;
   manifest_sha256: string;
   notes: string[];
   tolerance: Record<string, Tolerance>;
@@ -50,15 +53,42 @@ export interface VerifyReport {
   runtime: { package: string; version: string; provider: string };
 }
 
-/** Read every listed file once, within bounds, and hash those bytes; every way the artifact departs from the list. */
-async function readListed(source: ArtifactSource, listed: Record<string, string>): Promise<[Map<string, Uint8Array>, string[]]> {
+/** How many unlisted files a report names before it counts the rest (Python's UNLISTED_SHOWN). */
+const UNLISTED_SHOWN = 20;
+const MODEL_SUFFIXES = [".onnx", ".ort", ".onnx.data"];
+
+/**
+ * Why a file the manifest does not list must be refused, or null when it is harmless (Python's
+ * `_unlisted_problem`): a model file or a test-data tensor would be loaded by a runtime or a test
+ * runner, so it is verified or refused; anything else (`.DS_Store`, an editor backup) is reported only.
+ */
+function unlistedProblem(name: string): string | null {
+  const cut = name.lastIndexOf("/");
+  const [head, tail] = cut < 0 ? ["", name] : [name.slice(0, cut), name.slice(cut + 1)];
+  if (MODEL_SUFFIXES.some((suffix) => name.toLowerCase().endsWith(suffix))) {
+    return `'${visible(name)}' is a model file the manifest does not list (refused: every model file in an artifact is verified or refused, and nothing verified this one; remove it, or build the variant with --precision/--format so that it is listed and verified)`;
+  }
+  if (isTestSet(head) && isTestFile(`${head}/${tail}`)) {
+    return `'${visible(name)}' is a test-data tensor the manifest does not list (refused: a test runner reads every tensor of a test-data set, and nothing verified this one)`;
+  }
+  return null;
+}
+
+/** Read every listed file once, within bounds, and hash those bytes; every way the artifact departs from the list, and the harmless unlisted files. */
+async function readListed(source: ArtifactSource, listed: Record<string, string>): Promise<[Map<string, Uint8Array>, string[], string[]]> {
   const problems = Object.keys(listed).map(listedNameProblem).filter((p): p is string => p !== null);
-  if (problems.length) return [new Map(), problems];
+  const unlisted: string[] = [];
+  if (problems.length) return [new Map(), problems, unlisted];
   const listing = await source.list();
   if (listing !== null) {
     problems.push(...listing.problems);
     const present = new Set(listing.files.keys());
-    for (const name of [...present].sort()) if (!(name in listed)) problems.push(`'${visible(name)}' is in the folder but not in the manifest`);
+    for (const name of [...present].sort()) {
+      if (name in listed) continue;
+      const problem = unlistedProblem(name);
+      if (problem === null) unlisted.push(name);
+      else problems.push(problem);
+    }
     for (const name of Object.keys(listed).sort()) {
       if (!present.has(name) && !listing.dirs.has(name) && !listing.refused.has(name)) problems.push(`'${visible(name)}' is listed in the manifest but missing`);
     }
@@ -73,7 +103,7 @@ async function readListed(source: ArtifactSource, listed: Record<string, string>
       const limit = sizeLimit(name);
       if (size !== undefined && size > limit) problems.push(`'${visible(name)}' is ${size.toLocaleString("en")} bytes, over the limit of ${limit.toLocaleString("en")} bytes (refused)`);
     }
-    if (problems.length) return [new Map(), problems];
+    if (problems.length) return [new Map(), problems, unlisted];
   }
   const contents = new Map<string, Uint8Array>();
   for (const name of Object.keys(listed).sort()) {
@@ -88,7 +118,7 @@ async function readListed(source: ArtifactSource, listed: Record<string, string>
     if ((await sha256(data)) !== listed[name]) problems.push(`'${visible(name)}' was modified: its sha256 does not match the manifest`);
     else contents.set(name, data);
   }
-  return [contents, problems];
+  return [contents, problems, unlisted];
 }
 
 const sizeLimit = (name: string): number => (name === MODEL || name.endsWith(".onnx") || name.endsWith(".ort") ? LIMITS.modelBytes : LIMITS.testDataBytes);
@@ -378,7 +408,7 @@ export async function verifyArtifact(source: ArtifactSource, runtime: Runtime, o
       `${source.location} keeps its weights in ${EXTERNAL_DATA} (ONNX external data), which this JavaScript package does not load yet. Verify it with 'rnnexport verify', or build a model small enough to keep its weights inline.`,
     );
   }
-  const [contents, problems] = await readListed(source, manifest.files);
+  const [contents, problems, unlisted] = await readListed(source, manifest.files);
   if (problems.length) throw new ArtifactError(`The artifact in ${source.location} does not match its manifest: ${problems.join("; ")}. ${REBUILD}`);
   if (await source.list() === null) notes.push("served over HTTP, where a folder cannot be listed: files the manifest does not list were not looked for");
   const model = contents.get(MODEL);
@@ -392,6 +422,17 @@ export async function verifyArtifact(source: ArtifactSource, runtime: Runtime, o
   }
   for (const name of Object.keys(manifest.files)) {
     if (isTestSet(name.split("/")[0]!) && !isTestFile(name)) throw new ArtifactError(`The manifest of ${source.location} lists '${visible(name)}', which no test-data set holds. ${REBUILD}`);
+  }
+  // Every listed file is verified or refused (Python's _unaccounted): a model under another name, or a
+  // variant whose entry was removed, would otherwise ride along in a verified artifact unverified.
+  const shippedFiles = manifest.variants.filter((e) => e.shipped === true && typeof e.file === "string").map((e) => e.file as string);
+  const initialFiles = (manifest.streaming?.states ?? []).flatMap((st) => (st.initial === "zeros" ? [] : [st.initial.file]));
+  const known = new Set([MODEL, "required_operators.config", "bench.json", ...shippedFiles, ...initialFiles]);
+  const unaccounted = Object.keys(manifest.files).filter((n) => !known.has(n) && !isTestSet(n.split("/")[0]!)).sort();
+  if (unaccounted.length) {
+    throw new ArtifactError(
+      `The manifest of ${source.location} lists ${unaccounted.slice(0, 10).map((n) => `'${visible(n)}'`).join(", ")}${unaccounted.length > 10 ? ` and ${unaccounted.length - 10} more` : ""}, which no shipped variant entry or other part of an rnnexport artifact accounts for: nothing would verify ${unaccounted.length === 1 ? "it" : "them"}. ${REBUILD}`,
+    );
   }
   const [cases, float64] = casesFrom(contents, declared, manifest, where);
   if (!cases.length) throw new ArtifactError(`${source.location} has no test_data_set_N folders to verify against. ${REBUILD}`);
@@ -448,6 +489,8 @@ export async function verifyArtifact(source: ArtifactSource, runtime: Runtime, o
     arch: manifest.arch,
     passed,
     files: "ok",
+    unlisted: unlisted.slice(0, UNLISTED_SHOWN),
+    unlisted_more: Math.max(0, unlisted.length - UNLISTED_SHOWN),
     manifest_sha256: digest,
     notes,
     tolerance: { cpu: tolerance },
