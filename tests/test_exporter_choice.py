@@ -8,6 +8,7 @@ Failures are injected around the real exporter (``pipeline.export_onnx``), for w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from rnnexport import export as export_module
 from rnnexport import pipeline
 from rnnexport.errors import ExportError, UsageError, VerificationError
 from rnnexport.export import AUTO_ORDER, EXPORTERS, Exporter, export_onnx
+from rnnexport.limits import DEFAULT_LIMITS
 from rnnexport.pipeline import build
 from rnnexport.reference import build_model
 from rnnexport.registry import get_arch
@@ -238,3 +240,25 @@ def test_an_old_opset_builds_at_that_opset_whichever_exporter_makes_it(tmp_path:
 def test_an_unknown_exporter_is_refused_with_the_choices() -> None:
     with pytest.raises(UsageError, match=r"expected one of auto, torchscript, dynamo"):
         build(ARCH, out="unused", device="cpu", exporter="onnx")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_fallback_with_external_data_starts_from_an_empty_export_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folders: list[list[str]] = []
+
+    def export(model: torch.nn.Module, contract: Any, *, exporter: Exporter, to: Path, **kwargs: Any) -> Any:
+        folders.append(sorted(p.name for p in to.parent.iterdir()))
+        exported = export_onnx(model, contract, exporter=exporter, to=to, **kwargs)
+        if exporter == FIRST:  # it wrote its files, then "failed"
+            raise ExportError(f"{FIRST}: simulated failure after writing")
+        return exported
+
+    monkeypatch.setattr(pipeline, "export_onnx", export)
+    tiny = dataclasses.replace(DEFAULT_LIMITS, inline_model_bytes=1000)
+    manifest = build(ARCH, out=tmp_path, device="cpu", limits=tiny)
+    assert folders == [[], []]  # the second exporter found none of the first one's files
+    assert manifest.export["exporter"] == SECOND
+    assert manifest.export["external_data"]["tensors"] > 0
+    assert manifest.verification["providers"]["CPUExecutionProvider"]["status"] == "passed"
