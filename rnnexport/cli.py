@@ -248,8 +248,9 @@ class RuntimeChoice(str, Enum):
 
 
 class ExporterChoice(str, Enum):
-    """torch.onnx exporter."""
+    """torch.onnx exporter: auto (the measured better one first, the other where it fails), or one."""
 
+    auto = "auto"
     torchscript = "torchscript"
     dynamo = "dynamo"
 
@@ -468,9 +469,12 @@ def build(
         ExporterChoice,
         typer.Option(
             help="torch.onnx exporter. Both export recurrent layers and packed sequences through "
-            "rnnexport's rewrites, and both are checked and verified alike."
+            "rnnexport's rewrites, and both are checked and verified alike. auto tries the one measured "
+            "better first and falls back to the other where it fails to export or its graph fails the "
+            "checks (said, and recorded in manifest.json); never after a failed verification. torchscript "
+            "or dynamo: that exporter only."
         ),
-    ] = ExporterChoice.torchscript,
+    ] = ExporterChoice.auto,
     opset: Annotated[int, typer.Option(help="ONNX opset (7 to 21).")] = 17,
     weights: Annotated[
         Path | None, typer.Option(help="Trained weights: .safetensors or a torch.save'd state_dict.")
@@ -683,6 +687,13 @@ def _report_artifact(
     from rnnexport.feeds import axis_ranges
 
     providers = manifest.verification["providers"]
+    if reporter.verbose:  # which exporter made model.onnx, and why that one
+        chosen = manifest.export
+        reporter.line(f"exporter: {chosen.get('exporter')} ({chosen.get('why')})")
+        if "fallback" in chosen:
+            reporter.line(
+                f"{chosen['fallback'].get('from')} failed first: {chosen['fallback'].get('reason')}"
+            )
     reporter.providers(
         f"{name}: verified artifact in {destination}",
         providers,

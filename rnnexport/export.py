@@ -1,12 +1,16 @@
 """Exporting a PyTorch model to ONNX with dynamic batch and sequence axes.
 
-Two exporters, chosen explicitly:
+Two exporters:
 
-- ``torchscript`` (default): ``torch.onnx.export(..., dynamo=False, dynamic_axes=...)``. It emits
-  ONNX ``LSTM``/``GRU`` nodes whose sequence axis follows the input.
+- ``torchscript``: ``torch.onnx.export(..., dynamo=False, dynamic_axes=...)``. It emits ONNX
+  ``LSTM``/``GRU`` nodes whose sequence axis follows the input.
 - ``dynamo``: ``torch.onnx.export(..., dynamo=True)`` (``torch.export``, then onnxscript). The same
   rewrites run as custom operators (:mod:`rnnexport.dynamo_rnn`), so it writes the same recurrent
   nodes, packed sequences included, with the same dynamic axes.
+
+``auto`` (the builds' default) tries them in the order :func:`exporter_order` gives, chosen by
+measurement (``scripts/compare_exporters.py``), and uses the second only where the first fails to
+export or its graph fails the contract and graph checks; never after a verification failure.
 
 The example used for tracing has batch 2 and sequence 3: never size 1, which exporters are free to
 specialise as a broadcastable constant. Both exports run inside
@@ -42,16 +46,34 @@ from rnnexport.spec import Contract
 from rnnexport.text import first_line
 
 __all__ = [
+    "AUTO_ORDER",
     "DEFAULT_OPSET",
     "EXPORTERS",
+    "EXPORTER_OPTIONS",
     "TRACE_BATCH",
     "TRACE_SEQ",
     "Exporter",
+    "ExporterOption",
     "export_onnx",
+    "exporter_order",
+    "model_opset",
 ]
 
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
+# What a build's ``exporter`` takes: one exporter exactly, or ``auto``.
+ExporterOption = Literal["auto", "torchscript", "dynamo"]
+EXPORTER_OPTIONS: tuple[ExporterOption, ...] = ("auto", *EXPORTERS)
+# The order ``auto`` tries them in, and why: scripts/compare_exporters.py on torch 2.13.0 and 2.15.0
+# (README, "What the exporter sees"). Where both verify, they verify with the same worst error and
+# the same latency; dynamo's graphs have fewer nodes. Its export takes seconds longer, and it
+# cannot export every user model (it may also keep opset 18 where another was asked for): then the
+# TorchScript exporter, deprecated from torch 2.14 on but still shipped, exports it instead.
+AUTO_ORDER: tuple[Exporter, Exporter] = ("dynamo", "torchscript")
+AUTO_REASON = (
+    "measured on torch 2.13 and 2.15: the same verified accuracy and latency as torchscript, with "
+    "fewer ONNX nodes; torchscript where dynamo fails"
+)
 DEFAULT_OPSET = 17
 TRACE_BATCH = 2
 TRACE_SEQ = 3
@@ -179,6 +201,32 @@ def _export_dynamo(
     return proto, watch
 
 
+def exporter_order(option: ExporterOption) -> tuple[tuple[Exporter, ...], str]:
+    """The exporters a build tries, in order, and why: ``auto`` gives both (:data:`AUTO_ORDER`),
+    an exporter named explicitly only itself (no fallback)."""
+    if option == "auto":
+        return AUTO_ORDER, f"--exporter auto: {AUTO_ORDER[0]} first, {AUTO_REASON}"
+    return (option,), f"--exporter {option}, as asked (no fallback)"
+
+
+def model_opset(model: onnx.ModelProto) -> int | None:
+    """The version of the default ONNX domain the model imports (None if it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _check_opset(model: onnx.ModelProto, exporter: Exporter, opset: int) -> None:
+    """The exported model is at the opset asked for: the dynamo exporter writes opset 18 and converts
+    it to another with onnx's version converter, and keeps 18 (with a warning) where that fails."""
+    actual = model_opset(model)
+    if actual != opset:
+        raise ExportError(
+            f"The {exporter} exporter (torch {torch.__version__.split('+')[0]}) wrote the model at opset "
+            f"{actual}, not at the requested opset {opset} (its conversion to {opset} did not happen). A "
+            f"runtime limited to opset {opset} could not load it. Ask for --opset {actual}, or use the "
+            "other --exporter."
+        )
+
+
 def export_onnx(
     model: torch.nn.Module,
     contract: Contract,
@@ -196,8 +244,9 @@ def export_onnx(
     and the node counts need, without holding the weights in memory once more.
 
     The result is *not* trusted yet: the caller runs :func:`rnnexport.contract.check_contract` on it.
-    Raises :class:`ExportError` when the exporter fails, or when the trace froze a tensor value into
-    Python control flow (the graph would only be right at the example shape).
+    Raises :class:`ExportError` when the exporter fails, when the trace froze a tensor value into
+    Python control flow (the graph would only be right at the example shape), or when the model's
+    opset is not ``opset``.
     """
     example = make_feeds(contract, batch=TRACE_BATCH, seq=TRACE_SEQ, rng=np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[name]) for name in contract.input_names)
@@ -249,4 +298,5 @@ def export_onnx(
             f"{len(frozen)} value(s) frozen into the graph: {'; '.join(frozen[:3])}. "
             + _FROZEN_HINT.format(batch=TRACE_BATCH, seq=TRACE_SEQ)
         )
+    _check_opset(proto, exporter, opset)
     return proto

@@ -51,11 +51,13 @@ from rnnexport.errors import (
 )
 from rnnexport.export import (
     DEFAULT_OPSET,
-    EXPORTERS,
+    EXPORTER_OPTIONS,
     TRACE_BATCH,
     TRACE_SEQ,
     Exporter,
+    ExporterOption,
     export_onnx,
+    exporter_order,
 )
 from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
@@ -85,6 +87,7 @@ from rnnexport.stateful import (
     single_call_cases,
 )
 from rnnexport.streaming import Streaming
+from rnnexport.text import first_line
 from rnnexport.usermodel import (
     ModelSource,
     OutputForm,
@@ -465,7 +468,7 @@ class _Request:
     destination: Path
     devices: list[Device]
     device: str
-    exporter: Exporter
+    exporter: ExporterOption  # auto, or the one exporter to use
     opset: int
     tolerances: dict[Device, Tolerance]
     criterion: Criterion
@@ -564,8 +567,11 @@ def _check_streaming(
 
 def _check_options(*, exporter: str, opset: int, atol: float | None, rtol: float | None) -> None:
     """The exporter, opset and tolerance options of any build."""
-    if exporter not in EXPORTERS:
-        raise UsageError(f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}.")
+    if exporter not in EXPORTER_OPTIONS:
+        raise UsageError(
+            f"Unknown exporter {exporter!r}: expected one of {', '.join(EXPORTER_OPTIONS)} (auto tries the "
+            "measured better one first and falls back to the other where it cannot export the model)."
+        )
     if not 7 <= opset <= 21:
         raise UsageError(f"--opset must be between 7 and 21 (17 is the tested default), got {opset}.")
     for name, value in (("atol", atol), ("rtol", rtol)):
@@ -592,7 +598,7 @@ def _resolve(
     weights: Path | None,
     config: ArchConfig | Mapping[str, Any] | str | Path | None,
     device: str,
-    exporter: Exporter,
+    exporter: ExporterOption,
     opset: int,
     atol: float | None,
     rtol: float | None,
@@ -723,6 +729,54 @@ def _check_traced(
         raise ContractError(f"{exc}{_FROZEN_TRACE}") from exc
 
 
+def _export_checked(
+    model: torch.nn.Module, contract: Contract, request: _Request, *, to: Path | None
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Export with the exporter(s) ``request.exporter`` names (see :func:`exporter_order`) and check
+    the graph; the manifest's record of which exporter made it, which was tried first and why.
+
+    Under ``auto`` the second exporter runs only where the first fails to export or its graph fails
+    the contract and graph checks; a graph that passes them is kept, and verified, whatever its
+    numbers turn out to be (a wrong one fails the build, it is not swapped for the other exporter's).
+    Where both fail, the error says why each did.
+    """
+    order, why = exporter_order(request.exporter)
+    failed: list[tuple[Exporter, ExportError]] = []
+    for exporter in order:
+        if failed and to is not None:  # the first attempt's files go; the folder is the build's own
+            for leftover in to.parent.iterdir():
+                leftover.unlink()
+        try:
+            exported = export_onnx(model, contract, exporter=exporter, opset=request.opset, to=to)
+            _check_traced(exported, contract, exporter, stage=f"after export ({exporter})", path=to)
+        except ExportError as exc:  # ContractError included: the graph checks
+            if len(order) == 1:
+                raise
+            failed.append((exporter, exc))
+            continue
+        record: dict[str, Any] = {
+            "exporter": exporter,
+            "requested": request.exporter,
+            "tried_first": order[0],
+            "why": why,
+            "opset_import": {o.domain or "ai.onnx": o.version for o in exported.opset_import},
+            "ir_version": exported.ir_version,
+        }
+        if failed:
+            first, error = failed[0]
+            record["fallback"] = {
+                "from": first,
+                "summary": f"the {first} exporter failed, so {exporter} exported it: "
+                + first_line(error).split(". ")[0][:200],
+                "reason": str(error),
+            }
+        return exported, record
+    (first, error), (_, last) = failed
+    raise type(last)(
+        f"{last} (The {first} exporter, tried first under --exporter auto, failed too: {error})"
+    ) from last.__cause__
+
+
 def _frozen_shape_hint(results: Mapping[Device, ProviderResult]) -> str:
     """Why a graph may fail only at other shapes: a trace that froze the sequence length."""
     text = " ".join(line for r in results.values() for line in r.failures)
@@ -797,7 +851,7 @@ def build(
     weights: str | Path | None = None,
     config: ArchConfig | Mapping[str, Any] | str | Path | None = None,
     device: str = "auto",
-    exporter: Exporter = "torchscript",
+    exporter: ExporterOption = "auto",
     opset: int = DEFAULT_OPSET,
     atol: float | None = None,
     rtol: float | None = None,
@@ -869,9 +923,8 @@ def build(
 
 def _run(request: _Request, progress: Progress | None) -> Manifest:
     """The stages, top to bottom, for any subject: model -> export -> simplify -> verify -> package."""
-    subject, exporter, opset, tf32, force = (
+    subject, opset, tf32, force = (
         request.subject,
-        request.exporter,
         request.opset,
         request.tf32,
         request.force,
@@ -922,9 +975,11 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 _stage(progress, "export") as stage,
                 _user_code(subject, "while it was traced for export"),
             ):
-                exported = export_onnx(model, contract, exporter=exporter, opset=opset, to=to)
-                _check_traced(exported, contract, exporter, stage=f"after export ({exporter})", path=to)
+                exported, chosen = _export_checked(model, contract, request, to=to)
+                exporter: Exporter = chosen["exporter"]
                 stage.details.append(f"{exporter}, opset {opset}, {len(exported.graph.node)} nodes")
+                if "fallback" in chosen:
+                    stage.details.append(chosen["fallback"]["summary"])
             with _stage(progress, "simplify") as stage:
                 # A streaming call is mostly per-node overhead (see simplify_onnx).
                 simplified, stats = simplify_onnx(
@@ -998,8 +1053,10 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 + (
                     "Use --device cpu, or install onnxruntime-gpu with CUDA and cuDNN 9 on a GPU machine."
                     if unavailable
-                    else "The exported graph computes something else than the PyTorch model at these shapes."
-                    + _frozen_shape_hint(results)
+                    else f"The graph the {exporter} exporter wrote computes something else than the PyTorch "
+                    "model at these shapes. A wrong graph is reported, not replaced by the other exporter's: "
+                    f"'--exporter {'dynamo' if exporter == 'torchscript' else 'torchscript'}' builds with "
+                    "that one, if you choose to." + _frozen_shape_hint(results)
                 )
             )
 
@@ -1056,7 +1113,7 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                 contract=contract,
                 versions=_versions(),
                 export={
-                    "exporter": exporter,
+                    **chosen,
                     "opset": opset,
                     "trace_shape": {"batch": TRACE_BATCH, "seq": TRACE_SEQ},
                     **({"external_data": layout} if layout is not None else {}),
@@ -1226,7 +1283,7 @@ def build_model_artifact(
     source: ModelSource | None = None,
     config: Mapping[str, Any] | None = None,
     device: str = "auto",
-    exporter: Exporter = "torchscript",
+    exporter: ExporterOption = "auto",
     opset: int = DEFAULT_OPSET,
     atol: float | None = None,
     rtol: float | None = None,

@@ -52,8 +52,9 @@ def test_help_has_no_type_placeholders_for_flags_and_answers_to_h(command: list[
     if command == ["build"]:
         assert "--force" in result.output
         assert "--quiet" in result.output
-        assert "torchscript" in result.output
-        assert "dynamo" in result.output
+        # The exporter choice and its fallback are explained where the option is.
+        assert "auto tries the one measured better first and falls back to the other" in _flat(result.output)
+        assert "[default: auto]" in _flat(result.output)
 
 
 def test_list_never_wraps_a_name_and_names_the_articles() -> None:
