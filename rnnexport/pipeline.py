@@ -86,7 +86,7 @@ from rnnexport.stateful import (
     require_streamable,
     single_call_cases,
 )
-from rnnexport.streaming import Streaming
+from rnnexport.streaming import INITIAL_FOLDER, Streaming
 from rnnexport.text import first_line
 from rnnexport.usermodel import (
     ModelSource,
@@ -955,6 +955,12 @@ def _run(request: _Request, progress: Progress | None) -> Manifest:
                     cases = single_call_cases(stream, cases) + chained
                 contract, model, reference = stream.contract, stream.module, "forward"
                 stage.details.append(f"streaming: {len(stream.streaming.states)} state tensors")
+                learned = sorted(stream.streaming.shipped)
+                if learned:  # a new stream starts from what the model passes as hx, not from zeros
+                    stage.details.append(
+                        f"{len(learned)} start from the model's own learned initial state "
+                        f"(shipped in {INITIAL_FOLDER}/: {', '.join(learned)})"
+                    )
             float64, oracle = _float64_oracle(subject, contract, model, cases, reference)
             if not oracle["ran"]:
                 stage.details.append(f"float64 oracle not run: {oracle['reason']}")

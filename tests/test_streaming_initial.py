@@ -143,6 +143,11 @@ def lstm_artifact(source: Path) -> Path:
         "cpu",
     )
     assert result.exit_code == 0, result.output
+    # The terminal says where a new stream starts: the model's own state, not zeros.
+    assert (
+        "2 start from the model's own learned initial state (shipped in initial_state/: "
+        "state_in.lstm.c, state_in.lstm.h)" in flat(result.output)
+    )
     return out / "learnedlstm"
 
 
