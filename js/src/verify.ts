@@ -53,6 +53,26 @@ export interface VerifyReport {
   runtime: { package: string; version: string; provider: string };
 }
 
+/**
+ * `{axis: [smallest, largest]}` of every dynamic input axis over the cases' input shapes, read where the
+ * contract puts each axis (Python's `feeds.axis_ranges`): `batch` and `seq` first, then the others.
+ */
+function axisRanges(inputs: TensorSpec[], shapes: Record<string, number[]>[]): Record<string, number[]> {
+  const sizes = new Map<string, number[]>([["batch", []], ["seq", []]]);
+  for (const shape of shapes) {
+    for (const spec of inputs) {
+      const dims = shape[spec.name];
+      if (dims === undefined || dims.length !== spec.shape.length) continue;
+      spec.shape.forEach((dim, axis) => {
+        if (typeof dim !== "string") return;
+        if (!sizes.has(dim)) sizes.set(dim, []);
+        sizes.get(dim)!.push(dims[axis]!);
+      });
+    }
+  }
+  return Object.fromEntries([...sizes].filter(([, found]) => found.length).map(([name, found]) => [name, [Math.min(...found), Math.max(...found)]]));
+}
+
 /** How many unlisted files a report names before it counts the rest (Python's UNLISTED_SHOWN). */
 const UNLISTED_SHOWN = 20;
 const MODEL_SUFFIXES = [".onnx", ".ort", ".onnx.data"];
@@ -454,6 +474,7 @@ export async function verifyArtifact(source: ArtifactSource, runtime: Runtime, o
   }
   const run = { tolerance, criterion: manifest.criterion, float64, seqAxes, ...(options.onCase ? { onCase: options.onCase } : {}) };
   const provider = await verifyOnRuntime(runtime, opened, cases, { ...run, ...chained });
+  provider.axes = axisRanges(manifest.inputs, provider.shapes as Record<string, number[]>[]);
   const variants: Record<string, Record<string, unknown>> = {};
   for (const entry of manifest.variants) {
     const file = entry.file as string;
