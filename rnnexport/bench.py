@@ -11,8 +11,12 @@ Runtimes measured side by side on the same inputs:
   then onnxsim, none of rnnexport's export rewrites), run by ONNX Runtime: the baseline an artifact
   must never fall below.
 
-Every runtime runs in this one process, in alternating rounds (round 1: A, B, C; round 2: B, C, A;
-...), so that a noisy neighbour slows all of them alike and the ratios hold on a busy machine. Each
+The artifact is untrusted: it is read as ``rnnexport verify`` reads it
+(:func:`rnnexport.artifact.checked_artifact`), and every runtime runs in one child process
+(:func:`rnnexport.worker.run_bounded`) that is killed when a step overruns its time bound, so that
+neither a hostile model nor SIGTERM arriving during a native call can hold the caller. In that
+process the runtimes run in alternating rounds (round 1: A, B, C; round 2: B, C, A; ...), timed
+there, so that a noisy neighbour slows all of them alike and the ratios hold on a busy machine. Each
 burst starts with untimed warm-up calls and a short pause, because PyTorch's OpenMP workers and ONNX
 Runtime's thread pool keep spinning for a moment after a call and would otherwise steal the next
 runtime's cores.
