@@ -81,9 +81,11 @@ __all__ = [
     "MANIFEST_FORMAT",
     "MODEL",
     "ArtifactReport",
+    "CheckedArtifact",
     "Manifest",
     "check_files",
     "check_publishable",
+    "checked_artifact",
     "hash_files",
     "parse_manifest",
     "prepare_destination",
@@ -1482,33 +1484,54 @@ def check_publishable(folder: Path, *, limits: Limits = DEFAULT_LIMITS) -> None:
         )
 
 
-def verify_artifact(
+@dataclass(frozen=True)
+class CheckedArtifact:
+    """An artifact as :func:`checked_artifact` read it: every file bounded, hashed and checked.
+
+    Nothing here is to be read from the artifact folder again: ``contents`` holds the bytes of the
+    listed files that were hashed (``model.onnx``, variants, test data, initial states), and
+    ``source`` is what ONNX Runtime loads: ``model.onnx``'s bytes, or, with external data, the path
+    of its private copy, beside the private copy of ``model.onnx.data``.
+    """
+
+    folder: Path
+    manifest: Manifest
+    manifest_sha256: str
+    contents: dict[str, bytes]
+    unlisted: list[str]
+    notes: list[str]
+    source: bytes | Path
+    # The size of the verified model.onnx.data, or None without external data.
+    data_size: int | None
+    cases: list[Case]
+    float64: dict[str, Feeds]
+    # A streaming artifact's initial states (zeros or the shipped tensors); empty otherwise.
+    initial: Feeds
+
+    @property
+    def model_bytes(self) -> int:
+        """The model's size, its external data included: what its time bounds scale with."""
+        return len(self.contents[MODEL]) + (self.data_size or 0)
+
+
+@contextmanager
+def checked_artifact(
     folder: Path | str,
     *,
-    device: str = "auto",
-    expect_sha256: str | None = None,
-    time_limit: float | None = None,
     limits: Limits = DEFAULT_LIMITS,
-    runtime: str = "onnxruntime",
-) -> ArtifactReport:
-    """Re-check a shipped artifact: file hashes, I/O contract, and outputs on the provider that runs.
+    expect_sha256: str | None = None,
+    prefix: str = "rnnexport-verify-",
+) -> Iterator[CheckedArtifact]:
+    """Everything ``verify`` checks before it runs anything, and what it read; ``bench`` reads the same way.
 
-    Raises :class:`ArtifactError` when the folder itself is wrong (tampered, extra, missing or
-    oversized files, links, pipes or devices, external data, a manifest that disagrees with the
-    model); returns a report with one :class:`ProviderResult` per device otherwise. The caller
-    decides what a non-passing result means. ``expect_sha256`` pins the manifest (and through its
-    hashes, every file); ``time_limit`` bounds each provider's run in seconds (default: a base plus
-    time in proportion to the model's size, see :class:`~rnnexport.limits.Limits`). ``runtime``
-    "openvino" runs the test data on OpenVINO's CPU plugin instead (:mod:`rnnexport.deploy.openvino`).
+    The folder must be a folder (a ``--force`` rebuild killed between its renames is put back first).
+    The manifest and every listed file are read once within their size bounds (links, pipes and
+    devices refused unopened) and hashed; the model is parsed from those bytes, its external-data
+    references confined to ``model.onnx.data`` (copied, as it was hashed, into a private folder named
+    ``prefix``..., which lives as long as the block), and its metadata, contract, test data and stream
+    starts are checked against the manifest. Raises :class:`ArtifactError` for any departure and
+    :class:`UsageError` for what is not a folder.
     """
-    from rnnexport.worker import verify_with_deadline
-
-    run_one: Callable[..., ProviderResult] = verify_with_deadline
-    if runtime == "openvino":
-        from rnnexport.deploy.openvino import verify_openvino
-
-        run_one = verify_openvino
-
     folder = check_path(Path(folder), what="The artifact folder")
     notes = []
     if not os.path.lexists(folder) and folder.parent.is_dir():
@@ -1533,7 +1556,7 @@ def verify_artifact(
         )
     # A private folder for what ONNX Runtime must read from files (a model with external data): it
     # gets copies of the verified bytes, never the artifact's own files.
-    with tempfile.TemporaryDirectory(prefix="rnnexport-verify-") as private:
+    with tempfile.TemporaryDirectory(prefix=prefix) as private:
         scratch = Path(private)
         manifest, manifest_bytes, contents, problems, unlisted = _read_consistently(
             folder, limits, copy_to=scratch
@@ -1620,6 +1643,52 @@ def verify_artifact(
         if not cases:
             raise ArtifactError(f"{folder} has no test_data_set_N folders to verify against. {_REBUILD}")
         float64 = _float64_from(contents, declared, manifest.contract, folder=folder)
+        initial: Feeds = {}
+        if manifest.streaming is not None:
+            streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
+            initial = _initial_from(contents, streaming, folder=folder)
+            starts = _start_problems(cases, streaming, initial)
+            if starts:
+                raise ArtifactError(
+                    f"The test data of {folder} does not start its streams where the manifest says a stream "
+                    f"starts: {'; '.join(starts[:3])}. {_REBUILD}"
+                )
+        yield CheckedArtifact(
+            folder, manifest, digest, contents, unlisted, notes, source, data_size, cases, float64, initial
+        )
+
+
+def verify_artifact(
+    folder: Path | str,
+    *,
+    device: str = "auto",
+    expect_sha256: str | None = None,
+    time_limit: float | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    runtime: str = "onnxruntime",
+) -> ArtifactReport:
+    """Re-check a shipped artifact: file hashes, I/O contract, and outputs on the provider that runs.
+
+    Raises :class:`ArtifactError` when the folder itself is wrong (tampered, extra, missing or
+    oversized files, links, pipes or devices, external data, a manifest that disagrees with the
+    model); returns a report with one :class:`ProviderResult` per device otherwise. The caller
+    decides what a non-passing result means. ``expect_sha256`` pins the manifest (and through its
+    hashes, every file); ``time_limit`` bounds each provider's run in seconds (default: a base plus
+    time in proportion to the model's size, see :class:`~rnnexport.limits.Limits`). ``runtime``
+    "openvino" runs the test data on OpenVINO's CPU plugin instead (:mod:`rnnexport.deploy.openvino`).
+    """
+    from rnnexport.worker import verify_with_deadline
+
+    run_one: Callable[..., ProviderResult] = verify_with_deadline
+    if runtime == "openvino":
+        from rnnexport.deploy.openvino import verify_openvino
+
+        run_one = verify_openvino
+
+    with checked_artifact(folder, limits=limits, expect_sha256=expect_sha256) as checked:
+        folder, manifest, contents, cases = checked.folder, checked.manifest, checked.contents, checked.cases
+        source, data_size, data, float64 = checked.source, checked.data_size, contents[MODEL], checked.float64
+        notes, unlisted, digest = checked.notes, checked.unlisted, checked.manifest_sha256
         tf32 = bool(manifest.verification.get("tf32", False))
         criterion = Criterion.from_json(manifest.verification.get("rule"))
         seconds = time_limit if time_limit is not None else limits.run_seconds(len(data) + (data_size or 0))
@@ -1629,12 +1698,6 @@ def verify_artifact(
             # Replays each chain: its first call starts from the states' initial values (zeros, or the
             # shipped initial_state/ tensors), every later call from what the provider returned.
             streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
-            starts = _start_problems(cases, streaming, _initial_from(contents, streaming, folder=folder))
-            if starts:
-                raise ArtifactError(
-                    f"The test data of {folder} does not start its streams where the manifest says a stream "
-                    f"starts: {'; '.join(starts[:3])}. {_REBUILD}"
-                )
             chained = {"chains": streaming.chains, "state_pairs": streaming.pairs}
         if runtime == "openvino":
             from rnnexport.deploy.openvino import runtime_note

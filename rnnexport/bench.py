@@ -11,8 +11,12 @@ Runtimes measured side by side on the same inputs:
   then onnxsim, none of rnnexport's export rewrites), run by ONNX Runtime: the baseline an artifact
   must never fall below.
 
-Every runtime runs in this one process, in alternating rounds (round 1: A, B, C; round 2: B, C, A;
-...), so that a noisy neighbour slows all of them alike and the ratios hold on a busy machine. Each
+The artifact is untrusted: it is read as ``rnnexport verify`` reads it
+(:func:`rnnexport.artifact.checked_artifact`), and every runtime runs in one child process
+(:func:`rnnexport.worker.run_bounded`) that is killed when a step overruns its time bound, so that
+neither a hostile model nor SIGTERM arriving during a native call can hold the caller. In that
+process the runtimes run in alternating rounds (round 1: A, B, C; round 2: B, C, A; ...), timed
+there, so that a noisy neighbour slows all of them alike and the ratios hold on a busy machine. Each
 burst starts with untimed warm-up calls and a short pause, because PyTorch's OpenMP workers and ONNX
 Runtime's thread pool keep spinning for a moment after a call and would otherwise steal the next
 runtime's cores.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import io
 import json
 import os
@@ -52,20 +57,25 @@ from rnnexport.artifact import (
     EXTERNAL_DATA,
     MANIFEST,
     MODEL,
+    CheckedArtifact,
     Manifest,
     check_files,
-    read_initial_states,
-    read_test_data,
+    checked_artifact,
     sha256_file,
 )
+from rnnexport.artifact import _read_manifest as _read_bounded_manifest
 from rnnexport.compare import compare_outputs
 from rnnexport.errors import ArtifactError, RnnExportError, UsageError
-from rnnexport.feeds import Feeds, make_feeds
+from rnnexport.feeds import OTHER_AXIS_SIZE, Case, Feeds, make_feeds
+from rnnexport.limits import DEFAULT_LIMITS, Limits, format_bytes
 from rnnexport.runtime import PROVIDERS, Device, ProviderUnavailableError, bucketed_run, probe_provider
-from rnnexport.spec import Contract
+from rnnexport.safeio import describe_os_error
+from rnnexport.spec import BATCH, SEQ, Contract
 from rnnexport.streaming import STATE_IN, STATE_OUT, Streaming, start_states
 from rnnexport.text import capped
 from rnnexport.text import visible as _safe
+from rnnexport.variants import shipped_variants, variant_problem
+from rnnexport.worker import Progress, Stopped, run_bounded
 
 __all__ = [
     "BENCH_FILE",
@@ -75,6 +85,8 @@ __all__ = [
     "RUNTIMES",
     "BenchReport",
     "LatencyStats",
+    "check_grid",
+    "check_recordable",
     "grid_shapes",
     "parse_sizes",
     "plot_latency",
@@ -123,6 +135,38 @@ def parse_sizes(text: str, *, option: str) -> tuple[int, ...]:
 def grid_shapes(batches: Sequence[int], seqs: Sequence[int]) -> list[tuple[int, int]]:
     """Every ``(batch, seq)`` of the grid, batch-major."""
     return [(b, s) for b in batches for s in seqs]
+
+
+def _call_bytes(contract: Contract, batch: int, seq: int) -> int:
+    """Bytes of one call's inputs and outputs at ``batch`` x ``seq`` (what any runtime must hold)."""
+    sizes = {BATCH: batch, SEQ: seq}
+    total = 0
+    for spec in contract.inputs + contract.outputs:
+        elements = 1
+        for d in spec.shape:
+            elements *= sizes.get(d, OTHER_AXIS_SIZE) if isinstance(d, str) else d
+        total += elements * np.dtype(spec.dtype).itemsize
+    return total
+
+
+def check_grid(
+    contract: Contract, shapes: Sequence[tuple[int, int]], *, limits: Limits = DEFAULT_LIMITS
+) -> None:
+    """Refuse, before anything is allocated, a shape whose inputs and outputs exceed the bound.
+
+    Raises :class:`UsageError` naming the largest shape, its bytes, and the bound.
+    """
+    if not shapes:
+        return
+    batch, seq = max(shapes, key=lambda shape: _call_bytes(contract, *shape))
+    needed = _call_bytes(contract, batch, seq)
+    if needed > limits.bench_tensor_bytes:
+        raise UsageError(
+            f"--batch {batch} with --seq {seq} needs {format_bytes(needed)} for one call's inputs and "
+            f"outputs ({batch} x {seq} x the model's sizes), over the bound of "
+            f"{format_bytes(limits.bench_tensor_bytes)} a benchmark call may use. Choose smaller "
+            "batches or sequence lengths."
+        )
 
 
 def _feeds(contract: Contract, start: Callable[[int], Feeds], *, batch: int, seq: int) -> Feeds:
@@ -175,6 +219,29 @@ class LatencyStats:
         return dataclasses.asdict(self)
 
 
+def _burst(
+    call: Callable[[], object], *, repeats: int, burst_seconds: float, sync: Callable[[], None]
+) -> list[float]:
+    """Untimed warm-up calls after a short pause, then up to ``repeats`` timed calls (seconds each)."""
+    time.sleep(SETTLE_SECONDS)
+    for _ in range(WARMUP_CALLS):
+        start = time.perf_counter()
+        call()
+        sync()
+        if time.perf_counter() - start > burst_seconds / 4:
+            break  # a slow call warms up in one go; a second one would only cost time
+    burst: list[float] = []
+    burst_start = time.perf_counter()
+    for k in range(repeats):
+        start = time.perf_counter()
+        call()
+        sync()
+        burst.append(time.perf_counter() - start)
+        if k >= 1 and time.perf_counter() - burst_start > burst_seconds:
+            break
+    return burst
+
+
 def _interleaved(
     calls: Mapping[str, Callable[[], object]],
     *,
@@ -182,35 +249,41 @@ def _interleaved(
     repeats: int,
     burst_seconds: float,
     sync: Callable[[], None] = lambda: None,
+    tick: Callable[[], None] = lambda: None,
+    where: str = "",
 ) -> dict[str, LatencyStats]:
     """Time every call in alternating rounds; the order rotates each round so none is always first.
 
     A burst is ``repeats`` timed calls, cut short after ``burst_seconds`` (but never fewer than 2), so
-    a slow shape does not take minutes.
+    a slow shape does not take minutes. ``tick()`` is called before each burst, outside the timed
+    calls (the child process's report to its parent: a new time bound). A call that raises is an
+    :class:`ArtifactError` naming the runtime and ``where``.
     """
     names = list(calls)
     times: dict[str, list[list[float]]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            call = calls[name]
-            time.sleep(SETTLE_SECONDS)
-            for _ in range(WARMUP_CALLS):
-                start = time.perf_counter()
-                call()
-                sync()
-                if time.perf_counter() - start > burst_seconds / 4:
-                    break  # a slow call warms up in one go; a second one would only cost time
-            burst: list[float] = []
-            burst_start = time.perf_counter()
-            for k in range(repeats):
-                start = time.perf_counter()
-                call()
-                sync()
-                burst.append(time.perf_counter() - start)
-                if k >= 1 and time.perf_counter() - burst_start > burst_seconds:
-                    break
-            times[name].append(burst)
+            tick()
+            try:
+                times[name].append(
+                    _burst(calls[name], repeats=repeats, burst_seconds=burst_seconds, sync=sync)
+                )
+            except RnnExportError:
+                raise
+            except Exception as exc:  # ONNX Runtime and PyTorch raise many types; all mean "cannot run"
+                raise ArtifactError(
+                    f"{f'{name} {where}'.strip()} failed, so nothing was measured: {_first_line(exc)}. A "
+                    "model that cannot run at these shapes (one that asks for more memory than the "
+                    "machine has, for example) is not one rnnexport builds; 'rnnexport verify' checks it."
+                ) from None
     return {n: LatencyStats.of(t) for n, t in times.items()}
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, capped: what a runtime's failure says, without its dump."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return _safe(f"{type(exc).__name__}: {first[:500]}")
 
 
 # -- ONNX Runtime sessions -------------------------------------------------------------------------
@@ -298,7 +371,12 @@ def _session(
     options = session_options(settings)
     if ort_format:
         options.add_session_config_entry("session.load_model_format", "ORT")
-    session = ort.InferenceSession(model, sess_options=options, providers=[provider])
+    try:
+        session = ort.InferenceSession(model, sess_options=options, providers=[provider])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise ArtifactError(
+            f"ONNX Runtime could not load the model on {PROVIDERS[device]}: {_first_line(exc)}."
+        ) from None
     if session.get_providers()[0] != PROVIDERS[device]:
         raise ProviderUnavailableError(
             f"onnxruntime created the session on {session.get_providers()}, not {PROVIDERS[device]}"
@@ -328,24 +406,30 @@ class _Runtime:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def _variant_runtimes(
-    folder: Path, manifest: Manifest, device: Device
-) -> list[tuple[_Runtime, dict[str, Any]]]:
-    """A runtime per shipped variant other than ``model.onnx`` (its hash was checked with the rest)."""
+def _variant_runtimes(job: _Job) -> list[tuple[_Runtime, dict[str, Any]]]:
+    """A runtime per shipped variant other than ``model.onnx`` whose build verified it, from the bytes
+    that were hashed; a variant file that is not what its entry says is reported, never loaded."""
     found = []
-    for entry in manifest.variants:
-        file = entry.get("file")
-        if file == MODEL or entry.get("status") != "passed" or file not in manifest.files:
+    passed = {e.get("file") for e in job.manifest.variants if e.get("status") == "passed"}
+    for variant in shipped_variants(job.folder, job.manifest.variants, job.manifest.files):
+        if variant.file not in passed:
             continue
-        data = (folder / file).read_bytes()
-        session = _session(data, device, ort_format=entry.get("format") == "ort")
-        runtime = _Runtime(
-            f"onnxruntime:{file}",
-            functools.partial(_ort_call, session),
-            detail={"precision": entry.get("precision"), "format": entry.get("format"), "bytes": len(data)},
+        name, data = f"{ONNXRUNTIME}:{variant.file}", job.variants[variant.file]
+        detail = {"precision": variant.precision, "format": variant.format, "bytes": len(data)}
+        problem = variant_problem(
+            variant.file, variant.precision, variant.format, data, contract=job.manifest.contract
         )
-        found.append((runtime, {"available": True, "provider": PROVIDERS[device], **runtime.detail}))
+        if problem:
+            found.append((_Runtime(name, _no_call), {"available": False, "reason": problem, **detail}))
+            continue
+        session = _session(data, job.device, ort_format=variant.format == "ort")
+        runtime = _Runtime(name, functools.partial(_ort_call, session), detail=detail)
+        found.append((runtime, {"available": True, "provider": PROVIDERS[job.device], **detail}))
     return found
+
+
+def _no_call(feeds: Feeds) -> Callable[[], object]:
+    raise AssertionError("an unavailable runtime is never timed")
 
 
 def _builtin_model(folder: Path, manifest: Manifest, weights: Path | None) -> tuple[Any, str]:
@@ -538,7 +622,14 @@ def _as_streaming(model: Any, folder: Path, manifest: Manifest) -> Any:
 
 
 def _rebuild_eager(
-    folder: Path, manifest: Manifest, weights: Path | None, model: str | None, device: Device
+    folder: Path,
+    manifest: Manifest,
+    weights: Path | None,
+    model: str | None,
+    device: Device,
+    cases: Sequence[Case],
+    *,
+    torch_here: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """The artifact's model in PyTorch, proven to reproduce the artifact's test data.
 
@@ -547,9 +638,12 @@ def _rebuild_eager(
     the streaming wrapper, which takes and returns the states as the artifact does. Raises
     :class:`_Unavailable` when it cannot be rebuilt here (no torch, an architecture this rnnexport
     does not know, no source or weights given), and :class:`UsageError` when ``weights`` or
-    ``model`` is not what the artifact was built from.
+    ``model`` is not what the artifact was built from. ``cases`` are the artifact's checked test
+    data; ``torch_here`` False: the caller found no torch (the check runs in the caller's process).
     """
     try:
+        if not torch_here:
+            raise ImportError("torch")
         import torch
     except ImportError:
         if model is not None or weights is not None:
@@ -576,7 +670,7 @@ def _rebuild_eager(
         module = _as_streaming(module, folder, manifest)
     # Prove the rebuilt model is the artifact's model before timing it against the artifact.
     runner = ModuleRunner(manifest.contract, module)
-    for case in read_test_data(folder, manifest.contract)[:1]:
+    for case in cases[:1]:
         with torch.inference_mode():
             got = runner.infer(case.inputs)
         comparisons = compare_outputs(got, case.outputs, manifest.tolerance("cpu"))
@@ -648,7 +742,9 @@ def plain_export(model: Any, contract: Contract, *, opset: int) -> bytes:
     return bytes(simplified.SerializeToString())
 
 
-def _plain_runtime(model: Any, folder: Path, manifest: Manifest, device: Device) -> tuple[_Runtime, bytes]:
+def _plain_runtime(
+    model: Any, manifest: Manifest, device: Device, cases: Sequence[Case]
+) -> tuple[_Runtime, bytes]:
     """The plain export as a runtime, refused (as unavailable) unless it matches the artifact's test data."""
     opset = int(manifest.export.get("opset", 17))
     try:
@@ -662,10 +758,13 @@ def _plain_runtime(model: Any, folder: Path, manifest: Manifest, device: Device)
         ) from None
     finally:
         model.to(device)
-    session = _session(data, device)
+    try:
+        session = _session(data, device)
+    except RnnExportError as exc:
+        raise _Unavailable(str(exc)) from None
     names = [o.name for o in session.get_outputs()]
     tolerance = manifest.tolerance("cpu")
-    for case in read_test_data(folder, manifest.contract):
+    for case in cases:
         got = dict(zip(names, session.run(names, case.inputs), strict=True))
         if not all(c.passed for c in compare_outputs(got, case.outputs, tolerance)):
             raise _Unavailable(
@@ -684,7 +783,8 @@ _RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 def _readable(tensor: onnx.TensorProto, base: Path | None) -> bool:
     """Whether ``tensor``'s values can be read: inline, or external in ``base``'s model.onnx.data
-    (the one file an artifact may hold them in; any other reference is left unread)."""
+    (the one file an artifact may hold them in, its private copy, at a region checked to lie inside
+    it; any other reference is left unread)."""
     if tensor.data_location != onnx.TensorProto.EXTERNAL and not len(tensor.external_data):
         return True
     location = next((e.value for e in tensor.external_data if e.key == "location"), None)
@@ -694,7 +794,7 @@ def _readable(tensor: onnx.TensorProto, base: Path | None) -> bool:
 def _graph_facts(graph: onnx.GraphProto, base: Path | None = None) -> dict[str, Any]:
     """Recurrent nodes and their recurrence matrices: bytes and the fraction of exact zeros.
 
-    ``base``: the artifact folder, where a model with external data keeps model.onnx.data.
+    ``base``: the private folder holding the checked copy of a model's model.onnx.data.
     """
     from onnx import numpy_helper
 
@@ -765,15 +865,26 @@ def _settings_sweep(
     rounds: int,
     repeats: int,
     burst_seconds: float,
+    bound: Callable[[int, int], Callable[[], None]] = lambda batch, seq: lambda: None,
 ) -> dict[str, Any]:
-    """Measure each candidate in each regime; recommend the fastest where it beats the defaults."""
+    """Measure each candidate in each regime; recommend the fastest where it beats the defaults.
+
+    ``bound(batch, seq)`` is the ``tick`` of :func:`_interleaved` at that shape.
+    """
     candidates = _candidates(recurrent_nodes)
     sessions = [_session(model, "cpu", c) for c in candidates]
     out: dict[str, Any] = {}
     for regime, (batch, seq) in REGIMES.items():
         feeds = _feeds(contract, start, batch=batch, seq=seq)
         calls = {str(k): _ort_call(s, feeds) for k, s in enumerate(sessions)}
-        stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds)
+        stats = _interleaved(
+            calls,
+            rounds=rounds,
+            repeats=repeats,
+            burst_seconds=burst_seconds,
+            tick=bound(batch, seq),
+            where=f"(session settings candidate, {regime} regime, batch {batch}, seq {seq})",
+        )
         measured = [
             {"settings": c, "label": _label(c), **stats[str(k)].to_json()} for k, c in enumerate(candidates)
         ]
@@ -813,6 +924,7 @@ def _ragged(
     rounds: int,
     repeats: int,
     burst_seconds: float,
+    bound: Callable[[int, int], Callable[[], None]] = lambda batch, seq: lambda: None,
 ) -> dict[str, Any]:
     """What ``sequence_lens`` costs when rows differ in length, and what bucketing saves."""
     batch, seq = RAGGED_BATCH, RAGGED_SEQ
@@ -836,7 +948,14 @@ def _ragged(
     unpadded = _feeds(contract, start, batch=batch, seq=seq // 2)
     unpadded[lengths_name] = np.full(batch, seq // 2, dtype=unpadded[lengths_name].dtype)
     calls[f"all rows {seq // 2} (seq {seq // 2}, no padding)"] = _ort_call(session, unpadded)
-    stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds)
+    stats = _interleaved(
+        calls,
+        rounds=rounds,
+        repeats=repeats,
+        burst_seconds=burst_seconds,
+        tick=bound(batch, seq),
+        where=f"(ragged batches, batch {batch}, seq {seq})",
+    )
     return {
         "batch": batch,
         "seq": seq,
@@ -886,21 +1005,61 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _read_manifest(folder: Path) -> Manifest:
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise UsageError(f"{folder} is not a folder. Pass the artifact folder that 'rnnexport build' wrote.")
-    try:
-        return Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except OSError:
-        raise ArtifactError(
-            f"{folder} is not an rnnexport artifact: it has no readable {MANIFEST}. Pass the folder that "
-            "'rnnexport build' wrote (for example dist/attention)."
-        ) from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(
-            f"{path} is not a valid rnnexport manifest ({type(exc).__name__}: {exc}). Rebuild the artifact."
-        ) from exc
+@dataclass(frozen=True)
+class _Job:
+    """What the measuring child process gets: the checked artifact's bytes, never its folder, and the
+    options. ``folder`` names the artifact in messages and the report; nothing is read from it."""
+
+    folder: Path
+    manifest: Manifest
+    model: bytes  # model.onnx, as hashed
+    source: bytes | Path  # what ONNX Runtime loads: those bytes, or their private copy's path
+    private: Path | None  # the private folder holding the checked model.onnx.data, if any
+    variants: dict[str, bytes]
+    cases: list[Case]
+    initial: Feeds
+    shapes: list[tuple[int, int]]
+    device: Device
+    weights: Path | None
+    user_model: str | None
+    runtimes: tuple[str, ...]
+    variant_runtimes: bool
+    settings: bool
+    ragged: bool
+    rounds: int
+    repeats: int
+    burst_seconds: float
+    torch_threads: int | None
+    torch_here: bool
+    limits: Limits
+    time_limit: float | None
+
+    def setup_seconds(self) -> tuple[float, str]:
+        """The bound of a step that loads or rebuilds the model (verify's for running its test data),
+        and how it was chosen."""
+        if self.time_limit is not None:
+            return self.time_limit, "--time-limit"
+        size = len(self.model) + self.external_bytes()
+        return self.limits.run_seconds(size), f"the bound 'rnnexport verify' gives a {size:,}-byte model"
+
+    def external_bytes(self) -> int:
+        return 0 if self.private is None else (self.private / EXTERNAL_DATA).stat().st_size
+
+    def burst_seconds_bound(self, batch: int, seq: int) -> tuple[float, str]:
+        """The bound of one burst at ``batch`` x ``seq``, and how it was derived: the burst's own time
+        plus 4 calls (2 untimed warm-up calls, one started just before the burst's time ends, and the
+        2nd timed call of a slow shape), each within :meth:`Limits.bench_call_seconds`."""
+        if self.time_limit is not None:
+            return self.time_limit, "--time-limit"
+        size = len(self.model) + self.external_bytes()
+        call = self.limits.bench_call_seconds(size, batch, seq)
+        why = (
+            f"derived from the grid: a {self.burst_seconds:g} s burst of up to {self.repeats} timed calls "
+            f"plus 4 calls of at most {call:.3g} s at batch {batch}, seq {seq} "
+            f"({self.limits.bench_call_seconds_base:g} s + {self.limits.bench_call_seconds_per_byte_step:g} "
+            f"s per byte of the {size:,}-byte model per row and step)"
+        )
+        return self.burst_seconds + SETTLE_SECONDS + 4 * call, why
 
 
 def run_bench(
@@ -919,6 +1078,8 @@ def run_bench(
     burst_seconds: float = 0.5,
     torch_threads: int | None = None,
     on_step: Callable[[str], None] = lambda _: None,
+    limits: Limits = DEFAULT_LIMITS,
+    time_limit: float | None = None,
 ) -> BenchReport:
     """Benchmark an artifact folder; see the module docstring for what runs and how it is timed.
 
@@ -929,18 +1090,17 @@ def run_bench(
     ``model`` is the source of an artifact built from the user's own model (``FILE.py`` or
     ``FILE.py:NAME``, checked against the manifest's sha256) and ``weights`` the checkpoint it was
     built with, when it was; both only serve to rebuild it in PyTorch, and are refused where they do
-    not. A runtime that cannot run here is reported with the reason, not raised; the artifact's files
-    are checked against the manifest first, as ``rnnexport verify`` does. A streaming artifact is
-    timed on a new stream's first chunk: its state inputs are the initial state.
+    not. A runtime that cannot run here is reported with the reason, not raised. A streaming
+    artifact is timed on a new stream's first chunk: its state inputs are the initial state.
+
+    The artifact is untrusted, and read as ``rnnexport verify`` reads it
+    (:func:`~rnnexport.artifact.checked_artifact`: bounded, hashed, external data only from a
+    private copy). Every runtime runs in one child process (:func:`~rnnexport.worker.run_bounded`),
+    timed there, and killed when a step overruns its bound: loading, within ``limits.run_seconds``;
+    each burst, within a bound derived from its shape (see :meth:`_Job.burst_seconds_bound`);
+    ``time_limit`` replaces both. One call's inputs and outputs must fit
+    ``limits.bench_tensor_bytes`` (:func:`check_grid`).
     """
-    folder = Path(folder)
-    manifest = _read_manifest(folder)
-    problems = check_files(folder, manifest.files)
-    if problems:
-        raise ArtifactError(
-            f"The artifact in {folder} does not match its manifest: {capped(problems)}. Benchmarking it "
-            "would time something else than what was verified; rebuild it or copy it again."
-        )
     unknown = sorted(set(runtimes) - set(RUNTIMES))
     if unknown:
         raise UsageError(f"Unknown runtime(s) {unknown}: expected some of {', '.join(RUNTIMES)}.")
@@ -948,12 +1108,90 @@ def run_bench(
         raise UsageError(f"--torch-threads must be at least 1, got {torch_threads}.")
     if rounds < 1 or repeats < 1:
         raise UsageError(f"rounds and repeats must be at least 1, got {rounds} and {repeats}.")
+    if time_limit is not None and not 0 < time_limit < float("inf"):
+        raise UsageError(f"--time-limit must be a positive number of seconds, got {time_limit}.")
     if (model is not None or weights is not None) and EAGER not in runtimes and PLAIN not in runtimes:
         raise UsageError(
             "--model and --weights rebuild the artifact's model in PyTorch, for pytorch-eager and "
             "plain-export, but neither is requested (--no-eager --no-plain). Drop them, or time those too."
         )
-    initial = read_initial_states(folder, manifest)
+    shapes = list(shapes or grid_shapes(DEFAULT_BATCHES, DEFAULT_SEQS))
+    with checked_artifact(folder, limits=limits, prefix="rnnexport-bench-") as checked:
+        lengths = _lengths_name(checked.manifest.contract) if ragged else None
+        extra = [
+            *(REGIMES.values() if settings and device == "cpu" else ()),
+            *([(RAGGED_BATCH, RAGGED_SEQ)] if lengths is not None else []),
+        ]
+        check_grid(checked.manifest.contract, [*shapes, *extra], limits=limits)
+        job = _job(
+            checked,
+            shapes=shapes,
+            device=device,
+            weights=weights,
+            user_model=model,
+            runtimes=tuple(runtimes),
+            variant_runtimes=variants,
+            settings=settings,
+            ragged=ragged,
+            rounds=rounds,
+            repeats=repeats,
+            burst_seconds=burst_seconds,
+            torch_threads=torch_threads,
+            limits=limits,
+            time_limit=time_limit,
+        )
+        try:
+            data = run_bounded(_measure, job, seconds=job.setup_seconds()[0], on_step=on_step, progress=True)
+        except Stopped as stopped:
+            where = f"'{stopped.step}'" if stopped.step else "loading the model"
+            if stopped.timed_out:
+                raise ArtifactError(
+                    f"The benchmark of {checked.folder} did not finish {where} within the time bound of "
+                    f"{stopped.seconds:.3g} s ({stopped.why or 'for starting'}), and was stopped. A model "
+                    "that runs this long (a Loop with an enormous trip count, for example) is not one "
+                    "rnnexport builds: run 'rnnexport verify' on it. If it is legitimately that slow, "
+                    "pass a larger --time-limit (seconds per step)."
+                ) from None
+            raise ArtifactError(
+                f"The benchmark of {checked.folder} stopped during {where}: the process running the "
+                f"model {stopped.how} ({_safe(stopped.last_words)}). A model that exhausts the machine's "
+                "memory, for example, ends this way; run 'rnnexport verify' on it."
+            ) from None
+    assert isinstance(data, dict)
+    return BenchReport(data)
+
+
+def _job(checked: CheckedArtifact, **options: Any) -> _Job:
+    """The child's job: the checked bytes (``model.onnx`` from the private copy when it has external
+    data beside it) and the options; whether torch is importable is decided here, in the caller."""
+    try:
+        torch_here = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a module entry without a spec: not importable
+        torch_here = False
+    variants = {
+        v.file: checked.contents[v.file]
+        for v in shipped_variants(checked.folder, checked.manifest.variants, checked.manifest.files)
+    }
+    return _Job(
+        folder=checked.folder,
+        manifest=checked.manifest,
+        model=checked.contents[MODEL],
+        source=checked.source,
+        private=checked.source.parent if isinstance(checked.source, Path) else None,
+        variants=variants,
+        cases=checked.cases,
+        initial=checked.initial,
+        torch_here=torch_here,
+        **options,
+    )
+
+
+def _measure(job: _Job, progress: Progress) -> dict[str, Any]:
+    """The benchmark itself, in the child process: every session created and timed here.
+
+    ``progress(step, seconds)`` starts each step with its bound (see :func:`run_bounded`).
+    """
+    folder, manifest, device = job.folder, job.manifest, job.device
     streaming = (
         None
         if manifest.streaming is None
@@ -961,32 +1199,38 @@ def run_bench(
     )
 
     def start(batch: int) -> Feeds:
-        return {} if streaming is None else start_states(streaming, batch, initial)
+        return {} if streaming is None else start_states(streaming, batch, job.initial)
 
-    shapes = list(shapes or grid_shapes(DEFAULT_BATCHES, DEFAULT_SEQS))
+    def step(text: str) -> None:
+        progress(text, *job.setup_seconds())
+
+    def bound(batch: int, seq: int) -> Callable[[], None]:
+        seconds, why = job.burst_seconds_bound(batch, seq)
+        return lambda: progress(None, seconds, why)
+
     contract = manifest.contract
-    model_bytes = (folder / MODEL).read_bytes()
-    # With external data, ONNX Runtime must load the model by path to find model.onnx.data beside it
-    # (both were just checked against the manifest, as model.onnx alone is otherwise).
-    source: bytes | str = str(folder / MODEL) if EXTERNAL_DATA in manifest.files else model_bytes
-    on_step(f"loading {MODEL} on {PROVIDERS[device]}")
-    artifact_session = _session(source, device)
-    artifact_facts = _graph_facts(onnx.load_from_string(model_bytes).graph, base=folder)
+    runtimes = job.runtimes
+    step(f"loading {MODEL} on {PROVIDERS[device]}")
+    artifact_session = _session(str(job.source) if isinstance(job.source, Path) else job.source, device)
+    artifact_facts = _graph_facts(onnx.load_from_string(job.model).graph, base=job.private)
     active = [_Runtime(ONNXRUNTIME, lambda feeds: _ort_call(artifact_session, feeds), detail=artifact_facts)]
     status: dict[str, dict[str, Any]] = {
         ONNXRUNTIME: {"available": True, "provider": PROVIDERS[device], **artifact_facts}
     }
     # The artifact's other shipped model files (fp16, int8, .ort) are timed too, each as a runtime
     # named after its file, so that a variant's speed is measured beside its accuracy.
-    if variants:
-        for runtime, extra in _variant_runtimes(folder, manifest, device):
-            active.append(runtime)
+    if job.variant_runtimes:
+        for runtime, extra in _variant_runtimes(job):
+            if extra["available"]:
+                active.append(runtime)
             status[runtime.name] = extra
     eager_model = None
     if EAGER in runtimes or PLAIN in runtimes:
-        on_step("rebuilding the model in PyTorch")
+        step("rebuilding the model in PyTorch")
         try:
-            eager_model, origin = _rebuild_eager(folder, manifest, weights, model, device)
+            eager_model, origin = _rebuild_eager(
+                folder, manifest, job.weights, job.user_model, device, job.cases, torch_here=job.torch_here
+            )
         except _Unavailable as exc:
             for name in (EAGER, PLAIN):
                 if name in runtimes:
@@ -995,13 +1239,13 @@ def run_bench(
         if name not in runtimes:
             status[name] = {"available": False, "reason": "not requested"}
     if eager_model is not None and EAGER in runtimes:
-        eager = _eager_runtime(eager_model, contract, device, torch_threads)
+        eager = _eager_runtime(eager_model, contract, device, job.torch_threads)
         active.append(eager)
         status[EAGER] = {"available": True, **origin, **eager.detail}
     if eager_model is not None and PLAIN in runtimes:
-        on_step("exporting the model plainly (torch.onnx.export + onnxsim)")
+        step("exporting the model plainly (torch.onnx.export + onnxsim)")
         try:
-            plain, _ = _plain_runtime(eager_model, folder, manifest, device)
+            plain, _ = _plain_runtime(eager_model, manifest, device, job.cases)
             active.append(plain)
             status[PLAIN] = {"available": True, "provider": PROVIDERS[device], **plain.detail}
         except _Unavailable as exc:
@@ -1012,11 +1256,19 @@ def run_bench(
             runtime.sync()
 
     results: list[dict[str, Any]] = []
-    for batch, seq in shapes:
-        on_step(f"batch {batch}, seq {seq}")
+    for batch, seq in job.shapes:
+        progress(f"batch {batch}, seq {seq}", *job.burst_seconds_bound(batch, seq))
         feeds = _feeds(contract, start, batch=batch, seq=seq)
         calls = {r.name: r.prepare(feeds) for r in active}
-        stats = _interleaved(calls, rounds=rounds, repeats=repeats, burst_seconds=burst_seconds, sync=sync)
+        stats = _interleaved(
+            calls,
+            rounds=job.rounds,
+            repeats=job.repeats,
+            burst_seconds=job.burst_seconds,
+            sync=sync,
+            tick=bound(batch, seq),
+            where=f"at batch {batch}, seq {seq}",
+        )
         for name, s in stats.items():
             results.append(
                 {
@@ -1030,7 +1282,7 @@ def run_bench(
             )
     speedups = []
     by_key = {(r["runtime"], r["batch"], r["seq"]): r for r in results}
-    for batch, seq in shapes:
+    for batch, seq in job.shapes:
         artifact = by_key[(ONNXRUNTIME, batch, seq)]["best_round_p50_ms"]
         entry: dict[str, Any] = {"batch": batch, "seq": seq}
         for name in (EAGER, PLAIN, *(n for n in status if n.startswith(f"{ONNXRUNTIME}:"))):
@@ -1046,15 +1298,18 @@ def run_bench(
         "machine": _machine(),
         "device": device,
         "grid": {
-            "shapes": [list(s) for s in shapes],
-            "batch": sorted({b for b, _ in shapes}),
-            "seq": sorted({s for _, s in shapes}),
+            "shapes": [list(s) for s in job.shapes],
+            "batch": sorted({b for b, _ in job.shapes}),
+            "seq": sorted({s for _, s in job.shapes}),
         },
         "method": {
-            "rounds": rounds,
-            "repeats": repeats,
-            "burst_seconds": burst_seconds,
-            "interleaved": "alternating rounds in one process, order rotated each round",
+            "rounds": job.rounds,
+            "repeats": job.repeats,
+            "burst_seconds": job.burst_seconds,
+            "interleaved": (
+                "alternating rounds in one process (a child of rnnexport's, under a time bound), "
+                "order rotated each round"
+            ),
             "statistic": (
                 "percentiles over every timed call of every round; speedup = the other runtime's "
                 "best-round median / onnxruntime's best-round median"
@@ -1064,38 +1319,69 @@ def run_bench(
         "results": results,
         "speedup": speedups,
     }
-    if settings and device == "cpu":
-        on_step("session settings per regime")
+    if job.settings and device == "cpu":
+        step("session settings per regime")
         data["settings"] = _settings_sweep(
-            source,
+            str(job.source) if isinstance(job.source, Path) else job.source,
             contract,
             len(artifact_facts["recurrent_nodes"]),
             start=start,
-            rounds=rounds,
-            repeats=repeats,
-            burst_seconds=burst_seconds,
+            rounds=job.rounds,
+            repeats=job.repeats,
+            burst_seconds=job.burst_seconds,
+            bound=bound,
         )
     lengths_name = _lengths_name(contract)
-    if ragged and lengths_name is not None:
-        on_step(f"ragged batches (batch {RAGGED_BATCH}, seq {RAGGED_SEQ})")
+    if job.ragged and lengths_name is not None:
+        step(f"ragged batches (batch {RAGGED_BATCH}, seq {RAGGED_SEQ})")
         data["ragged"] = _ragged(
             artifact_session,
             contract,
             lengths_name,
             start=start,
-            rounds=rounds,
-            repeats=repeats,
-            burst_seconds=burst_seconds,
+            rounds=job.rounds,
+            repeats=job.repeats,
+            burst_seconds=job.burst_seconds,
+            bound=bound,
         )
-    return BenchReport(data)
+    return data
 
 
 # -- recording and plotting ------------------------------------------------------------------------
 
 
+def check_recordable(folder: Path | str) -> None:
+    """Refuse, before anything is measured, to ``--record`` into a folder that cannot take the result.
+
+    ``bench.json`` and the manifest are replaced through temporary files beside them: one is created
+    and removed here, as the recording will, so a read-only artifact is refused up front.
+    """
+    folder = Path(folder)
+    present = folder / BENCH_FILE
+    if (os.path.lexists(present) and not present.is_file()) or present.is_symlink():
+        raise UsageError(
+            f"--record writes {present}, which is not a plain file. Remove it, or drop --record."
+        )
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{BENCH_FILE}.", dir=folder)
+        os.close(handle)
+        Path(temporary).unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"--record writes {BENCH_FILE} into {folder} and lists it in the manifest, but the folder "
+            f"cannot be written ({describe_os_error(exc)}). Make it writable, or drop --record "
+            "(--json prints every figure)."
+        ) from None
+
+
 def _replace_atomically(path: Path, text: str) -> None:
     """Write ``path`` through a temporary file beside it and a rename: readers see old or new, never half."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise UsageError(
+            f"Cannot write {path} ({describe_os_error(exc)}). Make the folder writable, or drop --record."
+        ) from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -1115,7 +1401,9 @@ def record_bench(folder: Path | str, report: BenchReport) -> Path:
     change to ``bench.json``.
     """
     folder = Path(folder)
-    manifest = _read_manifest(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        raise UsageError(f"{folder} is not a folder. Pass the artifact folder that 'rnnexport build' wrote.")
+    manifest, _ = _read_bounded_manifest(folder)
     others = {k: v for k, v in manifest.files.items() if k != BENCH_FILE}
     present = folder / BENCH_FILE
     if present.is_symlink():

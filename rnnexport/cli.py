@@ -1061,6 +1061,14 @@ def bench(
     ] = None,
     rounds: Annotated[int, typer.Option(help="Alternating rounds of every runtime.")] = 5,
     repeats: Annotated[int, typer.Option(help="Timed calls per runtime per round (at most).")] = 20,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            "--time-limit",
+            help="Seconds any one step may take (loading, or one burst of calls) before the run is "
+            "stopped (default: derived from the model's size and each shape).",
+        ),
+    ] = None,
     record: Annotated[
         bool,
         typer.Option("--record", help="Write bench.json into the artifact and list it in the manifest."),
@@ -1082,6 +1090,7 @@ def bench(
             EAGER,
             ONNXRUNTIME,
             PLAIN,
+            check_recordable,
             grid_shapes,
             parse_sizes,
             plot_latency,
@@ -1098,6 +1107,8 @@ def bench(
                     f"--plot writes a PNG file into an existing folder; got {plot}. Give a path ending in "
                     ".png whose folder exists."
                 )
+        if record:
+            check_recordable(directory)  # refuse before measuring, not after
         runtimes = [ONNXRUNTIME] + ([EAGER] if eager else []) + ([PLAIN] if plain else [])
 
         def step(text: str) -> None:
@@ -1117,6 +1128,7 @@ def bench(
             repeats=repeats,
             torch_threads=torch_threads,
             on_step=step,
+            time_limit=time_limit,
         )
         if not quiet:
             _bench_table(report.to_json())

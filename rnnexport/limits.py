@@ -65,9 +65,22 @@ class Limits:
     run_seconds_base: float = 30.0
     run_seconds_per_mb: float = 0.25
 
+    # rnnexport bench: one timed call at batch B and sequence length S may take the base plus 1 ns
+    # per byte of model per row and step (far above what a real recurrent model costs: each step
+    # reads each weight about once), and one call's inputs and outputs may hold this many bytes.
+    bench_call_seconds_base: float = 5.0
+    bench_call_seconds_per_byte_step: float = 1e-9
+    bench_tensor_bytes: int = 4 * _GiB
+
     def run_seconds(self, model_bytes: int) -> float:
         """The time bound for running a model of ``model_bytes`` bytes on one provider."""
         return self.run_seconds_base + self.run_seconds_per_mb * model_bytes / 1e6
+
+    def bench_call_seconds(self, model_bytes: int, batch: int, seq: int) -> float:
+        """The time bound for one call of a model of ``model_bytes`` bytes at ``batch`` x ``seq``."""
+        return (
+            self.bench_call_seconds_base + self.bench_call_seconds_per_byte_step * model_bytes * batch * seq
+        )
 
 
 DEFAULT_LIMITS = Limits()

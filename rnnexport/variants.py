@@ -73,6 +73,7 @@ __all__ = [
     "to_int8",
     "to_ort_format",
     "variant_file",
+    "variant_problem",
     "variant_tolerances",
     "verify_shipped_variants",
     "verify_variant",
@@ -844,39 +845,18 @@ class VariantResult:
         return data
 
 
-def verify_variant(
-    file: str,
-    precision: Precision,
-    fmt: Format,
-    data: bytes,
-    cases: Sequence[Case],
-    float64: Mapping[str, Feeds],
-    *,
-    contract: Contract,
-    devices: Sequence[Device],
-    tolerances: Mapping[Device, Tolerance],
-    criterion: Criterion,
-    tf32: bool = False,
-    details: Mapping[str, Any] | None = None,
-    support: Mapping[str, dict[str, Any]] | None = None,
-    on_case: Callable[[int], None] | None = None,
-    run: Callable[..., ProviderResult] = verify_on_device,
-) -> VariantResult:
-    """Check what a variant file is, then verify it on every device against both references.
+def variant_problem(file: str, precision: Precision, fmt: Format, data: bytes, *, contract: Contract) -> str:
+    """Why a variant file is not what its manifest entry says, or ``""``: checked before anything runs.
 
-    Before anything runs: its format by the file's identifier, no external data anywhere in it, its
-    I/O contract, and its precision as a fact of its graph (:class:`ModelFacts`). Never raises for a
-    verification outcome: any of these failing gives a failed result with the reason. Used at build
-    time (the gate) and by ``rnnexport verify`` on the target, which passes a ``run`` with a time
-    bound (:func:`rnnexport.worker.verify_with_deadline`).
+    Its format by the file's identifier, no external data anywhere in it, its I/O contract, and its
+    precision as a fact of its graph (:class:`ModelFacts`). ``verify`` and ``bench`` both run it
+    first (an ``.ort`` file's contract check opens a session: callers bound it as they bound a run).
     """
     import onnxruntime as ort
 
     # The one rule verify applies to every model file's external data (artifact imports this module).
     from rnnexport.artifact import _external_data_problems
 
-    chosen = {d: tolerances[d] for d in devices}
-    reason = ""
     try:
         problems = file_problems(file, fmt, data)
         if problems:
@@ -908,9 +888,39 @@ def verify_variant(
         if problem:
             raise ArtifactError(problem)
     except RnnExportError as exc:
-        reason = str(exc)
+        return str(exc)
     except Exception as exc:  # protobuf / ORT refusing the bytes: the file is not a model
-        reason = f"{file} cannot be read as an {fmt.upper()} model: {exc}"
+        return f"{file} cannot be read as an {fmt.upper()} model: {exc}"
+    return ""
+
+
+def verify_variant(
+    file: str,
+    precision: Precision,
+    fmt: Format,
+    data: bytes,
+    cases: Sequence[Case],
+    float64: Mapping[str, Feeds],
+    *,
+    contract: Contract,
+    devices: Sequence[Device],
+    tolerances: Mapping[Device, Tolerance],
+    criterion: Criterion,
+    tf32: bool = False,
+    details: Mapping[str, Any] | None = None,
+    support: Mapping[str, dict[str, Any]] | None = None,
+    on_case: Callable[[int], None] | None = None,
+    run: Callable[..., ProviderResult] = verify_on_device,
+) -> VariantResult:
+    """Check what a variant file is, then verify it on every device against both references.
+
+    Before anything runs: :func:`variant_problem`. Never raises for a
+    verification outcome: any of these failing gives a failed result with the reason. Used at build
+    time (the gate) and by ``rnnexport verify`` on the target, which passes a ``run`` with a time
+    bound (:func:`rnnexport.worker.verify_with_deadline`).
+    """
+    chosen = {d: tolerances[d] for d in devices}
+    reason = variant_problem(file, precision, fmt, data, contract=contract)
     results: dict[Device, ProviderResult] = {}
     if not reason:
         axes = seq_axes(contract)
