@@ -1172,11 +1172,15 @@ def _user_code(subject: _Subject, when: str) -> Iterator[None]:
         with user.running(action, fix="Fix the error there (it ran in eager PyTorch without raising)."):
             yield
     except ExportError as exc:
-        cause = exc.__cause__
-        spot = user.locate(cause) if cause is not None else ""
-        if cause is None or not spot.startswith("at "):
-            raise
-        raise type(exc)(f"{exc} {action} raised it {spot}.") from cause
+        # The exporter may wrap what the model raised (torch.export's TorchExportError has it as its
+        # own cause): look down the chain for the exception raised in the user's files.
+        cause: BaseException | None = exc.__cause__
+        while cause is not None:
+            spot = user.locate(cause)
+            if spot.startswith("at "):
+                raise type(exc)(f"{exc} {action} raised it {spot}.") from cause
+            cause = cause.__cause__ or cause.__context__
+        raise
 
 
 _ORACLE_RAN = {"ran": True, "default_dtype": "float64 during the run"}

@@ -129,19 +129,25 @@ def test_sys_exit_on_import_through_the_console_script(tmp_path: Path) -> None:
     assert not (tmp_path / "dist").exists()
 
 
-def test_an_exit_only_while_traced_is_reported_at_its_line(tmp_path: Path) -> None:
-    path = _write(tmp_path / "m", forward="if torch.jit.is_tracing(): sys.exit(0)")
-    code, output = _build(path, f"{path}:Net")
+# True only while an exporter traces forward: TorchScript's trace, or torch.export (dynamo).
+_TRACED = "torch.jit.is_tracing() or torch.compiler.is_exporting()"
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo", "auto"])
+def test_an_exit_only_while_traced_is_reported_at_its_line(tmp_path: Path, exporter: str) -> None:
+    path = _write(tmp_path / "m", forward=f"if {_TRACED}: sys.exit(0)")
+    code, output = _build(path, f"{path}:Net", "--exporter", exporter)
     assert code == 2, output
     assert "while it was traced for export" in output
     assert f"net.py:{_line_of(path, 'is_tracing')}" in output
 
 
-def test_an_error_only_while_traced_is_an_export_error_at_its_line(tmp_path: Path) -> None:
-    path = _write(tmp_path / "m", forward="if torch.jit.is_tracing(): raise RuntimeError('no trace')")
-    code, output = _build(path, f"{path}:Net")
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo", "auto"])
+def test_an_error_only_while_traced_is_an_export_error_at_its_line(tmp_path: Path, exporter: str) -> None:
+    path = _write(tmp_path / "m", forward=f"if {_TRACED}: raise RuntimeError('no trace')")
+    code, output = _build(path, f"{path}:Net", "--exporter", exporter)
     assert code == 1, output
-    assert "torch.onnx could not export" in output
+    assert "could not export" in output
     assert f"raised it at {path.parent.name}" in output or f"net.py:{_line_of(path, 'is_tracing')}" in output
 
 
