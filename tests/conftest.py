@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,12 @@ def import_or_skip(name: str, *, reason: str) -> Any:
         if os.environ.get("RNNEXPORT_REQUIRE_EXTRAS"):
             pytest.fail(f"RNNEXPORT_REQUIRE_EXTRAS is set, but {reason} ({exc})", pytrace=False)
         pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture
+def folder(shipped: Path, tmp_path: Path) -> Path:
+    """A private copy of the requesting module's ``shipped`` artifact (built once per module), for a
+    test to tamper with."""
+    copy = tmp_path / "artifact"
+    shutil.copytree(shipped, copy)
+    return copy

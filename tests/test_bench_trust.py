@@ -80,13 +80,6 @@ def shipped_external(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "many-to-many"
 
 
-@pytest.fixture
-def folder(shipped: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "artifact"
-    shutil.copytree(shipped, copy)
-    return copy
-
-
 def _edit_model(folder: Path, edit: object) -> None:
     model = onnx.load_from_string((folder / "model.onnx").read_bytes())
     assert callable(edit)

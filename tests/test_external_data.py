@@ -62,13 +62,6 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "many-to-many"
 
 
-@pytest.fixture
-def folder(shipped: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "artifact"
-    shutil.copytree(shipped, copy)
-    return copy
-
-
 def _structure(folder: Path) -> onnx.ModelProto:
     return onnx.load_from_string((folder / "model.onnx").read_bytes())  # references, not the data
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -52,13 +51,6 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shipped")
     build("attention", out=out, device="cpu")
     return out / "attention"
-
-
-@pytest.fixture
-def folder(shipped: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "artifact"
-    shutil.copytree(shipped, copy)
-    return copy
 
 
 def _rehash(folder: Path) -> None:

@@ -50,13 +50,6 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "many-to-many"
 
 
-@pytest.fixture
-def folder(shipped: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "artifact"
-    shutil.copytree(shipped, copy)
-    return copy
-
-
 def _edit_manifest(folder: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     manifest = json.loads((folder / MANIFEST).read_text())
     edit(manifest)
