@@ -62,32 +62,34 @@ class StreamPool:
 
     @classmethod
     def from_artifact(cls, folder: Path | str, *, threads: int = 0) -> StreamPool:
-        """A pool on ONNX Runtime's CPU provider for a streaming artifact folder (``rnnexport verify``
-        it first: this reads its manifest and model as they are)."""
-        from rnnexport.artifact import MANIFEST, MODEL, parse_manifest, read_initial_states
-        from rnnexport.errors import ArtifactError
-        from rnnexport.limits import DEFAULT_LIMITS
-        from rnnexport.runtime import onnxruntime_module
-        from rnnexport.safeio import read_bounded
+        """A pool on ONNX Runtime's CPU provider for a streaming artifact folder.
 
-        folder = Path(folder)
-        data = read_bounded(
-            folder / MANIFEST, limit=DEFAULT_LIMITS.manifest_bytes, what="manifest", error=ArtifactError
-        )
-        manifest = parse_manifest(data, path=folder / MANIFEST)
-        if manifest.streaming is None:
-            raise UsageError(f"{folder} is not a streaming artifact: build it with --streaming.")
+        The folder is read as ``rnnexport verify`` reads it (:func:`~rnnexport.artifact.checked_artifact`:
+        every file bounded and hashed, the contract and stream starts checked): the session runs the
+        bytes that were checked, never a file swapped in afterwards.
+        """
+        from rnnexport.artifact import checked_artifact
+        from rnnexport.runtime import onnxruntime_module
+
         ort = onnxruntime_module()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(folder / MODEL), options, providers=["CPUExecutionProvider"])
+        with checked_artifact(folder, prefix="rnnexport-serving-") as checked:
+            manifest = checked.manifest
+            if manifest.streaming is None:
+                raise UsageError(f"{folder} is not a streaming artifact: build it with --streaming.")
+            # With external data the source is the private copy's path; ONNX Runtime reads the data
+            # file while the session is made, inside this block.
+            model = checked.source if isinstance(checked.source, bytes) else str(checked.source)
+            session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+            initial = dict(checked.initial)
         names = [o.name for o in session.get_outputs()]
 
         def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             return dict(zip(names, session.run(names, dict(feeds)), strict=True))
 
         streaming = Streaming.from_json(manifest.streaming, lambda condition, what: None)
-        return cls(run, manifest.contract, streaming, read_initial_states(folder, manifest))
+        return cls(run, manifest.contract, streaming, initial)
 
     def open(self) -> int:
         """A new stream, at the states' initial values; returns its id."""

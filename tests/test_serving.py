@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rnnexport.errors import UsageError
+from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.serving import StreamPool
 
 SMALL = {"input_size": 4, "hidden_size": 6, "output_size": 3}
@@ -87,6 +88,16 @@ def test_unknown_streams_are_refused(dist: Path) -> None:
     pool.close(sid)
     with pytest.raises(UsageError, match="not open"):
         pool.step({sid: {"x": np.zeros((1, 4), np.float32)}})
+
+
+def test_a_pool_runs_only_what_verify_would_accept(dist: Path, tmp_path: Path) -> None:
+    """The pool reads the artifact as verify does: a model swapped after the build is refused."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dist / "many-to-many", copy)
+    model = copy / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")  # one byte more: the sha256 no longer matches
+    with pytest.raises(ArtifactError, match=r"'model\.onnx' was modified"):
+        StreamPool.from_artifact(copy)
 
 
 def test_the_deploy_and_serving_modules_need_no_torch() -> None:
