@@ -75,6 +75,7 @@ from rnnexport.variants import (
 )
 
 __all__ = [
+    "BENCH_FILE",
     "EXTERNAL_DATA",
     "EXTERNAL_TENSOR_BYTES",
     "MANIFEST",
@@ -105,6 +106,8 @@ MODEL = "model.onnx"
 # A model whose weights do not fit in one protobuf message keeps them in this one file beside it
 # (ONNX external data); model.onnx refers to it by this exact name.
 EXTERNAL_DATA = "model.onnx.data"
+# What `rnnexport bench --record` writes into an artifact (and lists in its manifest).
+BENCH_FILE = "bench.json"
 # Tensors smaller than this stay inline in model.onnx: shapes and scalars, not worth an indirection.
 EXTERNAL_TENSOR_BYTES = 1024
 # The keys of an external-data reference rnnexport writes (and the only ones verify accepts).
@@ -1051,8 +1054,6 @@ def recover_destination(destination: Path, *, clean: bool = True) -> list[str]:
 def _holds_only_build_output(folder: Path) -> bool:
     """True when ``folder`` holds nothing but what a build writes into its staging folder, or what
     an artifact holds (a ``--force`` exchange leaves the old artifact under the staging folder's name)."""
-    from rnnexport.bench import BENCH_FILE  # bench imports this module
-
     artifact_files = {
         MODEL,
         EXTERNAL_DATA,
@@ -1428,8 +1429,6 @@ def _unaccounted(folder: Path, manifest: Manifest) -> list[str]:
     other name, or a variant whose ``variants`` entry was removed, would otherwise ship in a verified
     artifact unverified.
     """
-    from rnnexport.bench import BENCH_FILE  # bench imports this module
-
     variants = {v.file for v in shipped_variants(folder, manifest.variants, manifest.files)}
     initial: set[str] = set()
     if manifest.streaming is not None:  # learned initial states, checked against the stream starts

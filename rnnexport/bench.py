@@ -54,6 +54,7 @@ import onnx
 
 from rnnexport._version import __version__
 from rnnexport.artifact import (
+    BENCH_FILE,
     EXTERNAL_DATA,
     MANIFEST,
     MODEL,
@@ -96,7 +97,6 @@ __all__ = [
     "session_options",
 ]
 
-BENCH_FILE = "bench.json"
 BENCH_FORMAT = 1
 DEFAULT_BATCHES = (1, 32)
 DEFAULT_SEQS = (1, 10, 100, 1000)

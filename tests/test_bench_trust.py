@@ -32,7 +32,7 @@ from rnnexport.pipeline import build
 from rnnexport.worker import Stopped, run_bounded
 
 from .conftest import run_cli
-from .test_trust import _endless_model, _external, _rehash, _running
+from .test_trust import _external, _rehash, _running, plant_endless_model
 
 # The cheapest run that still times something: ONNX Runtime alone, two shapes, one round.
 QUICK = [
@@ -96,13 +96,6 @@ def _refused(folder: Path, *expected: str, code: int = 1, options: tuple[str, ..
         assert text in output
     assert "batch 1, seq 3" not in output  # nothing was timed
     return output
-
-
-def _endless(folder: Path) -> None:
-    model = _endless_model(onnx.load_from_string((folder / "model.onnx").read_bytes()))
-    (folder / "model.onnx").write_bytes(model.SerializeToString())
-    assert (folder / "model.onnx").stat().st_size < 2000
-    _rehash(folder)
 
 
 # -- reading: the same bounded, hashed reader as verify ----------------------------------------------
@@ -196,7 +189,7 @@ def test_a_listed_weights_file_is_read_from_the_private_copy_never_the_cwd(
 
 
 def test_an_endless_loop_is_stopped_at_the_time_limit(folder: Path) -> None:
-    _endless(folder)
+    plant_endless_model(folder)
     _refused(
         folder,
         "did not finish 'batch 1, seq 1' within the time bound of 2 s (--time-limit), and was stopped",
@@ -206,7 +199,7 @@ def test_an_endless_loop_is_stopped_at_the_time_limit(folder: Path) -> None:
 
 
 def test_an_endless_loop_is_stopped_at_the_bound_derived_from_the_grid(folder: Path) -> None:
-    _endless(folder)
+    plant_endless_model(folder)
     limits = dataclasses.replace(DEFAULT_LIMITS, bench_call_seconds_base=0.25)
     with pytest.raises(ArtifactError) as caught:
         run_bench(
@@ -288,7 +281,7 @@ def test_record_into_a_read_only_artifact_is_refused_before_measuring(shipped: P
 
 
 def test_sigterm_stops_bench_like_a_build(folder: Path) -> None:
-    _endless(folder)
+    plant_endless_model(folder)
     args = ["bench", str(folder), *QUICK, "--time-limit", "600"]
     process = subprocess.Popen([sys.executable, "-c", ENTRY, *args], stderr=subprocess.PIPE, text=True)
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")

@@ -356,11 +356,16 @@ def _endless_model(like: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def test_a_model_that_would_run_forever_is_stopped(folder: Path) -> None:
+def plant_endless_model(folder: Path) -> None:
+    """Replace the artifact's model by a 1 kB one that never finishes (re-hashed: only time stops it)."""
     model = _endless_model(onnx.load_from_string((folder / "model.onnx").read_bytes()))
     (folder / "model.onnx").write_bytes(model.SerializeToString())
     assert (folder / "model.onnx").stat().st_size < 2000
     _rehash(folder)
+
+
+def test_a_model_that_would_run_forever_is_stopped(folder: Path) -> None:
+    plant_endless_model(folder)
     result = run_cli("verify", str(folder), "--device", "cpu", "--time-limit", "2")
     assert result.exit_code == 1
     output = _flat(result)
@@ -369,9 +374,7 @@ def test_a_model_that_would_run_forever_is_stopped(folder: Path) -> None:
 
 
 def test_sigterm_while_the_model_runs_stops_the_child_too(folder: Path) -> None:
-    model = _endless_model(onnx.load_from_string((folder / "model.onnx").read_bytes()))
-    (folder / "model.onnx").write_bytes(model.SerializeToString())
-    _rehash(folder)
+    plant_endless_model(folder)
     code = "import sys\nfrom rnnexport.cli import main\nsys.argv = ['rnnexport', *sys.argv[1:]]\nmain()\n"
     args = ["verify", str(folder), "--device", "cpu", "--time-limit", "600"]
     process = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
