@@ -6,7 +6,7 @@ numpy-only so that the artifact checker can use it without torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +75,17 @@ def make_feeds(contract: Contract, *, batch: int, seq: int, rng: np.random.Gener
             low, high = spec.range or DEFAULT_INT_RANGE
             feeds[spec.name] = rng.integers(low, high, size=shape, dtype=np.int64).astype(spec.dtype)
     return feeds
+
+
+def in_order(names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> Feeds:
+    """``feeds`` with the keys in ``names`` first, in that order, then any others, sorted.
+
+    A safetensors file lists its tensors in no fixed order (its reader hands them out in hash order,
+    which differs from one process to the next), and what a case's tensors are listed in shows in
+    the manifest: ordering them here keeps two builds of the same model byte-identical.
+    """
+    ordered = {name: feeds[name] for name in names if name in feeds}
+    return {**ordered, **{name: feeds[name] for name in sorted(feeds) if name not in ordered}}
 
 
 def validate_feeds(contract: Contract, feeds: Mapping[str, np.ndarray], *, origin: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnexport.errors import GoldenError, RnnExportError
-from rnnexport.feeds import Case, validate_feeds
+from rnnexport.feeds import Case, in_order, validate_feeds
 from rnnexport.limits import DEFAULT_LIMITS
 from rnnexport.safeio import loads_strict, read_bounded
 from rnnexport.spec import ArchConfig, ArchSpec
@@ -81,6 +81,10 @@ def _read_safetensors(path: Path, *, fix: str) -> dict[str, Any]:
         raise GoldenError(f"Golden file {path} is not a readable safetensors file ({exc}). {fix}") from None
 
 
+def _prefixed(tensors: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def load_golden(spec: ArchSpec, *, root: Path | None = None) -> GoldenSet:
     """Load and check ``spec``'s golden folder; missing, stale or corrupt data raises :class:`GoldenError`.
 
@@ -126,12 +130,12 @@ def load_golden(spec: ArchSpec, *, root: Path | None = None) -> GoldenSet:
         cases = []
         for entry in meta["cases"]:
             tensors = _read_safetensors(directory / _plain_name(entry["file"]), fix=fix)
+            contract = spec.contract(config)
             case = Case(
                 name=f"golden:{entry['file']}",
-                inputs={k.removeprefix("input."): v for k, v in tensors.items() if k.startswith("input.")},
-                outputs={k.removeprefix("output."): v for k, v in tensors.items() if k.startswith("output.")},
+                inputs=in_order(contract.input_names, _prefixed(tensors, "input.")),
+                outputs=in_order(contract.output_names, _prefixed(tensors, "output.")),
             )
-            contract = spec.contract(config)
             validate_feeds(contract, case.inputs, origin=str(directory / entry["file"]))
             if sorted(case.outputs) != sorted(contract.output_names):
                 raise ValueError(

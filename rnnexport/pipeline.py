@@ -59,7 +59,7 @@ from rnnexport.export import (
     export_onnx,
     exporter_order,
 )
-from rnnexport.feeds import Case, Feeds, make_feeds, validate_feeds
+from rnnexport.feeds import Case, Feeds, in_order, make_feeds, validate_feeds
 from rnnexport.golden import load_golden
 from rnnexport.iospec import check_signature, read_io
 from rnnexport.limits import (
@@ -366,7 +366,7 @@ def read_user_cases(paths: Sequence[Path], contract: Contract) -> list[tuple[str
             found = [(path.name, _read_inputs_file(path, contract))]
         for name, feeds in found:
             validate_feeds(contract, feeds, origin=f"--inputs {name}")
-        cases += found
+            cases.append((name, in_order(contract.input_names, feeds)))
     return cases
 
 
