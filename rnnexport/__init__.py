@@ -24,7 +24,7 @@ from rnnexport.spec import ArchConfig, ArchSpec
 if TYPE_CHECKING:
     from rnnexport.artifact import ArtifactReport, Manifest
     from rnnexport.artifact import verify_artifact as verify
-    from rnnexport.pipeline import build, build_model_artifact
+    from rnnexport.builder.pipeline import build, build_model_artifact
 
 __all__ = [
     "ArchConfig",
@@ -42,8 +42,8 @@ __all__ = [
 
 # Resolved on first access (PEP 562), so that `import rnnexport` does not import torch.
 _LAZY = {
-    "build": ("rnnexport.pipeline", "build"),
-    "build_model_artifact": ("rnnexport.pipeline", "build_model_artifact"),
+    "build": ("rnnexport.builder.pipeline", "build"),
+    "build_model_artifact": ("rnnexport.builder.pipeline", "build_model_artifact"),
     "verify": ("rnnexport.artifact", "verify_artifact"),
     "Manifest": ("rnnexport.artifact", "Manifest"),
     "ArtifactReport": ("rnnexport.artifact", "ArtifactReport"),

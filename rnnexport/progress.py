@@ -1,6 +1,6 @@
 """What a long-running operation tells whoever watches it. Torch-free; the CLI implements it.
 
-The library never prints: :func:`rnnexport.pipeline.build` reports each stage's start, its progress
+The library never prints: :func:`rnnexport.builder.pipeline.build` reports each stage's start, its progress
 (verification cases done out of the total) and its end to an object with these three methods, and
 the command line turns them into a live display or plain lines.
 """

@@ -195,8 +195,8 @@ def measure(
 ) -> dict[str, Any]:
     """Build ``name`` at ``size`` and benchmark it; the figures the tables and targets read."""
     from rnnexport.bench import run_bench
-    from rnnexport.pipeline import build
-    from rnnexport.reference import build_model
+    from rnnexport.builder.pipeline import build
+    from rnnexport.builder.reference import build_model
     from rnnexport.registry import get_arch
     from rnnexport.spec import ArchConfig
 
@@ -370,7 +370,7 @@ def _wall(command: list[str], repeats: int) -> float:
 
 def build_targets(repeats: int) -> dict[str, Any]:
     """Time the imports baseline, one build, and --all."""
-    rnnexport = [sys.executable, "-m", "rnnexport.cli"]
+    rnnexport = [sys.executable, "-m", "rnnexport"]
     baseline = _wall([sys.executable, "-c", "import torch, onnxruntime"], repeats)
     with tempfile.TemporaryDirectory() as tmp:
         one = _wall(

@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=2000, help="calls per figure")
     parser.add_argument("--json", type=Path, help="write every figure here as JSON")
     args = parser.parse_args()
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     archs = args.arch or ["many-to-many", "parallel-gru"]
     rows: list[dict[str, Any]] = []

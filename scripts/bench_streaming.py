@@ -239,7 +239,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every figure here as JSON")
     args = parser.parse_args()
 
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
     from rnnexport.registry import list_architectures
 
     names = args.arch or [s.name for s in list_architectures()]

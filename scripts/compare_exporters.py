@@ -42,8 +42,8 @@ import torch
 
 from rnnexport import build, build_model_artifact
 from rnnexport.bench import run_bench
+from rnnexport.builder.export import EXPORTERS, Exporter
 from rnnexport.errors import RnnExportError
-from rnnexport.export import EXPORTERS, Exporter
 from rnnexport.registry import list_architectures
 
 REPO = Path(__file__).resolve().parent.parent

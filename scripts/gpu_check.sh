@@ -37,7 +37,7 @@ PY
 
 RESULTS=${TMPDIR:-/tmp}/rnnexport-gpu
 "$PY" -m pytest -p no:cacheprovider -v -rs -s tests/test_cuda.py tests/test_runtime.py
-"$PY" -m rnnexport.cli build --all --device auto --force --out "$RESULTS" --json > "$RESULTS.json"
+"$PY" -m rnnexport build --all --device auto --force --out "$RESULTS" --json > "$RESULTS.json"
 "$PY" - "$RESULTS.json" <<'PY'
 import json, sys
 summary = json.load(open(sys.argv[1]))
@@ -53,6 +53,6 @@ PY
 # export), then 'rnnexport bench' on one shipped artifact as a user would run it. Reported, not
 # held to targets: the figures depend on the GPU.
 "$PY" scripts/bench.py --device cuda --skip-build --rounds 3 --json "$RESULTS-bench.json" || true
-"$PY" -m rnnexport.cli bench "$RESULTS/attention" --device cuda --batch 1,64 --seq 1,100,1000 \
+"$PY" -m rnnexport bench "$RESULTS/attention" --device cuda --batch 1,64 --seq 1,100,1000 \
     --json > "$RESULTS-bench-attention.json"
 echo "GPU checks done: $RESULTS.json, $RESULTS-bench.json, $RESULTS-bench-attention.json"

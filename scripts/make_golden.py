@@ -32,10 +32,10 @@ import safetensors
 import torch
 from safetensors.numpy import load_file, save_file
 
+from rnnexport.builder.golden import GOLDEN_FORMAT, golden_root
+from rnnexport.builder.reference import TorchRunner, build_model, state_dict_to_numpy
 from rnnexport.errors import RnnExportError
 from rnnexport.feeds import make_feeds
-from rnnexport.golden import GOLDEN_FORMAT, golden_root
-from rnnexport.reference import TorchRunner, build_model, state_dict_to_numpy
 from rnnexport.registry import get_arch, list_architectures
 from rnnexport.spec import ArchConfig, ArchSpec
 

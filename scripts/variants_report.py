@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rnnexport.builder.pipeline import build
 from rnnexport.errors import RnnExportError
-from rnnexport.pipeline import build
 from rnnexport.registry import list_architectures
 
 

@@ -34,7 +34,7 @@ def flat(text: str) -> str:
 
 def build_every_architecture(out: Path, device: str) -> Path:
     """Build all registered architectures into ``out`` (one artifact folder each) and return ``out``."""
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     for name in ARCH_NAMES:
         build(name, out=out, device=device)

@@ -13,13 +13,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from rnnexport.compare import Criterion, Tolerance, verify_on_device
+from rnnexport.builder.golden import load_golden
+from rnnexport.builder.pipeline import build
+from rnnexport.builder.reference import Float64Runner, TorchRunner, build_model
 from rnnexport.feeds import Case, make_feeds
-from rnnexport.golden import load_golden
-from rnnexport.oracle import seq_axes
-from rnnexport.pipeline import build
-from rnnexport.reference import Float64Runner, TorchRunner, build_model
 from rnnexport.registry import get_arch
+from rnnexport.runtime.compare import Criterion, Tolerance, verify_on_device
+from rnnexport.runtime.oracle import seq_axes
 from rnnexport.spec import ArchConfig
 
 LENGTHS = (1, 7, 64, 257, 1000)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from rnnexport.builder.reference import TorchRunner, build_model
 from rnnexport.errors import UsageError
 from rnnexport.feeds import make_feeds
-from rnnexport.reference import TorchRunner, build_model
 from rnnexport.registry import get_arch, list_architectures
 from rnnexport.spec import ArchConfig
 

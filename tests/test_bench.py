@@ -20,8 +20,8 @@ import pytest
 
 from rnnexport.artifact import MANIFEST, verify_artifact
 from rnnexport.bench import BENCH_FILE, REGIMES, RUNTIMES, parse_sizes, session_options
+from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError, UsageError
-from rnnexport.pipeline import build
 from rnnexport.runtime import bucketed_run, plan_buckets
 
 from .conftest import run_cli
@@ -237,7 +237,7 @@ def test_user_weights_are_needed_again_and_must_be_the_same(tmp_path: Path) -> N
     import torch
     from safetensors.torch import save_file
 
-    from rnnexport.reference import build_model
+    from rnnexport.builder.reference import build_model
     from rnnexport.registry import get_arch
     from rnnexport.spec import ArchConfig
 

@@ -94,7 +94,7 @@ def test_options_that_cannot_apply_are_refused(
 def test_weights_of_another_model_are_refused(built: Path, tmp_path: Path) -> None:
     import torch
 
-    from rnnexport.usermodel import instantiate, load_factory
+    from rnnexport.builder.usermodel import instantiate, load_factory
 
     factory, _ = load_factory(f"{built / 'models.py'}:LearnedLSTM")
     model: Any = instantiate(factory, {}, what="LearnedLSTM")
@@ -116,7 +116,7 @@ def test_weights_of_another_model_are_refused(built: Path, tmp_path: Path) -> No
 
 
 def test_model_on_a_builtin_architecture_is_refused(tmp_path: Path) -> None:
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     build("many-to-many", out=tmp_path, device="cpu")
     result = run_cli("bench", str(tmp_path / "many-to-many"), *FAST, "--model", "models.py")
@@ -126,7 +126,7 @@ def test_model_on_a_builtin_architecture_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", ["many-to-many-masked", "attention"])
 def test_a_streaming_artifact_is_benchmarked_against_eager(tmp_path: Path, arch: str) -> None:
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     build(arch, out=tmp_path, device="cpu", streaming=True)
     data = _bench(str(tmp_path / arch))

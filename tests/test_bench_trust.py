@@ -26,10 +26,10 @@ from onnx import helper, numpy_helper
 
 from rnnexport.artifact import MANIFEST
 from rnnexport.bench import BENCH_FILE, run_bench
+from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError
 from rnnexport.limits import DEFAULT_LIMITS, Limits
-from rnnexport.pipeline import build
-from rnnexport.worker import Stopped, run_bounded
+from rnnexport.runtime.worker import Stopped, run_bounded
 
 from .conftest import run_cli
 from .test_trust import _external, _rehash, _running, plant_endless_model

@@ -17,11 +17,11 @@ import torch
 from typer.testing import CliRunner
 
 from rnnexport.artifact import read_test_data
+from rnnexport.builder.export import AUTO_ORDER
+from rnnexport.builder.golden import load_golden
+from rnnexport.builder.pipeline import build
+from rnnexport.builder.reference import TorchRunner, build_model
 from rnnexport.cli import app
-from rnnexport.export import AUTO_ORDER
-from rnnexport.golden import load_golden
-from rnnexport.pipeline import build
-from rnnexport.reference import TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import probe_provider
 from rnnexport.spec import ArchConfig, Contract
@@ -187,7 +187,7 @@ def test_same_build_from_two_folders_is_byte_identical(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "rnnexport.cli",
+                "rnnexport",
                 "build",
                 "--arch",
                 "parallel-gru",

@@ -22,18 +22,18 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
 import rnnexport
-from rnnexport.cli import app
-from rnnexport.errors import UsageError, WeightsError
-from rnnexport.reference import build_model
-from rnnexport.registry import get_arch
-from rnnexport.spec import ArchConfig
-from rnnexport.weights import (
+from rnnexport.builder.reference import build_model
+from rnnexport.builder.weights import (
     MAX_SAFETENSORS_HEADER,
     check_state_dict,
     fit_to_arch,
     load_state_dict,
     read_checkpoint,
 )
+from rnnexport.cli import app
+from rnnexport.errors import UsageError, WeightsError
+from rnnexport.registry import get_arch
+from rnnexport.spec import ArchConfig
 
 from .conftest import flat, run_cli
 

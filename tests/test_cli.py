@@ -82,7 +82,7 @@ def test_list_does_not_import_torch() -> None:
 def test_list_json_to_a_full_device_is_a_clear_error() -> None:
     with open("/dev/full", "w") as full:  # noqa: PTH123 - a device, not a path to build on
         result = subprocess.run(
-            [sys.executable, "-m", "rnnexport.cli", "list", "--json"],
+            [sys.executable, "-m", "rnnexport", "list", "--json"],
             stdout=full,
             stderr=subprocess.PIPE,
             text=True,
@@ -179,7 +179,7 @@ def test_no_color_is_respected(tmp_path: Path) -> None:
 
 def test_an_ascii_only_c_locale_terminal_works(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "rnnexport.cli", "build", "--arch", "many-to-many", "--out", str(tmp_path),
+        [sys.executable, "-m", "rnnexport", "build", "--arch", "many-to-many", "--out", str(tmp_path),
          "--device", "cpu"],
         capture_output=True, check=False, env=os.environ | {"LC_ALL": "C", "PYTHONIOENCODING": "ascii"},
     )  # fmt: skip

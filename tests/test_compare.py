@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnexport.compare import Tolerance, compare_outputs
+from rnnexport.runtime.compare import Tolerance, compare_outputs
 
 TOL = Tolerance(atol=1e-5, rtol=1e-4)
 

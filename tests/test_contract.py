@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from rnnexport.contract import check_contract, read_contract
+from rnnexport.builder.export import export_onnx
+from rnnexport.builder.reference import build_model
 from rnnexport.errors import ContractError
-from rnnexport.export import export_onnx
-from rnnexport.reference import build_model
+from rnnexport.graph.contract import check_contract, read_contract
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig, Contract, TensorSpec
 
@@ -85,7 +85,7 @@ def test_dynamo_export_of_an_lstm_keeps_the_sequence_axis(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "rnnexport.cli",
+            "rnnexport",
             "build",
             "--arch",
             "many-to-many",

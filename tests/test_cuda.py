@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rnnexport.artifact import verify_artifact
-from rnnexport.pipeline import TF32_TOLERANCE, build
+from rnnexport.builder.pipeline import TF32_TOLERANCE, build
 from rnnexport.runtime import probe_provider
 
 from .conftest import ARCH_NAMES, build_every_architecture

@@ -28,8 +28,8 @@ ov = import_or_skip(
     reason="openvino is not installed (the 'openvino' extra; wheels exist for x86-64 and ARM64 only)",
 )
 
+from rnnexport.builder.pipeline import build  # noqa: E402
 from rnnexport.deploy.openvino import OpenVinoRunner, sequence_lens_state_problem  # noqa: E402
-from rnnexport.pipeline import build  # noqa: E402
 
 cli = CliRunner()
 SMALL = {"input_size": 4, "hidden_size": 6, "output_size": 3, "branches": 2}

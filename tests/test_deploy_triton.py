@@ -40,7 +40,7 @@ def _parse(text: str) -> Any:
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     out = tmp_path_factory.mktemp("dist")
     build("many-to-many-masked", out=out / "plain", device="cpu", config=SMALL)

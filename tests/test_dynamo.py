@@ -22,11 +22,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from rnnexport.contract import check_contract, graph_problems
-from rnnexport.dynamo_rnn import dynamo_patches
+from rnnexport.builder.dynamo_rnn import dynamo_patches
+from rnnexport.builder.export import export_onnx
+from rnnexport.builder.pipeline import build
 from rnnexport.errors import ContractError, ExportError
-from rnnexport.export import export_onnx
-from rnnexport.pipeline import build
+from rnnexport.graph.contract import check_contract, graph_problems
 from rnnexport.spec import Contract, TensorSpec
 
 from .conftest import REPO
@@ -310,7 +310,7 @@ def test_a_packed_architecture_builds_with_dynamo_and_says_so(tmp_path: Path) ->
 @pytest.mark.slow
 def test_a_dynamo_build_on_the_command_line_prints_no_exporter_noise(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "rnnexport.cli", "build", "--arch", "parallel-gru", "--exporter", "dynamo",
+        [sys.executable, "-m", "rnnexport", "build", "--arch", "parallel-gru", "--exporter", "dynamo",
          "--streaming", "--out", str(tmp_path), "--device", "cpu"],
         capture_output=True, text=True, check=False, cwd=REPO, env=os.environ | {"COLUMNS": "200"},
     )  # fmt: skip

@@ -20,13 +20,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from rnnexport import export as export_module
-from rnnexport import pipeline
+from rnnexport.builder import export as export_module
+from rnnexport.builder import pipeline
+from rnnexport.builder.export import AUTO_ORDER, EXPORTERS, Exporter, export_onnx
+from rnnexport.builder.pipeline import build
+from rnnexport.builder.reference import build_model
 from rnnexport.errors import ExportError, UsageError, VerificationError
-from rnnexport.export import AUTO_ORDER, EXPORTERS, Exporter, export_onnx
 from rnnexport.limits import DEFAULT_LIMITS
-from rnnexport.pipeline import build
-from rnnexport.reference import build_model
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 

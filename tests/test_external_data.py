@@ -30,9 +30,9 @@ from torch import nn
 
 from rnnexport import artifact, safeio
 from rnnexport.artifact import verify_artifact
+from rnnexport.builder.pipeline import build, build_model_artifact
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import DEFAULT_LIMITS
-from rnnexport.pipeline import build, build_model_artifact
 
 from .conftest import flat, run_cli
 
@@ -216,7 +216,7 @@ def test_a_user_model_past_the_threshold_ships_external_data(tmp_path: Path) -> 
 def test_variants_of_an_external_data_model_are_refused_before_anything_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precisions: str | None, formats: str | None
 ) -> None:
-    from rnnexport import pipeline
+    from rnnexport.builder import pipeline
 
     monkeypatch.setattr(pipeline, "_model_and_references", pytest.fail)
     with pytest.raises(UsageError) as caught:

@@ -16,8 +16,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from rnnexport import pipeline
 from rnnexport.artifact import MANIFEST
+from rnnexport.builder import pipeline
 
 from .conftest import run_cli
 
@@ -204,7 +204,7 @@ def test_external_data_outside_the_folder_is_never_read(shipped: Path, tmp_path:
     _rehash(folder)
     os.mkfifo(tmp_path / "secret.bin")  # opening it for reading would block: the test would time out
     result = subprocess.run(
-        [sys.executable, "-m", "rnnexport.cli", "verify", str(folder)],
+        [sys.executable, "-m", "rnnexport", "verify", str(folder)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 1
@@ -320,7 +320,7 @@ def test_eight_threads_on_one_session_match_serial_runs(shipped: Path) -> None:
 
 def test_all_reports_each_failure_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    from rnnexport.export import export_onnx as real_export
+    from rnnexport.builder.export import export_onnx as real_export
 
     def export_fails_for_gru(model: object, contract: object, **kwargs: object) -> object:
         if type(model).__name__ == "ParallelGRU":

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from rnnexport.builder.golden import golden_root, load_golden, regenerate_command
+from rnnexport.builder.reference import TorchRunner, build_model
 from rnnexport.errors import GoldenError
-from rnnexport.golden import golden_root, load_golden, regenerate_command
-from rnnexport.reference import TorchRunner, build_model
 from rnnexport.registry import get_arch
 
 from .conftest import ARCH_NAMES, REPO

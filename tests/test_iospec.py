@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from rnnexport.builder.iospec import parse_io
 from rnnexport.cli import app
 from rnnexport.errors import InputError, UsageError
 from rnnexport.feeds import make_feeds, validate_feeds
-from rnnexport.iospec import parse_io
 
 from .conftest import REPO
 

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 from rnnexport.artifact import verify_artifact
+from rnnexport.builder.pipeline import build
 from rnnexport.deploy.web import MARKER, deploy_web
 from rnnexport.errors import ArtifactError
-from rnnexport.pipeline import build
 from tests.conftest import ARCH_NAMES, REPO, run_cli
 
 JS = REPO / "js"

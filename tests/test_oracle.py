@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rnnexport.compare import Criterion, Tolerance, compare_outputs
-from rnnexport.oracle import ErrorAccumulator, step_buckets
+from rnnexport.runtime.compare import Criterion, Tolerance, compare_outputs
+from rnnexport.runtime.oracle import ErrorAccumulator, step_buckets
 
 TOL = Tolerance(atol=1e-5, rtol=1e-4)
 ORACLE = Criterion("oracle", factor=4.0)

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 
+from rnnexport.builder.export import export_onnx
+from rnnexport.builder.patch import export_patches
 from rnnexport.errors import ExportError
-from rnnexport.export import export_onnx
-from rnnexport.patch import export_patches
 from rnnexport.spec import Contract, TensorSpec
 
 KINDS: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}

@@ -22,10 +22,11 @@ import pytest
 import torch
 from torch import nn
 
-from rnnexport import safeio, stateful
+from rnnexport import safeio
 from rnnexport.artifact import hash_files, publish, recover_destination
+from rnnexport.builder import stateful
+from rnnexport.builder.pipeline import build, build_model_artifact
 from rnnexport.errors import ArtifactError, UsageError
-from rnnexport.pipeline import build, build_model_artifact
 
 from .conftest import flat, run_cli
 
@@ -245,7 +246,7 @@ def test_a_build_never_publishes_what_verify_refuses(
                 force=True,
             )
     else:
-        monkeypatch.setattr("rnnexport.pipeline.hash_files", _drop_a_hash)
+        monkeypatch.setattr("rnnexport.builder.pipeline.hash_files", _drop_a_hash)
         expected = "is a test-data tensor the manifest does not list"
 
         def run() -> object:

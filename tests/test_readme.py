@@ -43,7 +43,7 @@ def test_streaming_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     import numpy as np
     import onnxruntime as ort
 
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     monkeypatch.chdir(tmp_path)
     build("many-to-many", out="dist", device="cpu", streaming=True)

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from rnnexport import runtime
 from rnnexport.cli import app
-from rnnexport.compare import Tolerance, verify_on_device
 from rnnexport.errors import UsageError
 from rnnexport.feeds import Case
 from rnnexport.runtime import create_session, probe_provider
+from rnnexport.runtime.compare import Tolerance, verify_on_device
 
 from .test_contract import _model
 

@@ -19,7 +19,7 @@ SMALL = {"input_size": 4, "hidden_size": 6, "output_size": 3}
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     out = tmp_path_factory.mktemp("dist")
     for arch in ("many-to-many", "many-to-many-masked", "attention"):
@@ -104,7 +104,7 @@ def test_the_deploy_and_serving_modules_need_no_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import rnnexport.serving, rnnexport.deploy, rnnexport.deploy.openvino, rnnexport.deploy.triton\n"
-        "import rnnexport.deploy.cli\n"
+        "import rnnexport.cli.deploy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr

@@ -22,15 +22,15 @@ from typer.testing import CliRunner
 
 import rnnexport
 from rnnexport.artifact import MANIFEST, verify_artifact
+from rnnexport.builder.export import export_onnx
+from rnnexport.builder.iospec import read_io
+from rnnexport.builder.reference import build_model
+from rnnexport.builder.stateful import make_streaming
 from rnnexport.cli import app
 from rnnexport.errors import ArtifactError, UsageError
-from rnnexport.export import export_onnx
 from rnnexport.feeds import make_feeds
-from rnnexport.iospec import read_io
-from rnnexport.reference import build_model
+from rnnexport.graph.simplify import simplify_onnx
 from rnnexport.registry import get_arch
-from rnnexport.simplify import simplify_onnx
-from rnnexport.stateful import make_streaming
 
 from .conftest import ARCH_NAMES
 from .test_zoo import ZOO

@@ -23,10 +23,10 @@ from onnx import numpy_helper
 
 import rnnexport
 from rnnexport.artifact import MANIFEST, verify_artifact
+from rnnexport.builder.stateful import make_streaming
+from rnnexport.builder.usermodel import instantiate, load_factory
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.spec import Contract, TensorSpec
-from rnnexport.stateful import make_streaming
-from rnnexport.usermodel import instantiate, load_factory
 
 from .conftest import flat, run_cli
 from .test_readme import _block

@@ -18,10 +18,10 @@ from rich.table import Table
 from typer.testing import CliRunner, Result
 
 from rnnexport import cli as cli_module
+from rnnexport.builder.iospec import parse_io
+from rnnexport.builder.pipeline import build
 from rnnexport.cli import app
 from rnnexport.feeds import axis_ranges
-from rnnexport.iospec import parse_io
-from rnnexport.pipeline import build
 
 runner = CliRunner()
 

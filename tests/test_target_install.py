@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnexport.pipeline import build
+from rnnexport.builder.pipeline import build
 
 from .conftest import REPO
 

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnexport.tidy import tidy_graph
+from rnnexport.graph.tidy import tidy_graph
 
 RNG = np.random.default_rng(0)
 
@@ -102,7 +102,7 @@ def test_parallel_architectures_ship_one_transpose_after_the_branches() -> None:
     import tempfile
     from pathlib import Path
 
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     with tempfile.TemporaryDirectory() as out:
         build("parallel-gru", out=out, device="cpu")
@@ -230,7 +230,7 @@ def test_a_value_read_only_inside_a_subgraph_is_kept() -> None:
 
 def test_streaming_graphs_keep_the_output_layer_a_matmul(tmp_path: Path) -> None:
     """onnxsim's batched Gemm rewrite is skipped for streaming builds (four more nodes every call)."""
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     build("many-to-many", out=tmp_path / "stream", device="cpu", streaming=True)
     build("many-to-many", out=tmp_path / "plain", device="cpu")
@@ -264,8 +264,8 @@ def test_external_data_builds_are_tidied_and_verify(arch: str, tmp_path: Path) -
     import dataclasses
 
     from rnnexport.artifact import EXTERNAL_DATA, verify_artifact
+    from rnnexport.builder.pipeline import build
     from rnnexport.limits import DEFAULT_LIMITS
-    from rnnexport.pipeline import build
 
     tiny = dataclasses.replace(DEFAULT_LIMITS, inline_model_bytes=1000)
     build(arch, out=tmp_path, device="cpu", limits=tiny)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnexport.tidy import MAX_MERGED_HIDDEN, tidy_graph
+from rnnexport.graph.tidy import MAX_MERGED_HIDDEN, tidy_graph
 
 RNG = np.random.default_rng(7)
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -319,7 +319,7 @@ def test_the_file_keeps_each_weight_once() -> None:
 def test_parallel_architectures_merge_only_when_streaming(streaming: bool, tmp_path: Path) -> None:
     """Streaming builds (one step a call) get one recurrent node; stateless builds keep a node per
     branch (int8 quantization and long sequences)."""
-    from rnnexport.pipeline import build
+    from rnnexport.builder.pipeline import build
 
     for arch, op in [("parallel-lstm", "LSTM"), ("parallel-gru", "GRU"), ("parallel-lstm-attention", "LSTM")]:
         build(arch, out=tmp_path, device="cpu", streaming=streaming)  # verified, or it raises

@@ -24,9 +24,9 @@ from typer.testing import Result
 
 from rnnexport import artifact
 from rnnexport.artifact import MANIFEST, verify_artifact
+from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import Limits
-from rnnexport.pipeline import build
 from rnnexport.safeio import loads_strict, read_bounded
 from rnnexport.text import capped, first_of
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnexport import artifact, pipeline, safeio
+from rnnexport import artifact, safeio
+from rnnexport.builder import pipeline
+from rnnexport.builder.golden import load_golden, regenerate_command
+from rnnexport.builder.pipeline import build, estimate_resources
 from rnnexport.errors import GoldenError, InputError, UsageError
-from rnnexport.golden import load_golden, regenerate_command
 from rnnexport.limits import Limits
-from rnnexport.pipeline import build, estimate_resources
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
@@ -387,7 +388,7 @@ signal.signal(signal.SIGTERM, signal.SIG_DFL)
 signal.signal(signal.SIGHUP, signal.SIG_DFL)
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
-from rnnexport import pipeline
+from rnnexport.builder import pipeline
 marker = Path(sys.argv[1])
 def slow_export(*args, **kwargs):
     marker.write_text("exporting")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rnnexport.usermodel import load_factory
+from rnnexport.builder.usermodel import load_factory
 
 from .conftest import REPO, flat, run_cli
 

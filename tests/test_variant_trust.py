@@ -23,7 +23,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnexport.artifact import MANIFEST
-from rnnexport.pipeline import build
+from rnnexport.builder.pipeline import build
 from rnnexport.variants import ModelFacts, file_problems
 
 from .conftest import flat, run_cli

@@ -18,14 +18,14 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from rnnexport.artifact import verify_artifact
+from rnnexport.builder.golden import load_golden
+from rnnexport.builder.pipeline import build
+from rnnexport.builder.reference import Float64Runner, build_model
 from rnnexport.cli import app
-from rnnexport.compare import Tolerance
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.feeds import make_feeds
-from rnnexport.golden import load_golden
-from rnnexport.pipeline import build
-from rnnexport.reference import Float64Runner, build_model
 from rnnexport.registry import get_arch
+from rnnexport.runtime.compare import Tolerance
 from rnnexport.spec import ArchConfig
 from rnnexport.variants import (
     VARIANT_TOLERANCES,

@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from rnnexport.artifact import MANIFEST, verify_artifact
+from rnnexport.builder.pipeline import build
 from rnnexport.cli import app
 from rnnexport.errors import ArtifactError
-from rnnexport.pipeline import build
 
 cli = CliRunner()
 

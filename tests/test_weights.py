@@ -20,13 +20,13 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
 import rnnexport
+from rnnexport.builder.reference import build_model
+from rnnexport.builder.usermodel import load_user_weights
+from rnnexport.builder.weights import load_state_dict, read_checkpoint
 from rnnexport.cli import app
 from rnnexport.errors import WeightsError
-from rnnexport.reference import build_model
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
-from rnnexport.usermodel import load_user_weights
-from rnnexport.weights import load_state_dict, read_checkpoint
 
 from .conftest import flat, run_cli
 

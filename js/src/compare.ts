@@ -1,5 +1,5 @@
 /**
- * The comparison rules of `rnnexport verify` (Python `rnnexport.compare` and `rnnexport.oracle`), ported
+ * The comparison rules of `rnnexport verify` (Python `rnnexport.runtime.compare` and `rnnexport.runtime.oracle`), ported
  * line by line so a report from JavaScript reads and decides like one from Python:
  *
  * - `tolerance`: every element satisfies `|actual - float32| <= atol + rtol*|float32|`, all finite;

@@ -27,7 +27,7 @@ def packed_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.
     """The article's formulation: pack (rows in any order), run, unpad to the padded length.
 
     Valid steps equal the unpadded run of each row; padded steps are exactly zero, and nothing in
-    the padding (NaN included) is read. The export patches (:mod:`rnnexport.patch`) turn this into
+    the padding (NaN included) is read. The export patches (:mod:`rnnexport.builder.patch`) turn this into
     one ONNX ``LSTM`` node with ``sequence_lens``: no padded step is computed there either.
     """
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

@@ -34,7 +34,7 @@ def _concatenated_branches(branches: nn.ModuleList, x: torch.Tensor) -> torch.Te
     """Every branch's output, concatenated on the feature axis: ``[batch, seq, branches * hidden]``.
 
     Each branch exports as its own ONNX recurrent node. Streaming builds merge them into one node
-    (:mod:`rnnexport.tidy`): its block-diagonal recurrent weights are built from the branches' own
+    (:mod:`rnnexport.graph.tidy`): its block-diagonal recurrent weights are built from the branches' own
     when ONNX Runtime loads the model, so the file still holds each weight once.
     """
     return torch.cat(_branch_outputs(branches, x), dim=2)

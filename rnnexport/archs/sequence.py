@@ -3,7 +3,7 @@
 Variable-length batches take a ``lengths`` input (the lengths role) and run the LSTM packed, as the
 article does: ``pack_padded_sequence(..., enforce_sorted=False)`` -> LSTM -> ``pad_packed_sequence``.
 Eager ``forward`` is therefore the packed reference itself; the export patches
-(:mod:`rnnexport.patch`) turn the packed run into one ONNX ``LSTM`` node with ``sequence_lens``.
+(:mod:`rnnexport.builder.patch`) turn the packed run into one ONNX ``LSTM`` node with ``sequence_lens``.
 
 Padding contract of the masked models: ``x`` is ``[batch, seq, input]`` with row ``b`` valid on
 steps ``0 .. lengths[b]-1``; ``1 <= lengths[b] <= seq``. Padded inputs are never read (NaN padding
@@ -91,7 +91,7 @@ class AttentionLSTM(nn.Module):
         has seen a valid step exactly when its sum is positive (the maximum's own term is 1). A
         stream starts from zeros; a row that has seen nothing returns ``fc(0)``, its bias, and a row
         whose chunk length is 0 keeps all three exactly.
-        The LSTM's own state is carried by the streaming wrapper (:mod:`rnnexport.patch`).
+        The LSTM's own state is carried by the streaming wrapper (:mod:`rnnexport.builder.patch`).
         """
         valid = valid_steps(lengths, x.shape[1])
         out = packed_lstm(self.lstm, x, lengths)

@@ -37,10 +37,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rnnexport.compare import CaseResult, Criterion, ProviderResult, Status, Tolerance, compare_outputs
 from rnnexport.errors import UsageError, VerificationError
 from rnnexport.feeds import Case, Feeds
 from rnnexport.runtime import ProviderUnavailableError
+from rnnexport.runtime.compare import (
+    CaseResult,
+    Criterion,
+    ProviderResult,
+    Status,
+    Tolerance,
+    compare_outputs,
+)
 from rnnexport.spec import BATCH, Contract
 from rnnexport.streaming import Streaming
 
@@ -238,13 +245,13 @@ def verify_openvino(
     tf32: bool = False,
     **options: Any,
 ) -> ProviderResult:
-    """:func:`~rnnexport.worker.verify_with_deadline` on OpenVINO's CPU plugin at float32.
+    """:func:`~rnnexport.runtime.worker.verify_with_deadline` on OpenVINO's CPU plugin at float32.
 
     The same cases, chains, rule and tolerance as ONNX Runtime's check. ``device`` must be cpu and
     ``tf32`` is ignored (they are in the signature of every verifier). A failure whose cause is the
     known ``sequence_lens`` state error carries that cause as its reason.
     """
-    from rnnexport.worker import verify_with_deadline
+    from rnnexport.runtime.worker import verify_with_deadline
 
     criterion = options.get("criterion") or Criterion()
     if device != "cpu":
@@ -485,7 +492,7 @@ def deploy_openvino(folder: Path, out: Path, *, time_limit: float | None = None)
     """
     from rnnexport.artifact import read_initial_states, verify_artifact
     from rnnexport.deploy import copy_verified_model, new_output_folder
-    from rnnexport.oracle import seq_axes
+    from rnnexport.runtime.oracle import seq_axes
 
     ov = openvino_module()
     report = verify_artifact(folder, device="cpu", time_limit=time_limit, runtime="openvino")

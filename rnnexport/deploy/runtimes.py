@@ -13,9 +13,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from rnnexport.compare import Tolerance
 from rnnexport.errors import UsageError
 from rnnexport.feeds import Case
+from rnnexport.runtime.compare import Tolerance
 
 __all__ = ["RUNTIMES", "check_runtimes", "other_runtimes"]
 

@@ -7,7 +7,7 @@ Two rules, named by :class:`Criterion`:
 - ``oracle`` (the build default): errors are measured against a float64 run of the same module and
   weights, and the artifact is held to what float32 arithmetic itself achieves. Within a group (one
   output of one case, and for outputs with a sequence axis one time bucket of it, see
-  :func:`rnnexport.oracle.step_buckets`), let ``E_pt`` be PyTorch float32's largest error against
+  :func:`rnnexport.runtime.oracle.step_buckets`), let ``E_pt`` be PyTorch float32's largest error against
   float64. Every element must satisfy
 
       |actual - float64| <= max(factor * E_pt, atol + rtol * |float64|)
@@ -34,8 +34,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rnnexport.feeds import Case, Feeds
-from rnnexport.oracle import ErrorAccumulator, step_buckets
 from rnnexport.runtime import PROVIDERS, Device, OrtRunner, ProviderUnavailableError, create_session
+from rnnexport.runtime.oracle import ErrorAccumulator, step_buckets
 
 __all__ = [
     "ORACLE_FACTOR",
@@ -358,7 +358,7 @@ class ProviderResult:
     reason: str = ""
     cases: list[CaseResult] = field(default_factory=list)
     criterion: Criterion = field(default_factory=Criterion)
-    # Pooled error statistics (see rnnexport.oracle.ErrorAccumulator.summary); empty when nothing ran.
+    # Pooled error statistics (see rnnexport.runtime.oracle.ErrorAccumulator.summary); empty when nothing ran.
     errors: dict[str, Any] = field(default_factory=dict)
 
     @property

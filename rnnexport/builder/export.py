@@ -5,7 +5,7 @@ Two exporters:
 - ``torchscript``: ``torch.onnx.export(..., dynamo=False, dynamic_axes=...)``. It emits ONNX
   ``LSTM``/``GRU`` nodes whose sequence axis follows the input.
 - ``dynamo``: ``torch.onnx.export(..., dynamo=True)`` (``torch.export``, then onnxscript). The same
-  rewrites run as custom operators (:mod:`rnnexport.dynamo_rnn`), so it writes the same recurrent
+  rewrites run as custom operators (:mod:`rnnexport.builder.dynamo_rnn`), so it writes the same recurrent
   nodes, packed sequences included, with the same dynamic axes.
 
 ``auto`` (the builds' default) tries them in the order :func:`exporter_order` gives, chosen by
@@ -14,8 +14,9 @@ export or its graph fails the contract and graph checks; never after a verificat
 
 The example used for tracing has batch 2 and sequence 3: never size 1, which exporters are free to
 specialise as a broadcastable constant. Both exports run inside
-:func:`rnnexport.patch.export_patches`, which turns every recurrent layer and packed-sequence call of
-any module into ONNX recurrent nodes (for dynamo, through :func:`rnnexport.dynamo_rnn.dynamo_patches`).
+:func:`rnnexport.builder.patch.export_patches`, which turns every recurrent layer and
+packed-sequence call of any module into ONNX recurrent nodes (for dynamo, through
+:func:`rnnexport.builder.dynamo_rnn.dynamo_patches`).
 
 A trace records one run of ``forward`` at the example shape. Python control flow that reads tensor
 values (a loop over the time steps of an ``nn.LSTMCell``, an ``if`` on a tensor) is frozen into it at
@@ -38,10 +39,10 @@ import numpy as np
 import onnx
 import torch
 
-from rnnexport.dynamo_rnn import TRANSLATIONS, dynamo_patches
+from rnnexport.builder.dynamo_rnn import TRANSLATIONS, dynamo_patches
+from rnnexport.builder.patch import ExportWatch, TracerWarning, export_patches, frozen_trace_values
 from rnnexport.errors import ExportError, RnnExportError
 from rnnexport.feeds import make_feeds
-from rnnexport.patch import ExportWatch, TracerWarning, export_patches, frozen_trace_values
 from rnnexport.spec import Contract
 from rnnexport.text import first_line
 
@@ -172,7 +173,8 @@ def _name_data_dependent_axes(proto: onnx.ModelProto, contract: Contract) -> Non
 def _export_dynamo(
     model: torch.nn.Module, args: tuple[torch.Tensor, ...], contract: Contract, *, opset: int, to: Path | None
 ) -> tuple[onnx.ModelProto, ExportWatch]:
-    """``torch.onnx.export(..., dynamo=True)`` inside the export rewrites (:mod:`rnnexport.dynamo_rnn`)."""
+    """``torch.onnx.export(..., dynamo=True)`` inside the export rewrites
+    (:mod:`rnnexport.builder.dynamo_rnn`)."""
     with dynamo_patches(model) as watch:
         program = torch.onnx.export(
             model,
@@ -243,7 +245,7 @@ def export_onnx(
     returned is then its structure only (the weights stay in those files): what the contract check
     and the node counts need, without holding the weights in memory once more.
 
-    The result is *not* trusted yet: the caller runs :func:`rnnexport.contract.check_contract` on it.
+    The result is *not* trusted yet: the caller runs :func:`rnnexport.graph.contract.check_contract` on it.
     Raises :class:`ExportError` when the exporter fails, when the trace froze a tensor value into
     Python control flow (the graph would only be right at the example shape), or when the model's
     opset is not ``opset``.

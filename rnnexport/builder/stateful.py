@@ -1,7 +1,8 @@
 """Building a streaming model: the wrapper, its contract, and its verification cases (needs torch).
 
 :func:`make_streaming` wraps any module so that every recurrent state (found by
-:func:`rnnexport.patch.recurrent_states`, carried by :func:`rnnexport.patch.streaming_state`) and
+:func:`rnnexport.builder.patch.recurrent_states`, carried by
+:func:`rnnexport.builder.patch.streaming_state`) and
 any state of an architecture's own streaming formulation (:class:`~rnnexport.spec.StreamingForm`)
 become inputs and outputs; :mod:`rnnexport.streaming` describes the contract that results.
 
@@ -20,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnexport.builder.patch import RecurrentState, StreamingModule, recurrent_states
+from rnnexport.builder.reference import ModuleRunner
 from rnnexport.errors import UsageError
 from rnnexport.feeds import Case, Feeds, make_feeds
-from rnnexport.patch import RecurrentState, StreamingModule, recurrent_states
-from rnnexport.reference import ModuleRunner
 from rnnexport.spec import BATCH, SEQ, Contract, TensorSpec
 from rnnexport.streaming import StateSpec, Streaming, encode_initial, start_states, state_name_problems
 from rnnexport.text import capped

@@ -4,7 +4,7 @@ Recurrences amplify rounding: the longer the sequence, the further *any* float32
 same model drifts from the exact result, PyTorch's own included. A fixed tolerance against the
 float32 PyTorch output therefore refuses correct exports at long sequences, or (loosened) hides real
 errors at short ones. rnnexport computes a float64 reference of the same module and weights and
-measures both the artifact and PyTorch float32 against it; :mod:`rnnexport.compare` holds the rule
+measures both the artifact and PyTorch float32 against it; :mod:`rnnexport.runtime.compare` holds the rule
 that decides on those figures. This module holds what that needs and what reports show:
 
 - :func:`step_buckets`: the time buckets (steps 1-10, 11-100, 101-1000, 1001+) errors are reported in;

@@ -14,10 +14,10 @@ from typing import Any
 import onnx
 import torch
 
-from rnnexport.compare import Criterion, ProviderResult, Tolerance
+from rnnexport.builder.reference import Float64Runner
 from rnnexport.feeds import Case, Feeds
-from rnnexport.reference import Float64Runner
 from rnnexport.runtime import Device
+from rnnexport.runtime.compare import Criterion, ProviderResult, Tolerance
 from rnnexport.spec import Contract
 from rnnexport.variants import (
     Format,

@@ -38,12 +38,12 @@ from typing import Any, Literal
 
 import onnx
 
-from rnnexport.compare import Criterion, ProviderResult, Tolerance, verify_on_device
-from rnnexport.contract import check_contract
 from rnnexport.errors import ArtifactError, ContractError, RnnExportError, UsageError
 from rnnexport.feeds import Case, Feeds
-from rnnexport.oracle import seq_axes
+from rnnexport.graph.contract import check_contract
 from rnnexport.runtime import Device, probe_provider
+from rnnexport.runtime.compare import Criterion, ProviderResult, Tolerance, verify_on_device
+from rnnexport.runtime.oracle import seq_axes
 from rnnexport.spec import Contract
 from rnnexport.text import capped
 
@@ -917,7 +917,7 @@ def verify_variant(
     Before anything runs: :func:`variant_problem`. Never raises for a
     verification outcome: any of these failing gives a failed result with the reason. Used at build
     time (the gate) and by ``rnnexport verify`` on the target, which passes a ``run`` with a time
-    bound (:func:`rnnexport.worker.verify_with_deadline`).
+    bound (:func:`rnnexport.runtime.worker.verify_with_deadline`).
     """
     chosen = {d: tolerances[d] for d in devices}
     reason = variant_problem(file, precision, fmt, data, contract=contract)

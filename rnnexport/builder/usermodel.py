@@ -2,7 +2,7 @@
 and mapping and checking what the module returns against its I/O description.
 
 Importing a model file runs the user's code (that is the point); checkpoints are still read safely
-(:func:`rnnexport.weights.load_state_dict`: safetensors, or ``torch.load(weights_only=True)``).
+(:func:`rnnexport.builder.weights.load_state_dict`: safetensors, or ``torch.load(weights_only=True)``).
 
 Everything the user's code raises (at import, in ``__init__``, in ``forward`` whichever way it is
 run) comes back as one of rnnexport's errors that names the line of the user's file it came from
@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
+from rnnexport.builder.patch import PackedLengths
+from rnnexport.builder.weights import Checkpoint, key_mismatches
 from rnnexport.errors import RnnExportError, UsageError, WeightsError
-from rnnexport.patch import PackedLengths
 from rnnexport.safeio import file_kind, loads_strict, read_bounded
 from rnnexport.spec import BATCH, Contract
 from rnnexport.text import first_line, visible
-from rnnexport.weights import Checkpoint, key_mismatches
 
 __all__ = [
     "ModelSource",
@@ -56,7 +56,7 @@ __all__ = [
 
 # Files that are never the user's, even inside a folder of theirs (a virtual environment in the
 # project folder, or rnnexport itself checked out there).
-_RNNEXPORT = str(Path(__file__).resolve().parent)
+_RNNEXPORT = str(Path(__file__).resolve().parents[1])  # rnnexport/, not only builder/
 _SYSTEM = (sys.prefix, sys.base_prefix, sys.exec_prefix, Path(torch.__file__).parent)
 _NOT_USER = (*sorted({str(Path(p).resolve()) for p in _SYSTEM}), _RNNEXPORT)
 

@@ -9,7 +9,7 @@ The child gets a module-level function and its arguments on stdin and sends back
 or raises (all pickled; the parent trusts only its own child), and may report progress: each
 report starts a new step with its own time bound.
 
-Run as ``python -m rnnexport.worker``. Torch-free.
+Run as ``python -m rnnexport.runtime.worker``. Torch-free.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rnnexport.compare import ProviderResult, Tolerance, verify_on_device
 from rnnexport.feeds import Case
 from rnnexport.runtime import PROVIDERS, Device
+from rnnexport.runtime.compare import ProviderResult, Tolerance, verify_on_device
 
 __all__ = ["Progress", "Stopped", "run_bounded", "verify_with_deadline"]
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds rnnexport/
 _PARENT = "RNNEXPORT_WORKER_PARENT"
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _FRAME = struct.Struct(">Q")  # each message: its length, then its pickle
@@ -94,7 +94,7 @@ def run_bounded(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     env[_PARENT] = str(os.getpid())
     process = subprocess.Popen(
-        [sys.executable, "-m", "rnnexport.worker"],
+        [sys.executable, "-m", "rnnexport.runtime.worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -176,7 +176,7 @@ def verify_with_deadline(
     seconds: float,
     **options: Any,
 ) -> ProviderResult:
-    """:func:`~rnnexport.compare.verify_on_device` in a child process that is killed after ``seconds``.
+    """:func:`~rnnexport.runtime.compare.verify_on_device` in a child process killed after ``seconds``.
 
     ``options`` (the rule, float64 references, sequence axes) go to ``verify_on_device`` unchanged.
     ``model`` is the model's bytes, or the path of a model whose external data lies beside it (a

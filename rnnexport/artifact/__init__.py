@@ -44,13 +44,13 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from rnnexport.compare import Criterion, ProviderResult, Tolerance
-from rnnexport.contract import check_contract, read_contract
 from rnnexport.errors import ArtifactError, RnnExportError, UsageError
 from rnnexport.feeds import Case, Feeds, axis_ranges, validate_feeds
+from rnnexport.graph.contract import check_contract, read_contract
 from rnnexport.limits import DEFAULT_LIMITS, Limits, check_tolerance, format_bytes
-from rnnexport.oracle import FLOAT64_OUTPUT, seq_axes
 from rnnexport.runtime import DEVICES, Device, resolve_devices
+from rnnexport.runtime.compare import Criterion, ProviderResult, Tolerance
+from rnnexport.runtime.oracle import FLOAT64_OUTPUT, seq_axes
 from rnnexport.safeio import (
     check_path,
     copy_bounded,
@@ -1676,7 +1676,7 @@ def verify_artifact(
     time in proportion to the model's size, see :class:`~rnnexport.limits.Limits`). ``runtime``
     "openvino" runs the test data on OpenVINO's CPU plugin instead (:mod:`rnnexport.deploy.openvino`).
     """
-    from rnnexport.worker import verify_with_deadline
+    from rnnexport.runtime.worker import verify_with_deadline
 
     run_one: Callable[..., ProviderResult] = verify_with_deadline
     if runtime == "openvino":

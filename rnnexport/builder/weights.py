@@ -17,7 +17,7 @@ Reading happens in two steps, so that nothing big is loaded before it is known t
    expected names are a :class:`KeyTarget`: a user module's own (with shapes) or an architecture's.
 2. The checkpoint is :meth:`Checkpoint.fitted` to the model (its dtypes; with
    ``--ignore-unexpected-keys``, keys the model lacks are left out) and its names and shapes are
-   checked (:func:`fit_to_arch`, :func:`rnnexport.usermodel.load_user_weights`); a mismatch names
+   checked (:func:`fit_to_arch`, :func:`rnnexport.builder.usermodel.load_user_weights`); a mismatch names
    the options that would fit (:meth:`Checkpoint.advice`). Then :meth:`Checkpoint.load` refuses
    what cannot be those weights (integer, boolean or complex values where the model has floats;
    sparse, meta or quantized tensors), reads the data, casts floats to float32 (integer buffers
@@ -45,8 +45,8 @@ from typing import Any
 
 import torch
 
+from rnnexport.builder.reference import build_model
 from rnnexport.errors import UsageError, WeightsError
-from rnnexport.reference import build_model
 from rnnexport.spec import ArchConfig, ArchSpec
 
 __all__ = [

@@ -55,7 +55,7 @@ def golden_root() -> Path:
     override = os.environ.get("RNNEXPORT_GOLDEN_DIR")
     if override:
         return Path(override)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # rnnexport/
     checkout = package.parent / "golden"
     # A checkout (or editable install) has pyproject.toml beside the package; site-packages does not.
     in_checkout = checkout.is_dir() and (package.parent / "pyproject.toml").is_file()

@@ -23,7 +23,6 @@ import onnx
 import torch
 
 from rnnexport._version import __version__
-from rnnexport.accuracy import build_variants, float64_references, one_torch_thread, write_variant_files
 from rnnexport.artifact import (
     EXTERNAL_DATA,
     MODEL,
@@ -38,18 +37,13 @@ from rnnexport.artifact import (
     write_initial_states,
     write_test_data,
 )
-from rnnexport.compare import RULES, Criterion, ProviderResult, Rule, Tolerance, verify_on_device
-from rnnexport.contract import check_contract
-from rnnexport.deploy.runtimes import check_runtimes, other_runtimes
-from rnnexport.errors import (
-    ContractError,
-    ExportError,
-    InputError,
-    RnnExportError,
-    UsageError,
-    VerificationError,
+from rnnexport.builder.accuracy import (
+    build_variants,
+    float64_references,
+    one_torch_thread,
+    write_variant_files,
 )
-from rnnexport.export import (
+from rnnexport.builder.export import (
     DEFAULT_OPSET,
     EXPORTER_OPTIONS,
     TRACE_BATCH,
@@ -59,26 +53,11 @@ from rnnexport.export import (
     export_onnx,
     exporter_order,
 )
-from rnnexport.feeds import Case, Feeds, in_order, make_feeds, validate_feeds
-from rnnexport.golden import load_golden
-from rnnexport.iospec import check_signature, read_io
-from rnnexport.limits import (
-    DEFAULT_LIMITS,
-    Limits,
-    available_memory,
-    check_tolerance,
-    format_bytes,
-)
-from rnnexport.oracle import seq_axes, write_float64_outputs
-from rnnexport.patch import recurrent_states
-from rnnexport.progress import Progress, SilentProgress
-from rnnexport.reference import ModuleRunner, TorchRunner, build_model
-from rnnexport.registry import get_arch
-from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
-from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, write_file, writing
-from rnnexport.simplify import simplify_onnx
-from rnnexport.spec import ArchConfig, ArchSpec, Contract, TensorSpec
-from rnnexport.stateful import (
+from rnnexport.builder.golden import load_golden
+from rnnexport.builder.iospec import check_signature, read_io
+from rnnexport.builder.patch import recurrent_states
+from rnnexport.builder.reference import ModuleRunner, TorchRunner, build_model
+from rnnexport.builder.stateful import (
     StreamingModel,
     chain_cases,
     check_streamable,
@@ -86,9 +65,7 @@ from rnnexport.stateful import (
     require_streamable,
     single_call_cases,
 )
-from rnnexport.streaming import INITIAL_FOLDER, Streaming
-from rnnexport.text import first_line
-from rnnexport.usermodel import (
+from rnnexport.builder.usermodel import (
     ModelSource,
     OutputForm,
     UserCode,
@@ -98,8 +75,36 @@ from rnnexport.usermodel import (
     load_user_weights,
     state_sha256,
 )
+from rnnexport.builder.weights import fit_to_arch, read_checkpoint
+from rnnexport.deploy.runtimes import check_runtimes, other_runtimes
+from rnnexport.errors import (
+    ContractError,
+    ExportError,
+    InputError,
+    RnnExportError,
+    UsageError,
+    VerificationError,
+)
+from rnnexport.feeds import Case, Feeds, in_order, make_feeds, validate_feeds
+from rnnexport.graph.contract import check_contract
+from rnnexport.graph.simplify import simplify_onnx
+from rnnexport.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    available_memory,
+    check_tolerance,
+    format_bytes,
+)
+from rnnexport.progress import Progress, SilentProgress
+from rnnexport.registry import get_arch
+from rnnexport.runtime import DEVICES, Device, probe_provider, resolve_devices
+from rnnexport.runtime.compare import RULES, Criterion, ProviderResult, Rule, Tolerance, verify_on_device
+from rnnexport.runtime.oracle import seq_axes, write_float64_outputs
+from rnnexport.safeio import check_path, load_npz, loads_strict, read_bounded, write_file, writing
+from rnnexport.spec import ArchConfig, ArchSpec, Contract, TensorSpec
+from rnnexport.streaming import INITIAL_FOLDER, Streaming
+from rnnexport.text import first_line
 from rnnexport.variants import FORMATS, PRECISIONS, Format, Precision, parse_choices
-from rnnexport.weights import fit_to_arch, read_checkpoint
 
 __all__ = [
     "SWEEP_BATCHES",
@@ -883,7 +888,7 @@ def build(
 
     ``rule`` decides verification: ``oracle`` (default) judges the artifact against a float64 run of
     the same model relative to PyTorch float32's own error, ``tolerance`` by atol/rtol against float32
-    (see :mod:`rnnexport.compare`). ``precisions`` (``fp32``, ``fp16``, ``int8``) and ``formats``
+    (see :mod:`rnnexport.runtime.compare`). ``precisions`` (``fp32``, ``fp16``, ``int8``) and ``formats``
     (``onnx``, ``ort``), comma-separated or lists, add variant files (see :mod:`rnnexport.variants`);
     each is verified with its own tolerance, and one that fails is left out of the artifact while the
     rest ship: ``manifest.variants`` says which (``status``). ``state_dict_key`` (the checkpoint
@@ -1312,7 +1317,7 @@ def build_model_artifact(
     """Export, simplify, verify and package any recurrent ``module`` into ``out/name``.
 
     ``io`` is the I/O description (a mapping in the ``io.json`` format, or the path of such a file;
-    see :mod:`rnnexport.iospec`): ``forward`` is called with the declared inputs positionally, and
+    see :mod:`rnnexport.builder.iospec`): ``forward`` is called with the declared inputs positionally, and
     must return the declared outputs (a nested tuple counts leaf by leaf). ``name`` defaults to the
     lowercased class name. ``weights`` (a checkpoint file) is loaded into ``module`` strictly; the
     entry holding the state dict and a key prefix are detected against the module's own key names

@@ -19,8 +19,8 @@ import onnxsim
 
 from rnnexport.errors import SimplifyError
 from rnnexport.feeds import Feeds
+from rnnexport.graph.tidy import tidy_graph
 from rnnexport.text import first_line
-from rnnexport.tidy import tidy_graph
 
 __all__ = ["BATCHED_GEMM_PASS", "SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
 
@@ -132,12 +132,12 @@ def simplify_onnx(
       GEMM kernel on a 3-D input, so the rewrite's extra nodes are pure per-call overhead. Stateless
       builds keep it because ONNX Runtime 1.32's CPU provider crashes (a segmentation fault in its
       ``NchwcTransformer``) creating a session for the float16 conversion of the unfused graph.
-    - parallel recurrences merge into one node (:func:`~rnnexport.tidy.tidy_graph`). Stateless
+    - parallel recurrences merge into one node (:func:`~rnnexport.graph.tidy.tidy_graph`). Stateless
       builds keep them apart: over a long sequence the merged node's block-diagonal recurrent
       product costs more than the per-node overhead it saves, and ONNX Runtime's int8 quantizer
       only quantizes a recurrence whose weights are initializers, not built by the graph.
 
-    After onnxsim, :func:`~rnnexport.tidy.tidy_graph` applies rnnexport's rewrites (the same values,
+    After onnxsim, :func:`~rnnexport.graph.tidy.tidy_graph` applies rnnexport's rewrites (the same values,
     fewer nodes per call); the pipeline's verification then runs on the graph that ships.
     """
     log = io.StringIO()

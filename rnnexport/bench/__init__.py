@@ -13,7 +13,7 @@ Runtimes measured side by side on the same inputs:
 
 The artifact is untrusted: it is read as ``rnnexport verify`` reads it
 (:func:`rnnexport.artifact.checked_artifact`), and every runtime runs in one child process
-(:func:`rnnexport.worker.run_bounded`) that is killed when a step overruns its time bound, so that
+(:func:`rnnexport.runtime.worker.run_bounded`) that is killed when a step overruns its time bound, so that
 neither a hostile model nor SIGTERM arriving during a native call can hold the caller. In that
 process the runtimes run in alternating rounds (round 1: A, B, C; round 2: B, C, A; ...), timed
 there, so that a noisy neighbour slows all of them alike and the ratios hold on a busy machine. Each
@@ -65,18 +65,18 @@ from rnnexport.artifact import (
     sha256_file,
 )
 from rnnexport.artifact import _read_manifest as _read_bounded_manifest
-from rnnexport.compare import compare_outputs
 from rnnexport.errors import ArtifactError, RnnExportError, UsageError
 from rnnexport.feeds import OTHER_AXIS_SIZE, Case, Feeds, make_feeds
 from rnnexport.limits import DEFAULT_LIMITS, Limits, format_bytes
 from rnnexport.runtime import PROVIDERS, Device, ProviderUnavailableError, bucketed_run, probe_provider
+from rnnexport.runtime.compare import compare_outputs
+from rnnexport.runtime.worker import Progress, Stopped, run_bounded
 from rnnexport.safeio import describe_os_error
 from rnnexport.spec import BATCH, SEQ, Contract
 from rnnexport.streaming import STATE_IN, STATE_OUT, Streaming, start_states
 from rnnexport.text import capped
 from rnnexport.text import visible as _safe
 from rnnexport.variants import shipped_variants, variant_problem
-from rnnexport.worker import Progress, Stopped, run_bounded
 
 __all__ = [
     "BENCH_FILE",
@@ -436,7 +436,7 @@ def _builtin_model(folder: Path, manifest: Manifest, weights: Path | None) -> tu
     """A registered architecture rebuilt from the manifest's sizes and weights' origin, and that origin."""
     import torch
 
-    from rnnexport.reference import build_model
+    from rnnexport.builder.reference import build_model
     from rnnexport.registry import get_arch
     from rnnexport.spec import ArchConfig
 
@@ -453,7 +453,7 @@ def _builtin_model(folder: Path, manifest: Manifest, weights: Path | None) -> tu
             "by itself. Drop --weights."
         )
     if source == "golden":
-        from rnnexport.golden import load_golden
+        from rnnexport.builder.golden import load_golden
 
         golden = load_golden(spec)
         if golden.meta["weights"]["sha256"] != origin.get("sha256"):
@@ -467,7 +467,7 @@ def _builtin_model(folder: Path, manifest: Manifest, weights: Path | None) -> tu
     if source == "user":
         _check_weights_file(folder, manifest, weights)
         assert weights is not None
-        from rnnexport.weights import load_state_dict
+        from rnnexport.builder.weights import load_state_dict
 
         return build_model(spec, config, state_dict=load_state_dict(weights)), "user"
     raise _Unavailable(f"the manifest records weights of unknown origin {source!r}")
@@ -544,8 +544,8 @@ def _source_target(folder: Path, manifest: Manifest, model: str | None) -> str:
 
 def _user_model(folder: Path, manifest: Manifest, weights: Path | None, model: str | None) -> tuple[Any, str]:
     """A ``--model`` artifact's module, rebuilt from its source file, config and weights."""
-    from rnnexport.usermodel import instantiate, load_factory, load_user_weights, state_sha256
-    from rnnexport.weights import read_checkpoint
+    from rnnexport.builder.usermodel import instantiate, load_factory, load_user_weights, state_sha256
+    from rnnexport.builder.weights import read_checkpoint
 
     if model is None and weights is not None:
         source = manifest.source or {}
@@ -593,9 +593,9 @@ def _user_model(folder: Path, manifest: Manifest, weights: Path | None, model: s
 def _as_streaming(model: Any, folder: Path, manifest: Manifest) -> Any:
     """The streaming wrapper around ``model`` (states in and out, as the artifact takes them), checked to
     carry the states the manifest declares, with the same initial values."""
+    from rnnexport.builder.stateful import make_streaming
     from rnnexport.registry import get_arch
     from rnnexport.spec import ArchConfig, Contract, TensorSpec
-    from rnnexport.stateful import make_streaming
 
     contract = manifest.contract
     base = Contract(
@@ -654,7 +654,7 @@ def _rebuild_eager(
         raise _Unavailable(
             "torch is not installed here (install the build extra: pip install 'rnnexport[build,cpu]')"
         ) from None
-    from rnnexport.reference import ModuleRunner
+    from rnnexport.builder.reference import ModuleRunner
 
     if manifest.source is not None:
         module, source = _user_model(folder, manifest, weights, model)
@@ -708,8 +708,8 @@ def plain_export(model: Any, contract: Contract, *, opset: int) -> bytes:
     compares its outputs before trusting it."""
     import torch
 
-    from rnnexport.contract import check_contract
-    from rnnexport.simplify import native_stderr_discarded, simplify_onnx
+    from rnnexport.graph.contract import check_contract
+    from rnnexport.graph.simplify import native_stderr_discarded, simplify_onnx
 
     example = make_feeds(contract, batch=2, seq=3, rng=np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[n]) for n in contract.input_names)
@@ -717,7 +717,7 @@ def plain_export(model: Any, contract: Contract, *, opset: int) -> bytes:
     buffer = io.BytesIO()
     # The exporter's deprecation and batch-size warnings are noise here, as in rnnexport build.
     # No export patches: the modules trace as they run in eager PyTorch (rnnexport's rewrites are
-    # applied from outside the model, by rnnexport.patch, during its own export only).
+    # applied from outside the model, by rnnexport.builder.patch, during its own export only).
     # torch's C++ shape inference warns about packed sequences straight to the terminal.
     with (
         native_stderr_discarded(),
@@ -1095,7 +1095,7 @@ def run_bench(
 
     The artifact is untrusted, and read as ``rnnexport verify`` reads it
     (:func:`~rnnexport.artifact.checked_artifact`: bounded, hashed, external data only from a
-    private copy). Every runtime runs in one child process (:func:`~rnnexport.worker.run_bounded`),
+    private copy). Every runtime runs in one child process (:func:`~rnnexport.runtime.worker.run_bounded`),
     timed there, and killed when a step overruns its bound: loading, within ``limits.run_seconds``;
     each burst, within a bound derived from its shape (see :meth:`_Job.burst_seconds_bound`);
     ``time_limit`` replaces both. One call's inputs and outputs must fit

@@ -256,7 +256,7 @@ class ExporterChoice(str, Enum):
 
 
 class RuleChoice(str, Enum):
-    """Which rule decides verification (see rnnexport.compare)."""
+    """Which rule decides verification (see rnnexport.runtime.compare)."""
 
     oracle = "oracle"
     tolerance = "tolerance"
@@ -638,11 +638,11 @@ def build(
         names = [s.name for s in list_architectures()] if build_all else [arch or ""]
         given = {k: v for k, v in sizes.items() if v is not None}
         if config is not None:
-            from rnnexport.pipeline import read_config_file
+            from rnnexport.builder.pipeline import read_config_file
 
             given = {**read_config_file(config), **given}
 
-    from rnnexport.pipeline import build as run_build
+    from rnnexport.builder.pipeline import build as run_build
 
     summaries: list[dict[str, Any]] = []
     exit_code = 0
@@ -748,8 +748,8 @@ def _build_user_model(
     **options: Any,
 ) -> None:
     """``build --model``: import, instantiate with --config's kwargs, build, report."""
-    from rnnexport.pipeline import build_model_artifact
-    from rnnexport.usermodel import instantiate, load_factory, read_kwargs_file
+    from rnnexport.builder.pipeline import build_model_artifact
+    from rnnexport.builder.usermodel import instantiate, load_factory, read_kwargs_file
 
     kwargs = read_kwargs_file(config) if config is not None else {}
     factory, source = load_factory(target)
@@ -896,7 +896,7 @@ def verify(
 
 
 def _add_deploy() -> None:
-    from rnnexport.deploy.cli import deploy_app
+    from rnnexport.cli.deploy import deploy_app
 
     app.add_typer(deploy_app, name="deploy")
 

@@ -58,7 +58,7 @@ def build_model(
     """Construct ``spec``'s module in eval mode.
 
     Weights come from ``state_dict`` when given (strictly: callers check the keys first, see
-    :mod:`rnnexport.weights`), otherwise from PyTorch's default initialisation under ``seed``.
+    :mod:`rnnexport.builder.weights`), otherwise from PyTorch's default initialisation under ``seed``.
     """
     if seed is not None:
         torch.manual_seed(seed)

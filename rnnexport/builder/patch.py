@@ -32,7 +32,7 @@ file (or notebook) is covered too.
 
 For the dynamo exporter (``torch.export``), :func:`export_patches` takes a :class:`TracedOps`: the
 same stand-ins then compute the graph itself with torch operations and the custom recurrent ops of
-:mod:`rnnexport.dynamo_rnn`, through :func:`recurrent_nodes`, the one builder both exporters share.
+:mod:`rnnexport.builder.dynamo_rnn`, through :func:`recurrent_nodes`, the one builder both exporters share.
 
 Every private torch API rnnexport uses lives in this file.
 """
@@ -208,7 +208,7 @@ def _rows(g: Any, state: Any, layer: int, dirs: int, layers: int = 0) -> Any:
 
 class RecurrentNodes(Protocol):
     """What :func:`recurrent_nodes` writes with: ONNX nodes of a TorchScript graph, or torch operations
-    and the ONNX recurrent ops of :mod:`rnnexport.dynamo_rnn` while torch.export traces."""
+    and the ONNX recurrent ops of :mod:`rnnexport.builder.dynamo_rnn` while torch.export traces."""
 
     def weights(self, module: nn.RNNBase, layer: int) -> _LayerWeights:
         """One layer's weights (:func:`_layer_weights`), as values the graph can use."""
@@ -347,7 +347,7 @@ class TracedOps:
     torch.export records the torch operations that run, not a ``symbolic``: so the export Functions
     compute, there, the graph itself, with ``nodes`` (ops that become ONNX recurrent nodes) and
     ``trim`` (``data[:max(lengths)]`` as an op with a data-dependent size). See
-    :mod:`rnnexport.dynamo_rnn`.
+    :mod:`rnnexport.builder.dynamo_rnn`.
     """
 
     nodes: RecurrentNodes
@@ -701,7 +701,7 @@ def streaming_state(
     chosen with a ``Where`` on ``lengths > 0``. A module called twice in one forward is refused
     (one state pair could not describe both calls), as is a model that passes its own ``hx``, except
     to the modules in ``own_initial``: their ``hx`` is the stream's learned start (captured by
-    :func:`rnnexport.stateful.capture_initial_states`), which the carried state replaces.
+    :func:`rnnexport.builder.stateful.capture_initial_states`), which the carried state replaces.
     """
     final: dict[str, torch.Tensor] = {}
     by_module: dict[str, list[RecurrentState]] = {}

@@ -4,7 +4,7 @@
 forward runs, and then translates each into ONNX. Its own translation of ``nn.LSTM``/``nn.GRU`` is
 the part that varies between versions (onnxscript 0.5.7 to 0.7.0 wrote GRUs with
 ``linear_before_reset=0``), and ``torch.export`` cannot trace ``pack_padded_sequence`` at all. So,
-inside :func:`dynamo_patches`, the stand-ins of :mod:`rnnexport.patch` (the same ones the TorchScript
+inside :func:`dynamo_patches`, the stand-ins of :mod:`rnnexport.builder.patch` (the same ones the TorchScript
 exporter traces: packing rewritten to "padded tensor and lengths", one node per layer, gates in
 ONNX's order, ``sequence_lens`` for packed runs, the trimming of steps) compute with four custom
 operators, each one ONNX node:
@@ -31,7 +31,7 @@ import torch
 from onnxscript import opset18 as op
 from torch import nn
 
-from rnnexport.patch import (
+from rnnexport.builder.patch import (
     ExportWatch,
     RecurrentNodes,
     TracedOps,
@@ -244,7 +244,7 @@ TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {
 
 
 class _TorchNodes:
-    """:class:`~rnnexport.patch.RecurrentNodes` as torch operations, the recurrent ones custom ops."""
+    """:class:`~rnnexport.builder.patch.RecurrentNodes` as torch operations, the recurrent ones custom ops."""
 
     def weights(self, module: nn.RNNBase, layer: int) -> _LayerWeights:
         if not hasattr(module, _BUFFER.format("w", layer)):  # a module outside the exported model
@@ -313,7 +313,7 @@ def _onnx_weight_buffers(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def dynamo_patches(model: nn.Module) -> Iterator[ExportWatch]:
-    """The export rewrites of :func:`rnnexport.patch.export_patches`, in the form torch.export traces.
+    """The export rewrites of :func:`rnnexport.builder.patch.export_patches`, in the form torch.export traces.
 
     Export inside the block with ``custom_translation_table=TRANSLATIONS``.
     """
