@@ -321,7 +321,7 @@ def test_bucketed_run_names_a_missing_lengths_input(dist: Path) -> None:
 
 
 def test_parallel_execution_is_tried_only_for_independent_branches() -> None:
-    from rnnexport.bench import _candidates
+    from rnnexport.bench.sessions import _candidates
 
     def modes(nodes: int) -> set[str]:
         return {c["execution_mode"] for c in _candidates(nodes) if c}
