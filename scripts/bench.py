@@ -429,8 +429,7 @@ def print_tables(rows: list[dict[str, Any]], peak: dict[str, Any] | None) -> Non
                 print(f"  {ms:9.3f}  {name}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmarks, print the tables, return 1 if a CPU target was missed."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -451,7 +450,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-repeats", type=int, default=3, help="timed runs per build figure")
     parser.add_argument("--skip-build", action="store_true", help="skip the build-time targets")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _print_missed(
+    missed: list[str], rows: list[dict[str, Any]], peak: dict[str, Any] | None, l2: int | None
+) -> None:
+    """The missed targets, and for each architecture that missed one, why in numbers."""
+    if missed:
+        print("\nmissed targets:\n  " + "\n  ".join(missed))
+        print("\nwhy, in numbers:")
+        for row in rows:
+            if any(m.startswith(f"{row['arch']} ({row['size']})") for m in missed):
+                print(f"  {row['arch']} ({row['size']}):")
+                for line in why(row, peak, l2):
+                    print(f"    {line}")
+    else:
+        print("\nall targets met")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks, print the tables, return 1 if a CPU target was missed."""
+    args = _parser().parse_args(argv)
 
     from rnnexport.registry import list_architectures
 
@@ -500,16 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     missed = check_targets(rows) if args.device == "cpu" else []
     missed += [k for k, ok in result.get("build", {}).get("targets", {}).items() if not ok]
     result["missed"] = missed
-    if missed:
-        print("\nmissed targets:\n  " + "\n  ".join(missed))
-        print("\nwhy, in numbers:")
-        for row in rows:
-            if any(m.startswith(f"{row['arch']} ({row['size']})") for m in missed):
-                print(f"  {row['arch']} ({row['size']}):")
-                for line in why(row, peak, l2):
-                    print(f"    {line}")
-    else:
-        print("\nall targets met")
+    _print_missed(missed, rows, peak, l2)
     print(
         f"load average {result['load_at_end']:.1f} at the end "
         "(figures under load move; rerun on a quiet machine)"

@@ -229,7 +229,7 @@ class Subject:
         return _median_call(lambda: self.plain.run(None, feeds), calls=calls)
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -237,12 +237,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=2000, help="calls per median of one step")
     parser.add_argument("--json", type=Path, help="write every figure here as JSON")
-    args = parser.parse_args()
+    return parser
 
+
+def _subjects(arch: list[str] | None) -> list[Subject]:
+    """Each architecture built plainly and streaming, into a scratch folder."""
     from rnnexport.builder.pipeline import build
     from rnnexport.registry import list_architectures
 
-    names = args.arch or [s.name for s in list_architectures()]
+    names = arch or [s.name for s in list_architectures()]
     work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     subjects = []
     for name in names:
@@ -251,23 +254,30 @@ def main() -> int:
         subjects.append(
             Subject(name, work / "plain" / name, work / "stream" / name, work / f"{name}.empty.onnx")
         )
+    return subjects
 
-    rounds: dict[str, dict[str, list[float]]] = {s.name: {} for s in subjects}
-    for _ in range(args.rounds):
+
+def _measure_rounds(subjects: list[Subject], *, rounds: int, calls: int) -> dict[str, dict[str, list[float]]]:
+    """Every figure of every subject, once per round: per subject, figure -> one value per round."""
+    measured: dict[str, dict[str, list[float]]] = {s.name: {} for s in subjects}
+    for _ in range(rounds):
         for s in subjects:  # interleaved: a burst of load hits every architecture alike
             figures = {
-                "step": s.one_step(args.calls),
-                "run_step": s.one_run_step(args.calls),
-                "stateless_step": s.stateless_step(args.calls),
-                "empty_step": s.empty_step(args.calls),
-                "copy_in": s.copy_in(args.calls),
+                "step": s.one_step(calls),
+                "run_step": s.one_run_step(calls),
+                "stateless_step": s.stateless_step(calls),
+                "empty_step": s.empty_step(calls),
+                "copy_in": s.copy_in(calls),
                 "stream_100": s.stream_of(100),
                 "stream_1000": s.stream_of(1000),
-                **{f"prefix_{p}": s.prefix_call(p, max(20, args.calls // (10 * p) + 20)) for p in PREFIXES},
+                **{f"prefix_{p}": s.prefix_call(p, max(20, calls // (10 * p) + 20)) for p in PREFIXES},
             }
             for key, value in figures.items():
-                rounds[s.name].setdefault(key, []).append(value)
+                measured[s.name].setdefault(key, []).append(value)
+    return measured
 
+
+def _print_header() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures move under load)")
     print(
         f"{'arch':<24} {'step us':>8} {'copy us':>8} {'run us':>7} {'stateless us':>13} {'empty us':>9} "
@@ -276,49 +286,62 @@ def main() -> int:
         + " ".join(f"{'prefix ' + str(p) + ' us':>14}" for p in PREFIXES)
         + f" {'stateless 1000-stream ms':>25} {'streaming 1000-stream ms':>25}"
     )
+
+
+def _summarise(name: str, r: dict[str, list[float]]) -> tuple[dict[str, Any], list[str]]:
+    """One architecture's figures (best of the rounds): its table entry, printed as a row, and the
+    targets it missed."""
+    best = int(np.argmin(r["step"]))
+    step = r["step"][best]
+    run_step, stateless, empty = min(r["run_step"]), min(r["stateless_step"]), min(r["empty_step"])
+    copy_in = min(r["copy_in"])
+    stream_1000, stream_100 = min(r["stream_1000"]), min(r["stream_100"])
+    prefix = {p: min(r[f"prefix_{p}"]) for p in PREFIXES}
+    # The stateless stream of 1000 steps runs every prefix 1..1000 once: integrate the cost curve.
+    stateless_stream = float(np.trapezoid([prefix[p] for p in PREFIXES], PREFIXES)) + prefix[1]
+    ratio = stream_1000 / (1000 * step)
+    linear = (stream_1000 / 1000) / (stream_100 / 100)
+    entry = {
+        "step_us": step * 1e6,
+        "run_step_us": run_step * 1e6,
+        "stateless_step_us": stateless * 1e6,
+        "empty_step_us": empty * 1e6,
+        "copy_in_us": copy_in * 1e6,
+        "stream_1000_ms": stream_1000 * 1e3,
+        "stream_ratio": ratio,
+        "per_step_1000_vs_100": linear,
+        "prefix_us": {str(p): v * 1e6 for p, v in prefix.items()},
+        "stateless_stream_1000_ms": stateless_stream * 1e3,
+    }
+    print(
+        f"{name:<24} {step * 1e6:>8.1f} {copy_in * 1e6:>8.1f} {run_step * 1e6:>7.1f} "
+        f"{stateless * 1e6:>13.1f} "
+        f"{empty * 1e6:>9.1f} {ratio:>23.2f} "
+        f"{linear:>21.2f} "
+        + " ".join(f"{prefix[p] * 1e6:>14.1f}" for p in PREFIXES)
+        + f" {stateless_stream * 1e3:>25.1f} {stream_1000 * 1e3:>25.1f}"
+    )
+    failures = []
+    if step * 1e6 > STEP_TARGET_US:
+        failures.append(
+            f"{name}: one step {step * 1e6:.1f} us > {STEP_TARGET_US} us (here the stateless "
+            f"one-step call takes {stateless * 1e6:.1f} us, and an empty call with the same "
+            f"inputs and outputs {empty * 1e6:.1f} us)"
+        )
+    if ratio > STREAM_RATIO_TARGET:
+        failures.append(f"{name}: 1000-step stream {ratio:.2f}x 1000 single steps > {STREAM_RATIO_TARGET}x")
+    return entry, failures
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    subjects = _subjects(args.arch)
+    rounds = _measure_rounds(subjects, rounds=args.rounds, calls=args.calls)
+    _print_header()
     failures, table = [], {}
     for s in subjects:
-        r = rounds[s.name]
-        best = int(np.argmin(r["step"]))
-        step = r["step"][best]
-        run_step, stateless, empty = min(r["run_step"]), min(r["stateless_step"]), min(r["empty_step"])
-        copy_in = min(r["copy_in"])
-        stream_1000, stream_100 = min(r["stream_1000"]), min(r["stream_100"])
-        prefix = {p: min(r[f"prefix_{p}"]) for p in PREFIXES}
-        # The stateless stream of 1000 steps runs every prefix 1..1000 once: integrate the cost curve.
-        stateless_stream = float(np.trapezoid([prefix[p] for p in PREFIXES], PREFIXES)) + prefix[1]
-        ratio = stream_1000 / (1000 * step)
-        linear = (stream_1000 / 1000) / (stream_100 / 100)
-        table[s.name] = {
-            "step_us": step * 1e6,
-            "run_step_us": run_step * 1e6,
-            "stateless_step_us": stateless * 1e6,
-            "empty_step_us": empty * 1e6,
-            "copy_in_us": copy_in * 1e6,
-            "stream_1000_ms": stream_1000 * 1e3,
-            "stream_ratio": ratio,
-            "per_step_1000_vs_100": linear,
-            "prefix_us": {str(p): v * 1e6 for p, v in prefix.items()},
-            "stateless_stream_1000_ms": stateless_stream * 1e3,
-        }
-        print(
-            f"{s.name:<24} {step * 1e6:>8.1f} {copy_in * 1e6:>8.1f} {run_step * 1e6:>7.1f} "
-            f"{stateless * 1e6:>13.1f} "
-            f"{empty * 1e6:>9.1f} {ratio:>23.2f} "
-            f"{linear:>21.2f} "
-            + " ".join(f"{prefix[p] * 1e6:>14.1f}" for p in PREFIXES)
-            + f" {stateless_stream * 1e3:>25.1f} {stream_1000 * 1e3:>25.1f}"
-        )
-        if step * 1e6 > STEP_TARGET_US:
-            failures.append(
-                f"{s.name}: one step {step * 1e6:.1f} us > {STEP_TARGET_US} us (here the stateless "
-                f"one-step call takes {stateless * 1e6:.1f} us, and an empty call with the same "
-                f"inputs and outputs {empty * 1e6:.1f} us)"
-            )
-        if ratio > STREAM_RATIO_TARGET:
-            failures.append(
-                f"{s.name}: 1000-step stream {ratio:.2f}x 1000 single steps > {STREAM_RATIO_TARGET}x"
-            )
+        table[s.name], missed = _summarise(s.name, rounds[s.name])
+        failures += missed
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
     for line in failures:
