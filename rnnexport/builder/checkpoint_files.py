@@ -103,6 +103,7 @@ class TensorInfo:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` for ``torch.float32``: a dtype as :class:`TensorInfo` and messages name it."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -112,6 +113,7 @@ def quoted(items: Iterable[str], limit: int = 6) -> str:
 
 
 def first_items(items: Iterable[str], limit: int = 8) -> list[str]:
+    """The first ``limit`` items, then ``"and K more"`` if any were left out."""
     items = list(items)
     return items[:limit] + ([f"and {len(items) - limit} more"] if len(items) > limit else [])
 
@@ -123,6 +125,7 @@ def _visible(text: str, limit: int = 300) -> str:
 
 
 def require_file(path: Path) -> None:
+    """Raise :class:`UsageError` unless ``path`` is a file that can be looked up."""
     try:
         is_file = path.is_file()
     except OSError as exc:  # e.g. a name longer than the file system allows
@@ -222,6 +225,7 @@ def _whole(value: object) -> bool:
 
 
 def read_safetensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of a safetensors file, in their stored dtype; :class:`WeightsError` if unreadable."""
     from safetensors import safe_open
 
     try:
@@ -236,6 +240,8 @@ def read_safetensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 def load_pickle(path: Path) -> object:
+    """A PyTorch checkpoint, loaded with ``torch.load(weights_only=True)``; :class:`WeightsError` for
+    anything the restricted unpickler refuses or cannot read, saying why."""
     try:
         # torch warns about pickle protocols it may not fully support; failures surface as exceptions.
         with warnings.catch_warnings():

@@ -208,6 +208,7 @@ def _generalise(key: str) -> str:
 
 
 def all_patterns() -> frozenset[str]:
+    """Every registered architecture's key names, branch indices generalised."""
     from rnnexport.registry import list_architectures
 
     return frozenset().union(
