@@ -33,11 +33,11 @@ from torch import nn
 
 from rnnexport.builder.patch import (
     ExportWatch,
+    LayerWeights,
     RecurrentNodes,
     TracedOps,
-    _layer_weights,
-    _LayerWeights,
     export_patches,
+    layer_weights,
 )
 
 __all__ = ["TRANSLATIONS", "dynamo_patches", "onnx_recurrence"]
@@ -246,11 +246,11 @@ TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {
 class _TorchNodes:
     """:class:`~rnnexport.builder.patch.RecurrentNodes` as torch operations, the recurrent ones custom ops."""
 
-    def weights(self, module: nn.RNNBase, layer: int) -> _LayerWeights:
+    def weights(self, module: nn.RNNBase, layer: int) -> LayerWeights:
         if not hasattr(module, _BUFFER.format("w", layer)):  # a module outside the exported model
-            return _layer_weights(module, layer)
+            return layer_weights(module, layer)
         parts: list[Any] = [getattr(module, _BUFFER.format(part, layer), None) for part in _PARTS]
-        return _LayerWeights(*parts)
+        return LayerWeights(*parts)
 
     def absent(self) -> Any:
         return None
@@ -298,7 +298,7 @@ def _onnx_weight_buffers(model: nn.Module) -> Iterator[None]:
             if not isinstance(module, nn.RNNBase) or not isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
                 continue
             for layer in range(module.num_layers):
-                weights = _layer_weights(module, layer)
+                weights = layer_weights(module, layer)
                 for part in _PARTS:
                     value = getattr(weights, part)
                     if value is not None:

@@ -1,8 +1,8 @@
 """Building a streaming model: the wrapper, its contract, and its verification cases (needs torch).
 
 :func:`make_streaming` wraps any module so that every recurrent state (found by
-:func:`rnnexport.builder.patch.recurrent_states`, carried by
-:func:`rnnexport.builder.patch.streaming_state`) and
+:func:`rnnexport.builder.patch_streaming.recurrent_states`, carried by
+:func:`rnnexport.builder.patch_streaming.streaming_state`) and
 any state of an architecture's own streaming formulation (:class:`~rnnexport.spec.StreamingForm`)
 become inputs and outputs; :mod:`rnnexport.streaming` describes the contract that results.
 
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnexport.builder.patch import RecurrentState, StreamingModule, recurrent_states
+from rnnexport.builder.patch_streaming import RecurrentState, StreamingModule, recurrent_states
 from rnnexport.builder.reference import ModuleRunner
 from rnnexport.errors import UsageError
 from rnnexport.feeds import Case, Feeds, make_feeds

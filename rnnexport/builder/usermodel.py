@@ -2,7 +2,7 @@
 and mapping and checking what the module returns against its I/O description.
 
 Importing a model file runs the user's code (that is the point); checkpoints are still read safely
-(:func:`rnnexport.builder.weights.load_state_dict`: safetensors, or ``torch.load(weights_only=True)``).
+(:func:`rnnexport.builder.checkpoint.load_state_dict`: safetensors, or ``torch.load(weights_only=True)``).
 
 Everything the user's code raises (at import, in ``__init__``, in ``forward`` whichever way it is
 run) comes back as one of rnnexport's errors that names the line of the user's file it came from
@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 
+from rnnexport.builder.checkpoint import Checkpoint
 from rnnexport.builder.patch import PackedLengths
-from rnnexport.builder.weights import Checkpoint, key_mismatches
+from rnnexport.builder.weights import key_mismatches
 from rnnexport.errors import RnnExportError, UsageError, WeightsError
 from rnnexport.safeio import file_kind, loads_strict, read_bounded
 from rnnexport.spec import BATCH, Contract

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rnnexport.artifact import EXTERNAL_DATA, MANIFEST, _read_listed, _read_manifest
+from rnnexport.deploy import publish_on_success, staging_beside
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import DEFAULT_LIMITS
 from rnnexport.safeio import check_path, read_bounded, write_file, writing
@@ -145,21 +145,17 @@ def deploy_web(
     out.parent.mkdir(parents=True, exist_ok=True)
     version = _ort_web_version(package)
     with writing(out.parent):
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        with writing(staging):
-            staging.chmod(0o755)
-            copied = _write_folder(staging, package, manifest_bytes, contents)
-            record = {
-                "arch": manifest.arch,
-                "onnxruntime_web": version,
-                "streaming": manifest.streaming is not None,
-            }
-            write_file(staging / MARKER, (json.dumps(record, indent=2) + "\n").encode())
-            _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        staging = staging_beside(out)
+    # writing() outside: an OSError while publishing is reported like one while writing.
+    with writing(staging), publish_on_success(staging, out, replace=True):
+        staging.chmod(0o755)
+        copied = _write_folder(staging, package, manifest_bytes, contents)
+        record = {
+            "arch": manifest.arch,
+            "onnxruntime_web": version,
+            "streaming": manifest.streaming is not None,
+        }
+        write_file(staging / MARKER, (json.dumps(record, indent=2) + "\n").encode())
     return WebDeployment(
         out, manifest.arch, manifest.streaming is not None, len(contents) + 1, copied, version
     )
@@ -185,20 +181,3 @@ def _write_folder(staging: Path, package: Path, manifest_bytes: bytes, contents:
         write_file(target / name, data)
         total += len(data)
     return total
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Rename ``staging`` to ``out``; a previous deployment is moved aside first and removed after."""
-    old = None
-    if os.path.lexists(out):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        out.rename(old)
-    try:
-        staging.rename(out)
-    except BaseException:
-        if old is not None and not os.path.lexists(out):
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -284,6 +284,47 @@ def bucketed_run(
     the session's symbolic input shapes. Pays when lengths differ a lot (one long row among many
     short ones); ``rnnexport bench`` measures it for an artifact.
     """
+    seq_axes, seq_symbol, seq_len = _sequence_axes(session, feeds, lengths_input)
+    lengths = np.asarray(feeds[lengths_input]).reshape(-1)
+    outputs_meta = session.get_outputs()
+    names = [o.name for o in outputs_meta]
+    out_seq_axes = {
+        o.name: next((a for a, d in enumerate(o.shape) if d == seq_symbol), None) for o in outputs_meta
+    }
+    batch = lengths.size
+    results: dict[str, np.ndarray] = {}
+    for rows in plan_buckets(lengths, step_overhead=step_overhead, call_overhead=call_overhead):
+        steps = int(lengths[rows].max())
+        part: dict[str, np.ndarray] = {}
+        for name, array in feeds.items():
+            taken = np.take(array, rows, axis=0)
+            if name in seq_axes:
+                taken = np.take(taken, np.arange(steps), axis=seq_axes[name])
+            part[name] = np.ascontiguousarray(taken)
+        for name, value in zip(names, session.run(names, part), strict=True):
+            axis = out_seq_axes[name]
+            if name not in results:
+                shape = list(value.shape)
+                shape[0] = batch
+                if axis is not None:
+                    shape[axis] = seq_len
+                results[name] = np.full(shape, pad_value, dtype=value.dtype)
+            index: list[Any] = [slice(None)] * value.ndim
+            index[0] = rows
+            if axis is not None:
+                index[axis] = slice(0, steps)
+            results[name][tuple(index)] = value
+    return {name: results[name] for name in names}
+
+
+def _sequence_axes(
+    session: Any, feeds: Mapping[str, np.ndarray], lengths_input: str
+) -> tuple[dict[str, int], str, int]:
+    """For :func:`bucketed_run`: each input's sequence axis, that axis's symbol and the feeds' length.
+
+    The sequence axis is a named dimension after the batch axis of an input other than the lengths;
+    raises :class:`UsageError` unless the model has exactly one such symbol and the feeds agree on it.
+    """
     inputs = {i.name: i for i in session.get_inputs()}
     if lengths_input not in feeds or lengths_input not in inputs:
         raise UsageError(
@@ -292,7 +333,6 @@ def bucketed_run(
             "lengths_input=NAME for the input holding each row's valid steps."
         )
     lengths = np.asarray(feeds[lengths_input]).reshape(-1)
-    # The sequence axis: a named dimension after the batch axis of an input other than the lengths.
     seq_axes = {
         name: axis
         for name, meta in inputs.items()
@@ -317,32 +357,4 @@ def bucketed_run(
             f"bucketed_run: the feeds disagree on the batch or sequence size, or a row's length exceeds the "
             f"sequence axis ({sorted(seq)}); expected 1 <= {lengths_input}[b] <= seq for every row."
         )
-    outputs_meta = session.get_outputs()
-    names = [o.name for o in outputs_meta]
-    out_seq_axes = {
-        o.name: next((a for a, d in enumerate(o.shape) if d == seq_symbol), None) for o in outputs_meta
-    }
-    batch = lengths.size
-    results: dict[str, np.ndarray] = {}
-    for rows in plan_buckets(lengths, step_overhead=step_overhead, call_overhead=call_overhead):
-        steps = int(lengths[rows].max())
-        part: dict[str, np.ndarray] = {}
-        for name, array in feeds.items():
-            taken = np.take(array, rows, axis=0)
-            if name in seq_axes:
-                taken = np.take(taken, np.arange(steps), axis=seq_axes[name])
-            part[name] = np.ascontiguousarray(taken)
-        for name, value in zip(names, session.run(names, part), strict=True):
-            axis = out_seq_axes[name]
-            if name not in results:
-                shape = list(value.shape)
-                shape[0] = batch
-                if axis is not None:
-                    shape[axis] = next(iter(seq))
-                results[name] = np.full(shape, pad_value, dtype=value.dtype)
-            index: list[Any] = [slice(None)] * value.ndim
-            index[0] = rows
-            if axis is not None:
-                index[axis] = slice(0, steps)
-            results[name][tuple(index)] = value
-    return {name: results[name] for name in names}
+    return seq_axes, seq_symbol, next(iter(seq))
