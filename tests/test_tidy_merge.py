@@ -13,7 +13,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnexport.graph.tidy import MAX_MERGED_HIDDEN, tidy_graph
+from rnnexport.graph.merge import MAX_MERGED_HIDDEN
+from rnnexport.graph.tidy import tidy_graph
 
 RNG = np.random.default_rng(7)
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from rnnexport.errors import ContractError
+from rnnexport.graph.onnx_slots import RECURRENT_OPS, STATE_INPUTS, X
 from rnnexport.spec import Contract, Dim, TensorSpec
 from rnnexport.text import capped
 
@@ -66,10 +67,6 @@ def _problems(kind: str, declared: tuple[TensorSpec, ...], actual: tuple[TensorS
             elif isinstance(w, int) and g != w:
                 problems.append(f"{kind} '{got.name}' axis {axis} should be {w} but is {g!r}")
     return problems
-
-
-_RECURRENT = ("LSTM", "GRU", "RNN")
-_STATE_INPUTS = (5, 6)  # initial_h, initial_c of ONNX LSTM / GRU / RNN
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -154,11 +151,11 @@ def graph_problems(model: onnx.ModelProto) -> list[str]:
                 problems += _baked_shape(
                     label, node.op_type, dims, constants[node.input[1]].reshape(-1).tolist()
                 )
-        if node.op_type in _RECURRENT:
+        if node.op_type in RECURRENT_OPS:
             shapes = _inferred_types(model) if shapes is None else shapes
-            x = _dims(shapes, node.input[0]) if node.input else None
+            x = _dims(shapes, node.input[X]) if node.input else None
             batch_is_symbol = x is not None and len(x) == 3 and isinstance(x[1], str)
-            for index in _STATE_INPUTS:
+            for index in STATE_INPUTS:
                 if batch_is_symbol and index < len(node.input) and node.input[index] in constants:
                     problems.append(
                         f"{label} starts from a constant initial state '{node.input[index]}' of shape "

@@ -10,7 +10,7 @@ import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import onnxsim
 
 from rnnexport.errors import SimplifyError
 from rnnexport.feeds import Feeds
-from rnnexport.graph.tidy import tidy_graph
+from rnnexport.graph.tidy import TidyReport, tidy
 from rnnexport.text import first_line
 
 __all__ = ["BATCHED_GEMM_PASS", "SimplifyStats", "native_stderr_discarded", "simplify_onnx"]
@@ -42,14 +42,22 @@ class SimplifyStats:
     nodes_after: int
     removed: dict[str, int]
     added: dict[str, int]
+    #: What rnnexport's own rewrites did, rule by rule (not in the manifest, nor in :meth:`describe`).
+    tidy: TidyReport | None = field(default=None, compare=False)
 
     @classmethod
-    def between(cls, before: onnx.ModelProto, after: onnx.ModelProto) -> SimplifyStats:
-        """Compare two graphs' nodes by operator type."""
+    def between(
+        cls, before: onnx.ModelProto, after: onnx.ModelProto, *, tidy: TidyReport | None = None
+    ) -> SimplifyStats:
+        """Compare two graphs' nodes by operator type (``tidy``: kept as it is)."""
         a = Counter(n.op_type for n in before.graph.node)
         b = Counter(n.op_type for n in after.graph.node)
         return cls(
-            sum(a.values()), sum(b.values()), dict(sorted((a - b).items())), dict(sorted((b - a).items()))
+            sum(a.values()),
+            sum(b.values()),
+            dict(sorted((a - b).items())),
+            dict(sorted((b - a).items())),
+            tidy,
         )
 
     def describe(self) -> str:
@@ -132,12 +140,12 @@ def simplify_onnx(
       GEMM kernel on a 3-D input, so the rewrite's extra nodes are pure per-call overhead. Stateless
       builds keep it because ONNX Runtime 1.32's CPU provider crashes (a segmentation fault in its
       ``NchwcTransformer``) creating a session for the float16 conversion of the unfused graph.
-    - parallel recurrences merge into one node (:func:`~rnnexport.graph.tidy.tidy_graph`). Stateless
+    - parallel recurrences merge into one node (:func:`~rnnexport.graph.tidy.tidy`). Stateless
       builds keep them apart: over a long sequence the merged node's block-diagonal recurrent
       product costs more than the per-node overhead it saves, and ONNX Runtime's int8 quantizer
       only quantizes a recurrence whose weights are initializers, not built by the graph.
 
-    After onnxsim, :func:`~rnnexport.graph.tidy.tidy_graph` applies rnnexport's rewrites (the same values,
+    After onnxsim, :func:`~rnnexport.graph.tidy.tidy` applies rnnexport's rewrites (the same values,
     fewer nodes per call); the pipeline's verification then runs on the graph that ships.
     """
     log = io.StringIO()
@@ -165,5 +173,5 @@ def simplify_onnx(
             "different outputs from the original. Nothing was shipped; report the model with the "
             "versions of onnx and onnxsim."
         )
-    tidy_graph(simplified, merge_recurrences=streaming)
-    return simplified, SimplifyStats.between(model, simplified)
+    report = tidy(simplified, merge_recurrences=streaming)
+    return simplified, SimplifyStats.between(model, simplified, tidy=report)
