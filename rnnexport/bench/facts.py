@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 
 from rnnexport.artifact import EXTERNAL_DATA
-
-_RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+from rnnexport.graph.nodes import constant_tensors
+from rnnexport.graph.onnx_slots import RECURRENT_OPS, R
 
 
 def _readable(tensor: onnx.TensorProto, base: Path | None) -> bool:
@@ -31,16 +31,11 @@ def _graph_facts(graph: onnx.GraphProto, base: Path | None = None) -> dict[str, 
     from onnx import numpy_helper
 
     # Weights are initializers, or Constant nodes where the exporter handed them over as such.
-    tensors = {i.name: i for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-            if value is not None:
-                tensors[node.output[0]] = value
+    tensors = constant_tensors(graph)
     nodes = []
     for node in graph.node:
         recurrence = (
-            tensors.get(node.input[2]) if node.op_type in _RECURRENT_OPS and len(node.input) > 2 else None
+            tensors.get(node.input[R]) if node.op_type in RECURRENT_OPS and len(node.input) > R else None
         )
         if recurrence is not None and _readable(recurrence, base):
             r = numpy_helper.to_array(recurrence, base_dir=str(base or ""))

@@ -39,10 +39,10 @@ from rnnexport.builder.patch import (
     export_patches,
     layer_weights,
 )
+from rnnexport.graph.onnx_slots import GATES, INITIAL_C, INITIAL_H, RECURRENT_OPS
 
 __all__ = ["TRANSLATIONS", "dynamo_patches", "onnx_recurrence"]
 
-_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _BUFFER = "_rnnexport_onnx_{}_l{}"  # a layer's ONNX weights, as buffers during the export
 _PARTS = ("w", "r", "b", "projection", "unprojection")
 
@@ -78,7 +78,7 @@ def onnx_recurrence(
     and the reverse direction starts at each row's own last valid step. Returns ``(y, y_h)`` or
     ``(y, y_h, y_c)`` with ``y [seq, dirs, batch, hidden]``.
     """
-    seq, batch, gates = x.shape[0], x.shape[1], _GATES[kind]
+    seq, batch, gates = x.shape[0], x.shape[1], GATES[kind]
     dirs = 2 if bidirectional else 1
     lens = torch.full((batch,), seq) if sequence_lens is None else sequence_lens.long()
     y = x.new_zeros(seq, dirs, batch, hidden_size)
@@ -129,8 +129,10 @@ def _define_recurrent(kind: str) -> Any:
 
     def split(args: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
         """The op's positional arguments as onnx_recurrence's tensors and options."""
-        tensors = list(args[:7] if kind == "LSTM" else (*args[:6], None))
-        rest = args[7:] if kind == "LSTM" else args[6:]
+        # The op takes ONNX's inputs in ONNX's order, up to its last initial state, then its options.
+        last = INITIAL_C if kind == "LSTM" else INITIAL_H
+        tensors = list(args[: last + 1] if kind == "LSTM" else (*args[: last + 1], None))
+        rest = args[last + 1 :]
         options = {"hidden_size": rest[0], "bidirectional": rest[1]}
         if kind == "RNN":
             options["activation"] = rest[2]
@@ -150,7 +152,7 @@ def _define_recurrent(kind: str) -> Any:
     return defined
 
 
-_OPS = {kind: _define_recurrent(kind) for kind in _GATES}
+_OPS = {kind: _define_recurrent(kind) for kind in RECURRENT_OPS}
 
 
 def _trim_eager(data: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
