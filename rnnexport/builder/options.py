@@ -90,6 +90,9 @@ class BuildOptions:
     streaming: bool = False
     runtimes: str | Sequence[str] | None = None
     limits: Limits = DEFAULT_LIMITS
+    # The sequence lengths the shape sweep verifies at (each at every sweep batch size), comma-separated
+    # or a list; None is the default sweep. The long case (batch 3, seq 1000) is always verified too.
+    verify_seqs: str | Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         # The API takes str paths too; the fields hold Paths (a frozen dataclass sets them this way).
@@ -142,10 +145,36 @@ class BuildOptions:
 
         return other_runtimes(self.runtimes)
 
+    @cached_property
+    def seqs(self) -> tuple[int, ...]:
+        """``verify_seqs`` as sorted lengths (checked); the default sweep's when not given."""
+        if self.verify_seqs is None:
+            return SWEEP_SEQS
+        items = self.verify_seqs.split(",") if isinstance(self.verify_seqs, str) else list(self.verify_seqs)
+        try:
+            seqs = [int(str(item).strip()) for item in items]
+        except ValueError:
+            seqs = []
+        limit = self.limits.io_dim
+        if not seqs or any(s < 1 or s > limit for s in seqs) or len(set(seqs)) != len(seqs):
+            raise UsageError(
+                f"--verify-seqs takes distinct sequence lengths, whole numbers from 1 to {limit:,}, "
+                f"comma-separated; got {self.verify_seqs!r}. Each is verified at batch sizes "
+                f"{', '.join(map(str, SWEEP_BATCHES))} (and batch 3, seq 1000 always), for example "
+                f"--verify-seqs {','.join(map(str, SWEEP_SEQS))},16000."
+            )
+        if len(seqs) > MAX_VERIFY_SEQS:
+            raise UsageError(
+                f"--verify-seqs gives {len(seqs)} sequence lengths; at most {MAX_VERIFY_SEQS} are verified, "
+                f"each at batch sizes {', '.join(map(str, SWEEP_BATCHES))}. Choose the lengths that matter "
+                "most: the shortest, the longest your users send, and one or two between."
+            )
+        return tuple(sorted(seqs))
+
     @property
     def sweep_shapes(self) -> tuple[tuple[int, int], ...]:
-        """Every (batch, seq) the build verifies at, in order."""
-        return SWEEP_SHAPES
+        """Every (batch, seq) the build verifies at, in order (the memory estimate counts them)."""
+        return tuple((b, s) for b in SWEEP_BATCHES for s in self.seqs) + LONG_SHAPES
 
     def check(self) -> None:
         """Refuse, with a one-paragraph message, options that are wrong whatever is built."""
@@ -168,6 +197,7 @@ class BuildOptions:
             if path is not None:
                 check_path(path, what=option)
         self._check_variants()
+        self.seqs  # noqa: B018 (checks them)
         self._check_weight_options()
 
     def _check_variants(self) -> None:

@@ -176,6 +176,13 @@ def build(  # long: one Annotated declaration per option
             "float32 ONNX only; a bidirectional recurrence is refused.",
         ),
     ] = False,
+    verify_seqs: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated sequence lengths the shape sweep verifies at, each at batch 1, 3 and 16 "
+            "(default 1,7,64,257; batch 3 at seq 1000 is always verified), e.g. 1,7,64,257,16000."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing rnnexport artifact completely.")
     ] = False,
