@@ -83,7 +83,7 @@ def _bench_table(data: dict[str, Any]) -> None:
             console.err.print(f"  {s['p50_ms']:9.3f}  {safe(name)}")
 
 
-def bench(
+def bench(  # long: one Annotated declaration per option
     directory: Annotated[Path, typer.Argument(help="Artifact folder written by 'rnnexport build'.")],
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,32",
     seq: Annotated[str, typer.Option(help="Sequence lengths, comma-separated.")] = "1,10,100,1000",

@@ -34,7 +34,7 @@ class RuntimeChoice(str, Enum):
     openvino = "openvino"
 
 
-def verify(
+def verify(  # long: one Annotated declaration per option
     directory: Annotated[Path, typer.Argument(help="Artifact folder written by 'rnnexport build'.")],
     device: Annotated[
         DeviceChoice, typer.Option(help="Provider(s) to verify on; auto = every one that works here.")
