@@ -5,6 +5,7 @@ The public API mirrors the command line::
     import rnnexport
     rnnexport.list_architectures()
     manifest = rnnexport.build("attention", out="dist")
+    manifest = rnnexport.build("attention", rnnexport.BuildOptions(out="dist", verify_seqs=[1, 16000]))
     manifest = rnnexport.build_model_artifact(my_module, io="io.json", out="dist")  # any recurrent model
     report = rnnexport.verify("dist/attention")
 
@@ -24,12 +25,14 @@ from rnnexport.spec import ArchConfig, ArchSpec
 if TYPE_CHECKING:
     from rnnexport.artifact import ArtifactReport, Manifest
     from rnnexport.artifact import verify_artifact as verify
+    from rnnexport.builder.options import BuildOptions
     from rnnexport.builder.pipeline import build, build_model_artifact
 
 __all__ = [
     "ArchConfig",
     "ArchSpec",
     "ArtifactReport",
+    "BuildOptions",
     "Manifest",
     "RnnExportError",
     "__version__",
@@ -42,6 +45,7 @@ __all__ = [
 
 # Resolved on first access (PEP 562), so that `import rnnexport` does not import torch.
 _LAZY = {
+    "BuildOptions": ("rnnexport.builder.options", "BuildOptions"),
     "build": ("rnnexport.builder.pipeline", "build"),
     "build_model_artifact": ("rnnexport.builder.pipeline", "build_model_artifact"),
     "verify": ("rnnexport.artifact", "verify_artifact"),

@@ -2,7 +2,7 @@
 fails to export or its graph fails the checks (said and recorded), and never after a verification
 failure; an exporter named explicitly is used alone.
 
-Failures are injected around the real exporter (``pipeline.export_onnx``), for whichever exporter
+Failures are injected around the real exporter (``exporting.export_onnx``), for whichever exporter
 ``AUTO_ORDER`` puts first, so these tests hold whichever that is and on every torch.
 """
 
@@ -21,7 +21,7 @@ import torch
 from onnx import numpy_helper
 
 from rnnexport.builder import export as export_module
-from rnnexport.builder import pipeline
+from rnnexport.builder import exporting
 from rnnexport.builder.export import AUTO_ORDER, EXPORTERS, Exporter, export_onnx
 from rnnexport.builder.pipeline import build
 from rnnexport.builder.reference import build_model
@@ -49,7 +49,7 @@ def _wrap(monkeypatch: pytest.MonkeyPatch, change: Callable[[Exporter, Export], 
         real: Export = lambda: export_onnx(model, contract, exporter=exporter, **kwargs)  # noqa: E731
         return change(exporter, real)()
 
-    monkeypatch.setattr(pipeline, "export_onnx", export)
+    monkeypatch.setattr(exporting, "export_onnx", export)
     return calls
 
 
@@ -239,7 +239,7 @@ def test_an_old_opset_builds_at_that_opset_whichever_exporter_makes_it(tmp_path:
 
 def test_an_unknown_exporter_is_refused_with_the_choices() -> None:
     with pytest.raises(UsageError, match=r"expected one of auto, torchscript, dynamo"):
-        build(ARCH, out="unused", device="cpu", exporter="onnx")  # type: ignore[arg-type]
+        build(ARCH, out="unused", device="cpu", exporter="onnx")
 
 
 @pytest.mark.slow
@@ -255,7 +255,7 @@ def test_a_fallback_with_external_data_starts_from_an_empty_export_folder(
             raise ExportError(f"{FIRST}: simulated failure after writing")
         return exported
 
-    monkeypatch.setattr(pipeline, "export_onnx", export)
+    monkeypatch.setattr(exporting, "export_onnx", export)
     tiny = dataclasses.replace(DEFAULT_LIMITS, inline_model_bytes=1000)
     manifest = build(ARCH, out=tmp_path, device="cpu", limits=tiny)
     assert folders == [[], []]  # the second exporter found none of the first one's files

@@ -216,9 +216,9 @@ def test_a_user_model_past_the_threshold_ships_external_data(tmp_path: Path) -> 
 def test_variants_of_an_external_data_model_are_refused_before_anything_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precisions: str | None, formats: str | None
 ) -> None:
-    from rnnexport.builder import pipeline
+    from rnnexport.builder import request as builder_request
 
-    monkeypatch.setattr(pipeline, "_model_and_references", pytest.fail)
+    monkeypatch.setattr(builder_request, "model_and_references", pytest.fail)
     with pytest.raises(UsageError) as caught:
         build(
             "many-to-many",

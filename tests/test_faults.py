@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from rnnexport.artifact import MANIFEST
-from rnnexport.builder import pipeline
+from rnnexport.builder import exporting, references, stages
 
 from .conftest import run_cli
 
@@ -241,7 +241,9 @@ def test_ctrl_c_at_any_stage_leaves_the_destination_as_it_was(
     out = tmp_path / "out"
     shutil.copytree(shipped, out / "attention")
     before = _snapshot(out)
-    monkeypatch.setattr(pipeline, stage, _interrupt)
+    # Each name is patched where the build looks it up.
+    where = {"load_golden": references, "export_onnx": exporting, "simplify_onnx": exporting}
+    monkeypatch.setattr(where.get(stage, stages), stage, _interrupt)
     result = run_cli("build", "--arch", "attention", "--out", str(out), "--force", "--device", "cpu")
     assert result.exit_code == 130
     assert result.output.strip().splitlines()[-1].startswith("interrupted:")
@@ -276,7 +278,7 @@ def test_ctrl_c_while_swapping_in_the_new_artifact(
 def test_ctrl_c_into_a_missing_out_folder_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "export_onnx", _interrupt)
+    monkeypatch.setattr(exporting, "export_onnx", _interrupt)
     result = run_cli("build", "--arch", "attention", "--out", str(tmp_path / "new" / "deeper"))
     assert result.exit_code == 130
     assert list(tmp_path.iterdir()) == []
@@ -329,7 +331,7 @@ def test_all_reports_each_failure_and_goes_on(tmp_path: Path, monkeypatch: pytes
             raise ExportError("simulated exporter failure for the GRU")
         return real_export(model, contract, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline, "export_onnx", export_fails_for_gru)
+    monkeypatch.setattr(exporting, "export_onnx", export_fails_for_gru)
     # One exporter named: under auto the GRU's error would also carry the other exporter's failure.
     result = run_cli(
         "build", "--all", "--out", str(out), "--device", "cpu", "--json", "--exporter", "torchscript"
@@ -346,7 +348,7 @@ def test_all_reports_each_failure_and_goes_on(tmp_path: Path, monkeypatch: pytes
 
 
 def test_ctrl_c_during_all_stops_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "simplify_onnx", _interrupt)
+    monkeypatch.setattr(exporting, "simplify_onnx", _interrupt)
     result = run_cli("build", "--all", "--out", str(tmp_path / "out"), "--device", "cpu")
     assert result.exit_code == 130
     assert result.output.count("building ") == 1

@@ -246,7 +246,7 @@ def test_a_build_never_publishes_what_verify_refuses(
                 force=True,
             )
     else:
-        monkeypatch.setattr("rnnexport.builder.pipeline.hash_files", _drop_a_hash)
+        monkeypatch.setattr("rnnexport.builder.stages.hash_files", _drop_a_hash)
         expected = "is a test-data tensor the manifest does not list"
 
         def run() -> object:

@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 from typer.testing import CliRunner, Result
 
-from rnnexport import cli as cli_module
 from rnnexport.builder.iospec import parse_io
 from rnnexport.builder.pipeline import build
 from rnnexport.cli import app
+from rnnexport.cli import console as cli_console
 from rnnexport.feeds import axis_ranges
 
 runner = CliRunner()
@@ -69,7 +69,7 @@ def _use(monkeypatch: pytest.MonkeyPatch, *, width: int, terminal: bool) -> io.S
         soft_wrap=True,
     )
     assert console.is_terminal is terminal
-    monkeypatch.setattr(cli_module, "_err", console)
+    monkeypatch.setattr(cli_console, "err", console)
     return out
 
 
@@ -185,7 +185,7 @@ def test_piped_variants_table_has_every_column_and_whole_rows(
     monkeypatch: pytest.MonkeyPatch, width: int
 ) -> None:
     out = _use(monkeypatch, width=width, terminal=False)
-    cli_module._print_variants("variants", VARIANTS)
+    cli_console.print_variants("variants", VARIANTS)
     lines = out.getvalue().splitlines()
     [header] = [line for line in lines if "file" in line and "status" in line]
     for column in VARIANT_HEADERS:
@@ -201,7 +201,7 @@ def test_a_terminal_too_narrow_for_the_table_gets_every_value_as_a_line(
     monkeypatch: pytest.MonkeyPatch, width: int
 ) -> None:
     out = _use(monkeypatch, width=width, terminal=True)
-    cli_module._print_variants("variants", VARIANTS)
+    cli_console.print_variants("variants", VARIANTS)
     text = out.getvalue()
     for cells in VARIANT_CELLS:
         for column, cell in zip(VARIANT_HEADERS, cells, strict=True):
@@ -215,7 +215,7 @@ def test_a_wide_terminal_keeps_the_table() -> None:
     for column in ("a", "b"):
         table.add_column(column)
     table.add_row("one value", "another value")
-    cli_module._print_table(table, console)
+    cli_console.print_table(table, console)
     [row] = [line for line in out.getvalue().splitlines() if "one value" in line]
     assert "another value" in row
     assert "\u2502" in row  # drawn as a table, not as lines

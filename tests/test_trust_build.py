@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from rnnexport import artifact, safeio
-from rnnexport.builder import pipeline
+from rnnexport.builder import cases as builder_cases
+from rnnexport.builder import request as builder_request
 from rnnexport.builder.golden import load_golden, regenerate_command
 from rnnexport.builder.pipeline import build, estimate_resources
 from rnnexport.errors import GoldenError, InputError, UsageError
@@ -60,8 +61,8 @@ def test_a_model_too_large_to_build_here_is_refused_up_front(
 ) -> None:
     # Refused from the sizes alone: building the model (minutes, 10 GB) must never start. Past
     # 2 GiB a model ships with external data, so what stops it is the memory a build needs.
-    monkeypatch.setattr(pipeline, "_model_and_references", pytest.fail)
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 24 << 30)
+    monkeypatch.setattr(builder_request, "model_and_references", pytest.fail)
+    monkeypatch.setattr(builder_request, "available_memory", lambda: 24 << 30)
     result = run_cli(
         "build", "--arch", arch, "--hidden-size", "4096", "--input-size", "4096", "--branches", "16",
         "--out", str(tmp_path / "out"),
@@ -79,7 +80,7 @@ def test_a_model_too_large_to_build_here_is_refused_up_front(
 def test_a_build_that_cannot_fit_in_memory_is_refused_with_the_numbers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 256 << 20)
+    monkeypatch.setattr(builder_request, "available_memory", lambda: 256 << 20)
     result = run_cli(
         "build", "--arch", "parallel-lstm", "--branches", "16", "--hidden-size", "768", "--input-size", "768",
         "--out", str(tmp_path / "out"),
@@ -232,11 +233,11 @@ def test_small_input_limits_passed_in(tmp_path: Path) -> None:
     path = tmp_path / "cases.npz"
     np.savez(path, x=np.zeros((2, 50, 10), np.float32), lengths=np.array([50, 3]))
     contract = get_arch("attention").contract(ArchConfig())
-    assert pipeline._read_inputs_file(path, contract)["x"].shape == (2, 50, 10)
+    assert builder_cases._read_inputs_file(path, contract)["x"].shape == (2, 50, 10)
     with pytest.raises(InputError, match="the limit is 1000 bytes in at most 64 arrays"):
-        pipeline._read_inputs_file(path, contract, limits=Limits(inputs_bytes=1000))
+        builder_cases._read_inputs_file(path, contract, limits=Limits(inputs_bytes=1000))
     with pytest.raises(InputError, match="the limit is 100 bytes"):
-        pipeline._read_inputs_file(path, contract, limits=Limits(inputs_file_bytes=100))
+        builder_cases._read_inputs_file(path, contract, limits=Limits(inputs_file_bytes=100))
 
 
 def test_safetensors_inputs_are_capped_by_size_on_disk(tmp_path: Path) -> None:
@@ -388,12 +389,12 @@ signal.signal(signal.SIGTERM, signal.SIG_DFL)
 signal.signal(signal.SIGHUP, signal.SIG_DFL)
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
-from rnnexport.builder import pipeline
+from rnnexport.builder import exporting
 marker = Path(sys.argv[1])
 def slow_export(*args, **kwargs):
     marker.write_text("exporting")
     time.sleep(600)
-pipeline.export_onnx = slow_export
+exporting.export_onnx = slow_export
 from rnnexport.cli import main
 sys.argv = ["rnnexport", "build", "--arch", "attention", "--device", "cpu", "--out", *sys.argv[2:]]
 main()

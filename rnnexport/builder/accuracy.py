@@ -17,7 +17,8 @@ import torch
 from rnnexport.builder.reference import Float64Runner
 from rnnexport.feeds import Case, Feeds
 from rnnexport.runtime import Device
-from rnnexport.runtime.compare import Criterion, ProviderResult, Tolerance
+from rnnexport.runtime.compare import ProviderResult
+from rnnexport.runtime.plan import VerificationPlan
 from rnnexport.spec import Contract
 from rnnexport.variants import (
     Format,
@@ -61,24 +62,20 @@ def build_variants(
     model: onnx.ModelProto,
     data: bytes,
     results: Mapping[Device, ProviderResult],
-    cases: Sequence[Case],
-    float64: Mapping[str, Feeds],
+    plan: VerificationPlan,
     *,
     contract: Contract,
     precisions: Sequence[Precision],
     formats: Sequence[Format],
     devices: Sequence[Device],
-    tolerances: Mapping[Device, Tolerance],
-    criterion: Criterion,
-    tf32: bool,
     stage: Callable[[str], AbstractContextManager[Any]],
     on_case: Callable[[int], None] | None = None,
 ) -> list[tuple[VariantResult, bytes]]:
     """Make every requested variant of the verified float32 ``model`` and verify each one.
 
     ``model.onnx`` (``data``) comes first with the ``results`` it already verified with. Each other
-    variant is verified on ``devices`` with its own tolerance (:func:`variant_tolerances`) under the
-    build's rule. Returns ``(result, bytes)`` in order; ``result.passed`` is the gate.
+    variant is verified on ``devices`` by the build's ``plan``, at its own tolerance
+    (:func:`variant_tolerances`). Returns ``(result, bytes)`` in order; ``result.passed`` is the gate.
     """
     made = make_variants(model, data, precisions=precisions, formats=formats)
     first = made[0]
@@ -89,9 +86,9 @@ def build_variants(
                 first.precision,
                 first.format,
                 len(first.data),
-                {d: tolerances[d] for d in devices},
+                {d: plan.tolerance(d) for d in devices},
                 dict(results),
-                criterion,
+                plan.criterion,
                 support=provider_support(first.source, first.data) if len(made) > 1 else {},
             ),
             first.data,
@@ -104,13 +101,9 @@ def build_variants(
                 variant.precision,
                 variant.format,
                 variant.data,
-                cases,
-                float64,
+                plan.with_tolerances(variant_tolerances(variant.precision, plan.tolerances)),
                 contract=contract,
                 devices=devices,
-                tolerances=variant_tolerances(variant.precision, tolerances),
-                criterion=criterion,
-                tf32=tf32,
                 details=variant.details,
                 support=provider_support(variant.source, variant.data, fmt=variant.format),
                 on_case=on_case,

@@ -1,8 +1,8 @@
 """``rnnexport deploy``: the Typer sub-app for the deploy targets (OpenVINO IR, Triton repository, a
 static web page).
 
-The commands report through :mod:`rnnexport.cli`'s helpers, imported when a command runs (that
-module adds this sub-app when it loads).
+The commands report through :mod:`rnnexport.cli.console`'s helpers; :mod:`rnnexport.cli` adds this
+sub-app to the command line.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from rnnexport.cli import console
+from rnnexport.cli.console import mark, reported, safe, write_stdout
 
 deploy_app = typer.Typer(
     name="deploy",
@@ -39,19 +42,18 @@ def openvino(
     Verifies the artifact on OpenVINO first; a failure (with its cause where known) writes nothing.
     Needs the 'openvino' extra. Exit codes: 0 written; 1 a check failed; 2 usage error.
     """
-    from rnnexport.cli import _err, _reported, _safe, _write_stdout
     from rnnexport.deploy.openvino import deploy_openvino
 
-    with _reported(as_json=as_json):
+    with reported(as_json=as_json):
         record = deploy_openvino(artifact, out, time_limit=time_limit)
     cost = record["step_us"]
-    _err.print(
-        f"OpenVINO IR in {_safe(out)}: {record['proof']['cases']} cases passed on "
-        f"{_safe(record['runtime'])}; {cost['dynamic']:.1f} us per call at batch 1 seq 1 "
+    console.err.print(
+        f"OpenVINO IR in {safe(out)}: {record['proof']['cases']} cases passed on "
+        f"{safe(record['runtime'])}; {cost['dynamic']:.1f} us per call at batch 1 seq 1 "
         f"({cost['fixed']:.1f} us reshaped to that fixed shape)"
     )
     if as_json:
-        _write_stdout(json.dumps({"passed": True, **record}, indent=2))
+        write_stdout(json.dumps({"passed": True, **record}, indent=2))
 
 
 @deploy_app.command("triton")
@@ -71,14 +73,13 @@ def triton(
     NAME/config.pbtxt (dims from the artifact's contract; dynamic batching, or sequence batching with
     implicit state for a streaming artifact) and NAME/1/model.onnx. Exit codes as for 'verify'.
     """
-    from rnnexport.cli import _err, _reported, _safe, _write_stdout
     from rnnexport.deploy.triton import deploy_triton
 
-    with _reported(as_json=as_json):
+    with reported(as_json=as_json):
         record = deploy_triton(artifact, out, max_batch_size=max_batch_size, name=name)
-    _err.print(f"Triton model repository in {_safe(out)}: {_safe(record['model'])}/config.pbtxt")
+    console.err.print(f"Triton model repository in {safe(out)}: {safe(record['model'])}/config.pbtxt")
     if as_json:
-        _write_stdout(json.dumps({"passed": True, **record}, indent=2))
+        write_stdout(json.dumps({"passed": True, **record}, indent=2))
 
 
 @deploy_app.command("web")
@@ -98,13 +99,12 @@ def web(
     The folder holds the artifact, the JavaScript package and ONNX Runtime Web (WebAssembly): nothing
     is fetched from elsewhere, so any static server will do, e.g. 'python -m http.server -d OUT'.
     """
-    from rnnexport.cli import _err, _mark, _reported, _safe
     from rnnexport.deploy.web import deploy_web
 
-    with _reported():
+    with reported():
         done = deploy_web(artifact, out, js=js, force=force)
-    _err.print(
-        f"{_mark(True)} {_safe(done.folder)}: {_safe(done.arch)} with onnxruntime-web "
-        f"{_safe(done.ort_web_version)} ({done.bytes / 1e6:.1f} MB); serve it, e.g. "
-        f"python -m http.server -d {_safe(done.folder)}, and open the page"
+    console.err.print(
+        f"{mark(True)} {safe(done.folder)}: {safe(done.arch)} with onnxruntime-web "
+        f"{safe(done.ort_web_version)} ({done.bytes / 1e6:.1f} MB); serve it, e.g. "
+        f"python -m http.server -d {safe(done.folder)}, and open the page"
     )
