@@ -37,17 +37,20 @@ from typing import Any
 import numpy as np
 import onnx
 
+from rnnexport.artifact.testdata import read_initial_states
+from rnnexport.artifact.verify import plan_from_manifest, verify_artifact
+from rnnexport.deploy import copy_verified_model, new_output_folder
 from rnnexport.errors import UsageError, VerificationError
-from rnnexport.feeds import Case, Feeds
+from rnnexport.feeds import Feeds
 from rnnexport.runtime import ProviderUnavailableError
 from rnnexport.runtime.compare import (
     CaseResult,
-    Criterion,
     ProviderResult,
     Status,
-    Tolerance,
     compare_outputs,
 )
+from rnnexport.runtime.plan import VerificationPlan
+from rnnexport.runtime.worker import verify_with_deadline
 from rnnexport.spec import BATCH, Contract
 from rnnexport.streaming import Streaming
 
@@ -237,25 +240,21 @@ def _explained(result: ProviderResult, model: bytes | Path) -> ProviderResult:
 
 def verify_openvino(
     model: bytes | Path,
-    cases: Sequence[Case],
+    plan: VerificationPlan,
     *,
-    seconds: float,
-    tol: Tolerance,
     device: str = "cpu",
-    tf32: bool = False,
+    seconds: float,
     **options: Any,
 ) -> ProviderResult:
     """:func:`~rnnexport.runtime.worker.verify_with_deadline` on OpenVINO's CPU plugin at float32.
 
-    The same cases, chains, rule and tolerance as ONNX Runtime's check. ``device`` must be cpu and
-    ``tf32`` is ignored (they are in the signature of every verifier). A failure whose cause is the
-    known ``sequence_lens`` state error carries that cause as its reason.
+    The same plan (cases, chains, rule, tolerance) as ONNX Runtime's check. ``device`` must be cpu
+    (it is in the signature of every verifier) and the plan's TF32 choice does not apply. A failure
+    whose cause is the known ``sequence_lens`` state error carries that cause as its reason.
     """
-    from rnnexport.runtime.worker import verify_with_deadline
-
-    criterion = options.get("criterion") or Criterion()
     if device != "cpu":
         raise UsageError(f"OpenVINO is verified on its CPU plugin; got device '{device}'.")
+    tol, criterion = plan.tolerance("cpu"), plan.criterion
     try:
         openvino_module()
     except ProviderUnavailableError as exc:
@@ -271,10 +270,8 @@ def verify_openvino(
         )
     result = verify_with_deadline(
         model,
-        cases,
+        plan,
         device="cpu",
-        tol=tol,
-        tf32=False,
         seconds=seconds,
         open_runner=OpenVinoRunner,
         provider=PROVIDER,
@@ -336,21 +333,13 @@ def make_stateful(
     model.validate_nodes_and_infer_types()
 
 
-def _run_cases(
-    compiled: Any,
-    cases: Sequence[Case],
-    streaming: Streaming | None,
-    *,
-    tol: Tolerance,
-    criterion: Criterion,
-    float64: Mapping[str, Feeds],
-    seq_axes: Mapping[str, int],
-) -> list[CaseResult]:
-    """Every case on the compiled IR. Streaming: a new stream (``reset_state``) unless the case
-    continues a chain, and the states read back from the request's variables."""
+def _run_cases(compiled: Any, plan: VerificationPlan, streaming: Streaming | None) -> list[CaseResult]:
+    """Every case of the plan on the compiled IR. Streaming: a new stream (``reset_state``) unless the
+    case continues a chain, and the states read back from the request's variables."""
     request = compiled.create_infer_request()
     later = {c for chain in streaming.chains for c in chain[1:]} if streaming else set()
     states = streaming.states if streaming else ()
+    cases = plan.cases
     names = output_names(compiled, [o for o in cases[0].outputs] if cases else [])
     results = []
     for case in cases:
@@ -364,10 +353,10 @@ def _run_cases(
             outputs = compare_outputs(
                 actual,
                 case.outputs,
-                tol,
-                criterion=criterion,
-                float64=float64.get(case.name),
-                seq_axes=seq_axes,
+                plan.tolerance("cpu"),
+                criterion=plan.criterion,
+                float64=plan.float64.get(case.name),
+                seq_axes=plan.seq_axes,
             )
             results.append(CaseResult(case.name, case.shapes, outputs))
         except Exception as exc:  # one case's failure must not hide the others
@@ -375,25 +364,16 @@ def _run_cases(
     return results
 
 
-def prove_ir(
-    xml: Path,
-    cases: Sequence[Case],
-    streaming: Streaming | None,
-    *,
-    tol: Tolerance,
-    criterion: Criterion,
-    float64: Mapping[str, Feeds],
-    seq_axes: Mapping[str, int],
-) -> ProviderResult:
-    """The written IR, read back and compiled at f32, on every test case and chain."""
+def prove_ir(xml: Path, plan: VerificationPlan, streaming: Streaming | None) -> ProviderResult:
+    """The written IR, read back and compiled at f32, on every test case and chain of the plan."""
     ov = openvino_module()
     core = ov.Core()
     compiled = compile_cpu(core, core.read_model(str(xml)))
-    results = _run_cases(
-        compiled, cases, streaming, tol=tol, criterion=criterion, float64=float64, seq_axes=seq_axes
-    )
+    results = _run_cases(compiled, plan, streaming)
     status: Status = "passed" if results and all(r.passed for r in results) else "failed"
-    return ProviderResult("cpu", f"{PROVIDER} (IR)", status, tol, cases=results, criterion=criterion)
+    return ProviderResult(
+        "cpu", f"{PROVIDER} (IR)", status, plan.tolerance("cpu"), cases=results, criterion=plan.criterion
+    )
 
 
 def step_cost(
@@ -490,10 +470,6 @@ def deploy_openvino(folder: Path, out: Path, *, time_limit: float | None = None)
     the cause where it is known, or when the written IR does not reproduce the test data.
     Returns the record written as ``out/deploy.json``.
     """
-    from rnnexport.artifact import read_initial_states, verify_artifact
-    from rnnexport.deploy import copy_verified_model, new_output_folder
-    from rnnexport.runtime.oracle import seq_axes
-
     ov = openvino_module()
     report = verify_artifact(folder, device="cpu", time_limit=time_limit, runtime="openvino")
     result = report.results["cpu"]
@@ -508,27 +484,18 @@ def deploy_openvino(folder: Path, out: Path, *, time_limit: float | None = None)
         if manifest.streaming is None
         else Streaming.from_json(manifest.streaming, lambda condition, what: None)
     )
-    tol = manifest.tolerance("cpu")
-    criterion = Criterion.from_json(manifest.verification.get("rule"))
+    # The test data the verification read (hash-checked) and ran, judged as it was judged.
+    plan = plan_from_manifest(manifest, report.cases, report.float64)
     with tempfile.TemporaryDirectory(prefix="rnnexport-deploy-") as private:
         source = copy_verified_model(Path(folder), manifest, Path(private))
         core = ov.Core()
         model = core.read_model(str(source))
         if streaming is not None:
             make_stateful(model, manifest.contract, streaming, read_initial_states(Path(folder), manifest))
-        cases, float64 = report.cases, report.float64  # the test data the verification read and ran
         with new_output_folder(out, what="rnnexport deploy openvino") as staging:
             xml = staging / "model.xml"
             ov.save_model(model, str(xml), compress_to_fp16=False)
-            proof = prove_ir(
-                xml,
-                cases,
-                streaming,
-                tol=tol,
-                criterion=criterion,
-                float64=float64,
-                seq_axes=seq_axes(manifest.contract),
-            )
+            proof = prove_ir(xml, plan, streaming)
             if proof.status != "passed":
                 raise VerificationError(
                     f"The OpenVINO IR converted from {folder} does not reproduce its test data: "
