@@ -18,6 +18,7 @@ from rnnexport.feeds import Case, Feeds, axis_ranges
 from rnnexport.limits import DEFAULT_LIMITS, Limits
 from rnnexport.runtime import DEVICES, Device, resolve_devices
 from rnnexport.runtime.compare import Criterion, ProviderResult
+from rnnexport.runtime.openvino import runtime_note, verify_openvino
 from rnnexport.runtime.oracle import seq_axes
 from rnnexport.runtime.plan import VerificationPlan
 from rnnexport.runtime.worker import verify_with_deadline
@@ -128,22 +129,16 @@ def verify_artifact(
     decides what a non-passing result means. ``expect_sha256`` pins the manifest (and through its
     hashes, every file); ``time_limit`` bounds each provider's run in seconds (default: a base plus
     time in proportion to the model's size, see :class:`~rnnexport.limits.Limits`). ``runtime``
-    "openvino" runs the test data on OpenVINO's CPU plugin instead (:mod:`rnnexport.deploy.openvino`).
+    "openvino" runs the test data on OpenVINO's CPU plugin instead (:mod:`rnnexport.runtime.openvino`).
     """
-    run_one: Callable[..., ProviderResult] = verify_with_deadline
-    if runtime == "openvino":
-        # deploy/ builds on this package ('deploy openvino' verifies through verify_artifact), so the
-        # OpenVINO verifier is imported here, where it is chosen, not with this module.
-        from rnnexport.deploy.openvino import runtime_note, verify_openvino
-
-        run_one = verify_openvino
-
+    openvino = runtime == "openvino"
+    run_one: Callable[..., ProviderResult] = verify_openvino if openvino else verify_with_deadline
     with checked_artifact(folder, limits=limits, expect_sha256=expect_sha256) as checked:
         manifest, notes = checked.manifest, checked.notes
         plan = plan_from_manifest(manifest, checked.cases, checked.float64)
         seconds = time_limit if time_limit is not None else limits.run_seconds(checked.model_bytes)
-        devices: list[Device] = ["cpu"] if runtime == "openvino" else resolve_devices(device)
-        if runtime == "openvino":
+        devices: list[Device] = ["cpu"] if openvino else resolve_devices(device)
+        if openvino:
             notes.append(runtime_note())
         results = {d: run_one(checked.source, plan, device=d, seconds=seconds) for d in devices}
         variants = verify_shipped_variants(

@@ -13,8 +13,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from rnnexport.deploy.openvino import runtime_note, verify_openvino
 from rnnexport.errors import UsageError
+from rnnexport.runtime.openvino import runtime_note, verify_openvino
 from rnnexport.runtime.plan import VerificationPlan
 
 __all__ = ["RUNTIMES", "check_runtimes", "other_runtimes"]
