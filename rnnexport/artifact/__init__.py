@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         write_external_model,
     )
 
-    # Private names that deploy/web.py and bench import from this package.
+    # _read_listed and _read_manifest are private, but deploy/web.py and bench import them from here.
     from rnnexport.artifact.files import _read_listed as _read_listed
     from rnnexport.artifact.files import (
         check_files,
