@@ -68,7 +68,7 @@ class StreamPool:
         every file bounded and hashed, the contract and stream starts checked): the session runs the
         bytes that were checked, never a file swapped in afterwards.
         """
-        from rnnexport.artifact import checked_artifact
+        from rnnexport.artifact.untrusted import checked_artifact
         from rnnexport.runtime import onnxruntime_module
 
         ort = onnxruntime_module()

@@ -20,6 +20,7 @@ from rnnexport.feeds import Case, make_feeds
 from rnnexport.registry import get_arch
 from rnnexport.runtime.compare import Criterion, Tolerance, verify_on_device
 from rnnexport.runtime.oracle import seq_axes
+from rnnexport.runtime.plan import VerificationPlan
 from rnnexport.spec import ArchConfig
 
 LENGTHS = (1, 7, 64, 257, 1000)
@@ -79,16 +80,12 @@ def test_swapped_gate_order_fails_at_every_length(tmp_path: Path, arch: str, op:
         feeds = make_feeds(contract, batch=3, seq=length, rng=rng)
         cases.append(Case(f"s{length}", feeds, float32.infer(feeds)))
         exact[f"s{length}"] = float64.infer(feeds)
-    options = {
-        "device": "cpu",
-        "tol": Tolerance(),
-        "criterion": Criterion("oracle"),
-        "float64": exact,
-        "seq_axes": seq_axes(contract),
-    }
-    good = verify_on_device(model.SerializeToString(), cases, **options)  # type: ignore[arg-type]
+    plan = VerificationPlan(
+        tuple(cases), Criterion("oracle"), {"cpu": Tolerance()}, float64=exact, seq_axes=seq_axes(contract)
+    )
+    good = verify_on_device(model.SerializeToString(), plan, device="cpu")
     assert good.status == "passed", good.failures
-    bad = verify_on_device(_swap_first_two_gates(model, op).SerializeToString(), cases, **options)  # type: ignore[arg-type]
+    bad = verify_on_device(_swap_first_two_gates(model, op).SerializeToString(), plan, device="cpu")
     assert bad.status == "failed"
     assert [c.passed for c in bad.cases] == [False] * len(LENGTHS)
     # It fails from the very first steps, far beyond anything rounding explains.

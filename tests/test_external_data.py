@@ -28,8 +28,8 @@ import torch
 from onnx import TensorProto, numpy_helper
 from torch import nn
 
-from rnnexport import artifact, safeio
-from rnnexport.artifact import verify_artifact
+from rnnexport import safeio
+from rnnexport.artifact import files, verify_artifact
 from rnnexport.builder.pipeline import build, build_model_artifact
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import DEFAULT_LIMITS
@@ -352,7 +352,7 @@ def test_onnx_runtime_runs_the_verified_copy_not_the_folder(
         path.write_bytes(b"\x7f" * path.stat().st_size)  # NaN-like garbage of the same size
         return result
 
-    monkeypatch.setattr(artifact, "copy_bounded", then_tamper)
+    monkeypatch.setattr(files, "copy_bounded", then_tamper)
     report = verify_artifact(folder, device="cpu")
     assert report.passed
 

@@ -268,7 +268,7 @@ def test_ctrl_c_while_swapping_in_the_new_artifact(
     monkeypatch.setattr(Path, "rename", rename)
     # The two-rename swap, as where the OS has no atomic exchange of two folders (test_publish tests
     # the exchange itself).
-    monkeypatch.setattr("rnnexport.artifact.exchange", lambda first, second: False)
+    monkeypatch.setattr("rnnexport.artifact.publishing.exchange", lambda first, second: False)
     result = run_cli("build", "--arch", "attention", "--out", str(out), "--force", "--device", "cpu")
     assert result.exit_code == 130
     assert _snapshot(out) == before

@@ -15,7 +15,8 @@ from rnnexport.cli import app
 from rnnexport.errors import UsageError
 from rnnexport.feeds import Case
 from rnnexport.runtime import create_session, probe_provider
-from rnnexport.runtime.compare import Tolerance, verify_on_device
+from rnnexport.runtime.compare import Criterion, Tolerance, verify_on_device
+from rnnexport.runtime.plan import VerificationPlan
 
 from .test_contract import _model
 
@@ -62,7 +63,8 @@ def test_silent_cuda_fallback_is_unavailable_not_passed(cuda_falls_back: None) -
     import numpy as np
 
     case = Case("c", {"x": np.zeros((1, 2, 4), np.float32)}, {"y": np.zeros((1, 2, 2), np.float32)})
-    result = verify_on_device(model, [case], device="cuda", tol=Tolerance())
+    plan = VerificationPlan((case,), Criterion(), {"cuda": Tolerance()})
+    result = verify_on_device(model, plan, device="cuda")
     assert result.status == "unavailable"
     assert result.reason
     assert result.cases == []

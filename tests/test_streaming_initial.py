@@ -315,13 +315,13 @@ def test_the_readme_loop_starts_from_the_shipped_state(
 
 def test_a_dead_builds_staging_folder_with_initial_states_is_recognised(tmp_path: Path) -> None:
     """What a killed streaming build leaves is its own output (and cleaned up); a stranger file is not."""
-    from rnnexport import artifact
+    from rnnexport.artifact import publishing
 
     staging = tmp_path / ".learnedlstm.partial-1-1-x"
     (staging / "test_data_set_0").mkdir(parents=True)
     (staging / "test_data_set_0" / "input_0.pb").write_bytes(b"partial")
     (staging / "initial_state").mkdir()
     (staging / "initial_state" / "state_in.lstm.h.pb").write_bytes(b"partial")
-    assert artifact._holds_only_build_output(staging)
+    assert publishing._holds_only_build_output(staging)
     (staging / "initial_state" / "notes.txt").write_text("the user's")
-    assert not artifact._holds_only_build_output(staging)
+    assert not publishing._holds_only_build_output(staging)

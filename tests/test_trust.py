@@ -22,8 +22,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import Result
 
-from rnnexport import artifact
-from rnnexport.artifact import MANIFEST, verify_artifact
+from rnnexport.artifact import MANIFEST, files, untrusted, verify_artifact
 from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import Limits
@@ -416,7 +415,9 @@ def test_each_file_is_read_once_and_those_bytes_are_verified(
         reads.append(Path(path).relative_to(folder).as_posix())
         return real(path, **kwargs)
 
-    monkeypatch.setattr(artifact, "read_bounded", counting)
+    # The manifest is read where the folder is checked, every listed file where files are read.
+    monkeypatch.setattr(untrusted, "read_bounded", counting)
+    monkeypatch.setattr(files, "read_bounded", counting)
     assert verify_artifact(folder, device="cpu").passed
     assert sorted(reads) == sorted([MANIFEST, *json.loads((folder / MANIFEST).read_text())["files"]])
 
@@ -427,7 +428,7 @@ def test_a_rebuild_published_while_verify_reads_is_read_again(
     # Another artifact (other test data, other hashes) is swapped in after the manifest was read.
     newer = tmp_path / "newer"
     build("attention", out=newer, device="cpu", config={"hidden_size": 7})
-    real = artifact._read_listed
+    real = files._read_listed
     calls: list[int] = []
 
     def swap_once(where: Path, listed: Any, limits: Limits, **options: Any) -> Any:
@@ -437,7 +438,7 @@ def test_a_rebuild_published_while_verify_reads_is_read_again(
         calls.append(1)
         return real(where, listed, limits, **options)
 
-    monkeypatch.setattr(artifact, "_read_listed", swap_once)
+    monkeypatch.setattr(untrusted, "_read_listed", swap_once)
     report = verify_artifact(folder, device="cpu")
     assert report.passed
     assert report.manifest.config["hidden_size"] == 7

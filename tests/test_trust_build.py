@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rnnexport import artifact, safeio
+from rnnexport import safeio
+from rnnexport.artifact import publishing
 from rnnexport.builder import cases as builder_cases
 from rnnexport.builder import request as builder_request
 from rnnexport.builder.golden import load_golden, regenerate_command
@@ -451,7 +452,7 @@ def test_stale_staging_folders_of_dead_builds_are_removed(tmp_path: Path) -> Non
     me, parent = os.getpid(), os.getppid()
     dead = out / f".attention.partial-{me}-1-abcd1234"  # our PID, another start time: a reused PID
     dead_legacy = out / f".attention.partial-{me}abc"  # not our naming: kept
-    live = out / f".attention.partial-{parent}-{artifact._start_time(parent)}-live"
+    live = out / f".attention.partial-{parent}-{publishing._start_time(parent)}-live"
     other = out / ".parallel-gru.partial-1-1-x"  # another artifact's: not this build's business
     lookalike = out / f".attention.partial-{me}-2-mine"  # named like ours, holding the user's files
     for folder in (dead, dead_legacy, live, other, lookalike):

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rnnexport.errors import UsageError
-from rnnexport.feeds import Case
-from rnnexport.runtime.compare import Tolerance
+from rnnexport.runtime.openvino import runtime_note, verify_openvino
+from rnnexport.runtime.plan import VerificationPlan
 
 __all__ = ["RUNTIMES", "check_runtimes", "other_runtimes"]
 
@@ -38,25 +38,22 @@ def other_runtimes(runtimes: str | Sequence[str] | None) -> tuple[str, ...]:
 def check_runtimes(
     runtimes: Sequence[str],
     model: bytes | Path,
-    cases: Sequence[Case],
+    plan: VerificationPlan,
     *,
     stage: Callable[[str], AbstractContextManager[Any]],
-    tol: Tolerance,
     seconds: float,
-    **options: Any,
 ) -> dict[str, Any]:
-    """Each runtime's record for the manifest (``verification.runtimes``), keyed by runtime."""
+    """Each runtime's record for the manifest (``verification.runtimes``), keyed by runtime: the
+    build's plan run on it (OpenVINO's CPU plugin, at the plan's cpu tolerance)."""
     records: dict[str, Any] = {}
     for name in runtimes:
-        from rnnexport.deploy.openvino import runtime_note, verify_openvino
-
         with stage(f"check {name}") as step:
-            result = verify_openvino(model, cases, tol=tol, seconds=seconds, **options)
+            result = verify_openvino(model, plan, seconds=seconds)
             step.ok = result.status == "passed"
             step.details.append(
                 f"{result.status}: {result.reason}"
                 if result.reason
-                else f"{result.status}, max abs error {result.max_abs:.2e} over {len(cases)} cases"
+                else f"{result.status}, max abs error {result.max_abs:.2e} over {len(plan.cases)} cases"
             )
             records[name] = {"ran_on": runtime_note(), "precision": "f32", **result.to_json()}
     return records

@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from rnnexport.artifact.testdata import read_initial_states
+from rnnexport.artifact.verify import verify_artifact
+from rnnexport.deploy import copy_verified_model, new_output_folder
 from rnnexport.errors import UsageError, VerificationError
 from rnnexport.spec import BATCH, Contract, TensorSpec
 from rnnexport.streaming import InitialTensor, Streaming
@@ -199,9 +202,6 @@ def deploy_triton(
     Raises :class:`VerificationError` (nothing written) when the artifact does not verify, and
     :class:`UsageError` for a name or batch size Triton cannot take. Returns a summary.
     """
-    from rnnexport.artifact import read_initial_states, verify_artifact
-    from rnnexport.deploy import copy_verified_model, new_output_folder
-
     report = verify_artifact(folder, device="cpu")
     if not report.passed:
         failed = "; ".join(f"{r.provider} {r.status} {r.reason}".strip() for r in report.results.values())

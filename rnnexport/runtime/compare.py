@@ -26,16 +26,20 @@ Checks run in the order count, shape, dtype, values, and every case of every out
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from rnnexport.feeds import Case, Feeds
+from rnnexport.feeds import Feeds
 from rnnexport.runtime import PROVIDERS, Device, OrtRunner, ProviderUnavailableError, create_session
 from rnnexport.runtime.oracle import ErrorAccumulator, step_buckets
+
+if TYPE_CHECKING:
+    # plan.py builds on this module's Criterion and Tolerance: a run-time import would be a cycle.
+    from rnnexport.runtime.plan import VerificationPlan
 
 __all__ = [
     "ORACLE_FACTOR",
@@ -438,29 +442,22 @@ class ProviderResult:
 
 def verify_on_device(
     model: bytes | Path,
-    cases: Sequence[Case],
+    plan: VerificationPlan,
     *,
     device: Device,
-    tol: Tolerance,
-    tf32: bool = False,
     on_case: Callable[[int], None] | None = None,
-    criterion: Criterion | None = None,
-    float64: Mapping[str, Feeds] | None = None,
-    seq_axes: Mapping[str, int] | None = None,
-    chains: Sequence[Sequence[str]] | None = None,
-    state_pairs: Mapping[str, str] | None = None,
     open_runner: Callable[[bytes | Path], Any] | None = None,
     provider: str | None = None,
 ) -> ProviderResult:
-    """Run every case through ONNX Runtime on ``device`` and compare with the cases' expected outputs.
+    """Run every case of ``plan`` through ONNX Runtime on ``device`` and judge it by the plan's rule.
 
-    ``chains`` lists streaming cases that are consecutive calls of one stream: every call after the
+    The tolerance is ``plan.tolerance(device)`` and TF32 ``plan.tf32_for(device)``. The plan's
+    ``chains`` are streaming cases that are consecutive calls of one stream: every call after the
     first takes its state inputs from what ONNX Runtime returned for the call before it
     (``state_pairs``: state output -> state input), not from the recorded values, so the chain is
-    replayed on this provider the way a device runs it.
+    replayed on this provider the way a device runs it. ``float64`` references, where the plan has
+    them, are measured against (see the module docstring), per time bucket along ``seq_axes``.
 
-    ``float64`` maps case names to the float64 reference outputs; ``criterion`` says which rule
-    decides (see the module docstring) and ``seq_axes`` which outputs are reported per time bucket.
     ``on_case(done)`` is called after each case, for progress displays. ``open_runner`` runs the model
     on another runtime instead (a module-level callable, so that it reaches a worker process:
     ``model -> runner`` with ``infer(feeds) -> outputs``; it raises
@@ -469,9 +466,8 @@ def verify_on_device(
     Never raises for a verification outcome: an unusable provider gives status ``unavailable`` with
     the reason, a mismatch or a run-time error gives ``failed`` with the details.
     """
+    tol, tf32, criterion = plan.tolerance(device), plan.tf32_for(device), plan.criterion
     provider = provider or PROVIDERS[device]
-    criterion = criterion or Criterion()
-    float64 = float64 or {}
     try:
         runner = open_runner(model) if open_runner else OrtRunner(create_session(model, device, tf32=tf32))
     except ProviderUnavailableError as exc:
@@ -489,22 +485,22 @@ def verify_on_device(
             criterion=criterion,
         )
     results = []
-    accumulator = ErrorAccumulator(seq_axes or {})
-    previous = {later: earlier for chain in chains or () for earlier, later in itertools.pairwise(chain)}
+    accumulator = ErrorAccumulator(plan.seq_axes)
+    previous = {later: earlier for chain in plan.chains for earlier, later in itertools.pairwise(chain)}
     returned: dict[str, Feeds] = {}
-    for case in cases:
+    for case in plan.cases:
         try:
             feeds = case.inputs
             if case.name in previous:
                 before = returned.get(previous[case.name])
                 if before is None:
                     raise RuntimeError(f"the call before it in its chain ({previous[case.name]}) did not run")
-                feeds = {**feeds, **{i: before[o] for o, i in (state_pairs or {}).items()}}
+                feeds = {**feeds, **{i: before[o] for o, i in plan.state_pairs.items()}}
             actual = runner.infer(feeds)
             returned[case.name] = actual
-            exact = float64.get(case.name)
+            exact = plan.float64.get(case.name)
             outputs = compare_outputs(
-                actual, case.outputs, tol, criterion=criterion, float64=exact, seq_axes=seq_axes
+                actual, case.outputs, tol, criterion=criterion, float64=exact, seq_axes=plan.seq_axes
             )
             accumulator.add(actual, case.outputs, exact)
             results.append(CaseResult(case.name, case.shapes, outputs))

@@ -25,13 +25,13 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rnnexport.feeds import Case
 from rnnexport.runtime import PROVIDERS, Device
-from rnnexport.runtime.compare import ProviderResult, Tolerance, verify_on_device
+from rnnexport.runtime.compare import ProviderResult, verify_on_device
+from rnnexport.runtime.plan import VerificationPlan
 
 __all__ = ["Progress", "Stopped", "run_bounded", "verify_with_deadline"]
 
@@ -168,27 +168,23 @@ def _converse(
 
 def verify_with_deadline(
     model: bytes | Path,
-    cases: Sequence[Case],
+    plan: VerificationPlan,
     *,
     device: Device,
-    tol: Tolerance,
-    tf32: bool,
     seconds: float,
     **options: Any,
 ) -> ProviderResult:
     """:func:`~rnnexport.runtime.compare.verify_on_device` in a child process killed after ``seconds``.
 
-    ``options`` (the rule, float64 references, sequence axes) go to ``verify_on_device`` unchanged.
-    ``model`` is the model's bytes, or the path of a model whose external data lies beside it (a
-    private copy: the child reads it from there).
+    ``plan`` and ``options`` (another runtime's ``open_runner`` and ``provider``) go to
+    ``verify_on_device`` unchanged. ``model`` is the model's bytes, or the path of a model whose
+    external data lies beside it (a private copy: the child reads it from there).
     A child that runs out of time, crashes or is killed gives a ``failed`` result with the reason;
     an interruption of the parent (Ctrl-C, SIGTERM) kills the child before it propagates.
     """
     provider = str(options.get("provider") or PROVIDERS[device])
     try:
-        result = run_bounded(
-            verify_on_device, model, cases, device=device, tol=tol, tf32=tf32, seconds=seconds, **options
-        )
+        result = run_bounded(verify_on_device, model, plan, device=device, seconds=seconds, **options)
     except Stopped as stopped:
         reason = (
             f"onnxruntime did not finish the test data within the time bound of {seconds:g} s and "
@@ -198,7 +194,9 @@ def verify_with_deadline(
             if stopped.timed_out
             else f"onnxruntime {stopped.how} while running the model ({stopped.last_words})"
         )
-        return ProviderResult(device, provider, "failed", tol, tf32, reason=reason)
+        return ProviderResult(
+            device, provider, "failed", plan.tolerance(device), plan.tf32_for(device), reason=reason
+        )
     assert isinstance(result, ProviderResult)
     return result
 
