@@ -34,7 +34,7 @@ from rnnexport.builder.pipeline import build, build_model_artifact
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import DEFAULT_LIMITS
 
-from .conftest import flat, run_cli
+from ..conftest import flat, run_cli
 
 DATA = "model.onnx.data"
 # Far below the smallest architecture's weights: every build with it takes the external-data path.

@@ -24,7 +24,7 @@ from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.runtime import bucketed_run, plan_buckets
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 # The smallest run that still exercises every part: two batches, two lengths, one round.
 QUICK = ["--batch", "1,2", "--seq", "1,3", "--rounds", "1", "--repeats", "2"]

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from safetensors.torch import save_file
 
-from .conftest import flat, run_cli
+from ..builder.test_stateful_initial import LSTM_IO, MODELS
+from ..conftest import flat, run_cli
 from .test_bench import QUICK
-from .test_streaming_initial import LSTM_IO, MODELS
 
 FAST = [*QUICK, "--no-settings", "--no-ragged", "--json"]
 

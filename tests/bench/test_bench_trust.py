@@ -31,8 +31,8 @@ from rnnexport.errors import ArtifactError
 from rnnexport.limits import DEFAULT_LIMITS, Limits
 from rnnexport.runtime.worker import Stopped, run_bounded
 
-from .conftest import run_cli
-from .test_trust import _external, _rehash, _running, plant_endless_model
+from ..conftest import run_cli
+from ..scenarios.test_trust import _external, _rehash, _running, plant_endless_model
 
 # The cheapest run that still times something: ONNX Runtime alone, two shapes, one round.
 QUICK = [

@@ -15,7 +15,7 @@ from rnnexport.cli import app
 from rnnexport.errors import InputError, UsageError
 from rnnexport.feeds import make_feeds, validate_feeds
 
-from .conftest import REPO
+from ..conftest import REPO
 
 cli = CliRunner()
 ZOO_FILE = REPO / "tests" / "zoo" / "models.py"

@@ -26,7 +26,7 @@ from rnnexport.registry import get_arch
 from rnnexport.runtime import probe_provider
 from rnnexport.spec import ArchConfig, Contract
 
-from .conftest import ARCH_NAMES, build_every_architecture
+from ..conftest import ARCH_NAMES, build_every_architecture
 
 cli = CliRunner()
 CUDA_HERE = probe_provider("cuda").available

@@ -32,8 +32,8 @@ from rnnexport.feeds import make_feeds
 from rnnexport.graph.simplify import simplify_onnx
 from rnnexport.registry import get_arch
 
-from .conftest import ARCH_NAMES
-from .test_zoo import ZOO
+from ..conftest import ARCH_NAMES
+from ..scenarios.test_zoo import ZOO
 
 cli = CliRunner()
 ATOL, RTOL = 2e-5, 1e-4

@@ -28,8 +28,8 @@ from rnnexport.builder.usermodel import instantiate, load_factory
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.spec import Contract, TensorSpec
 
-from .conftest import flat, run_cli
-from .test_readme import _block
+from ..conftest import flat, run_cli
+from ..scenarios.test_readme import _block
 
 # Written to a file, so that the CLI imports it as a user would (--model FILE.py:NAME).
 MODELS = '''

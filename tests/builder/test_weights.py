@@ -28,7 +28,7 @@ from rnnexport.errors import WeightsError
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
-from .conftest import flat, run_cli
+from ..conftest import flat, run_cli
 
 cli = CliRunner()
 

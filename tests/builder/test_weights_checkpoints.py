@@ -35,7 +35,7 @@ from rnnexport.errors import UsageError, WeightsError
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
-from .conftest import flat, run_cli
+from ..conftest import flat, run_cli
 
 cli = CliRunner()
 SPEC = get_arch("many-to-many")

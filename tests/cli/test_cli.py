@@ -17,7 +17,7 @@ from rnnexport.artifact import MANIFEST
 from rnnexport.cli import app
 from rnnexport.text import visible
 
-from .conftest import ARCH_NAMES
+from ..conftest import ARCH_NAMES
 
 cli = CliRunner()
 

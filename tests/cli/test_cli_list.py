@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from rnnexport.cli import app
 
-from .conftest import ARCH_NAMES
+from ..conftest import ARCH_NAMES
 
 runner = CliRunner()
 

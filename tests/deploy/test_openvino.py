@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from rnnexport.artifact import verify_artifact
 from rnnexport.cli import app
 
-from .conftest import import_or_skip
+from ..conftest import import_or_skip
 
 ov = import_or_skip(
     "openvino",

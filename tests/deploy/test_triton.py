@@ -19,7 +19,7 @@ from rnnexport.errors import UsageError
 from rnnexport.spec import Contract, TensorSpec
 from rnnexport.streaming import InitialTensor, StateSpec, Streaming
 
-from .conftest import import_or_skip
+from ..conftest import import_or_skip
 
 model_config_pb2 = import_or_skip(
     "tritonclient.grpc.model_config_pb2", reason="the 'triton' extra (tritonclient[grpc]) is not installed"

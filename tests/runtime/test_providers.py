@@ -17,7 +17,7 @@ from rnnexport.feeds import Case
 from rnnexport.runtime import create_session, probe_provider
 from rnnexport.runtime.compare import Tolerance, verify_on_device
 
-from .test_contract import _model
+from ..graph.test_contract import _model
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from rnnexport.artifact import MANIFEST
 from rnnexport.builder import pipeline
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -30,7 +30,7 @@ from rnnexport.limits import Limits
 from rnnexport.safeio import loads_strict, read_bounded
 from rnnexport.text import capped, first_of
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 
 def _flat(result: Result | subprocess.CompletedProcess[str]) -> str:

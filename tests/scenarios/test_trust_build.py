@@ -27,7 +27,7 @@ from rnnexport.limits import Limits
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
-from .conftest import ARCH_NAMES, REPO, flat, run_cli
+from ..conftest import ARCH_NAMES, REPO, flat, run_cli
 
 
 def _python(script: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:

@@ -30,15 +30,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from typer.testing import Result
 
-from .conftest import REPO, flat, run_cli
-from .userzoo.autoencoder import Encoder, LSTMAutoencoder
-from .userzoo.helper import train
-from .userzoo.kws import KWSCRNN
-from .userzoo.outputs import DataclassEncoder, NamedTupleTagger, SpeakerGRU
-from .userzoo.sentiment import PAD, SentimentLSTM
-from .userzoo.seq2seq import Seq2SeqEncoder
-from .userzoo.tagger import FrameTagger
-from .userzoo.tutorial import BiRNN
+from ..conftest import REPO, flat, run_cli
+from ..userzoo.autoencoder import Encoder, LSTMAutoencoder
+from ..userzoo.helper import train
+from ..userzoo.kws import KWSCRNN
+from ..userzoo.outputs import DataclassEncoder, NamedTupleTagger, SpeakerGRU
+from ..userzoo.sentiment import PAD, SentimentLSTM
+from ..userzoo.seq2seq import Seq2SeqEncoder
+from ..userzoo.tagger import FrameTagger
+from ..userzoo.tutorial import BiRNN
 
 USERZOO = REPO / "tests" / "userzoo"
 # Shapes no build uses: the trace is batch 2 x seq 3; the sweep batch 1/3/16 x seq 1/7/64/257 and

@@ -25,8 +25,8 @@ from rnnexport.artifact import verify_artifact
 from rnnexport.cli import app
 from rnnexport.runtime import probe_provider
 
-from .conftest import REPO
-from .zoo import models
+from ..conftest import REPO
+from ..zoo import models
 
 cli = CliRunner()
 ZOO_FILE = REPO / "tests" / "zoo" / "models.py"
