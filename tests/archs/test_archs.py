@@ -12,7 +12,7 @@ from rnnexport.feeds import make_feeds
 from rnnexport.registry import get_arch, list_architectures
 from rnnexport.spec import ArchConfig
 
-from ..conftest import ARCH_NAMES, MASKED, PER_STEP
+from ..helpers import ARCH_NAMES, MASKED, PER_STEP
 
 # Facts taken from the reference articles, computed by hand (not by the code under test). Every
 # registered architecture must appear here: the meta-test below fails otherwise.

@@ -14,8 +14,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,25 +32,11 @@ from rnnexport.builder.pipeline import build, build_model_artifact
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import DEFAULT_LIMITS
 
-from ..conftest import flat, run_cli
+from ..helpers import cli_in_child, flat, rehash, run_cli
 
 DATA = "model.onnx.data"
 # Far below the smallest architecture's weights: every build with it takes the external-data path.
 TINY = dataclasses.replace(DEFAULT_LIMITS, inline_model_bytes=1000)
-
-
-def _subprocess_cli(
-    *args: str, torch_free: bool = False, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """The real entry point in a child: a blocked open() shows as a timeout, not a hung suite."""
-    code = (
-        "import sys\n"
-        + ("sys.modules['torch'] = None\n" if torch_free else "")
-        + "from rnnexport.cli import main\nsys.argv = ['rnnexport', *sys.argv[1:]]\nmain()\n"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +50,13 @@ def _structure(folder: Path) -> onnx.ModelProto:
     return onnx.load_from_string((folder / "model.onnx").read_bytes())  # references, not the data
 
 
-def _rehash(folder: Path) -> None:
-    """Make the manifest's hashes agree with the folder again, as an attacker who edits both would."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for name in manifest["files"]:
-        path = folder / name
-        if path.is_file() and not path.is_symlink():
-            manifest["files"][name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
 def _edit_references(folder: Path, edit: Callable[[TensorProto], object]) -> str:
     """Apply ``edit`` to the first external initializer of model.onnx, rehash; return its name."""
     model = _structure(folder)
     tensor = next(t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL)
     edit(tensor)
     (folder / "model.onnx").write_bytes(model.SerializeToString())
-    _rehash(folder)
+    rehash(folder)
     return str(tensor.name)
 
 
@@ -154,7 +128,7 @@ def test_an_external_data_artifact_verifies_and_says_so(folder: Path) -> None:
 
 
 def test_an_external_data_artifact_verifies_without_torch(folder: Path) -> None:
-    result = _subprocess_cli("verify", str(folder), "--device", "cpu", "--json", torch_free=True)
+    result = cli_in_child("verify", str(folder), "--device", "cpu", "--json", torch_free=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["passed"] is True
 
@@ -276,7 +250,7 @@ def test_a_reference_to_any_other_file_is_refused_and_never_opened(
     os.mkfifo(absolute)
     location = str(absolute) if location == "ABSOLUTE" else location
     _edit_references(folder, lambda t: _set(t, "location", location))
-    result = _subprocess_cli("verify", str(folder), "--device", "cpu", timeout=60)
+    result = cli_in_child("verify", str(folder), "--device", "cpu", timeout=60)
     output = flat(result.stderr)
     assert result.returncode == 1, output
     assert f"points at external data '{location}'" in output
@@ -321,14 +295,14 @@ def test_a_reference_in_a_node_attribute_is_refused_even_to_the_data_file(folder
     model = _structure(folder)
     hide_in_constant(model)
     (folder / "model.onnx").write_bytes(model.SerializeToString())
-    _rehash(folder)
+    rehash(folder)
     _refused(folder, f"points at external data '{DATA}' (a side file); it was not read")
 
 
 def test_a_manifest_listing_a_data_file_the_model_does_not_use_is_refused(folder: Path) -> None:
     model = onnx.load(str(folder / "model.onnx"))  # the data pulled back inline
     (folder / "model.onnx").write_bytes(model.SerializeToString())
-    _rehash(folder)
+    rehash(folder)
     _refused(folder, f"lists {DATA}, but no tensor of model.onnx refers to it")
 
 

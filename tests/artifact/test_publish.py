@@ -28,7 +28,7 @@ from rnnexport.builder import stateful
 from rnnexport.builder.pipeline import build, build_model_artifact
 from rnnexport.errors import ArtifactError, UsageError
 
-from ..conftest import flat, run_cli
+from ..helpers import flat, run_cli
 
 SIZES = {"input_size": 3, "hidden_size": 8, "output_size": 2}
 IO = {

@@ -7,21 +7,17 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from rnnexport.artifact import MANIFEST, verify_artifact
 from rnnexport.builder.pipeline import build
-from rnnexport.cli import app
 from rnnexport.errors import ArtifactError
 
-cli = CliRunner()
+from ..helpers import run_cli, run_without_torch
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def test_untouched_artifact_verifies(artifact: Path) -> None:
     assert cpu.provider == "CPUExecutionProvider"
     assert cpu.status == "passed"
     assert len(cpu.cases) == 4  # seq 1, (3, 7), (3, 257), (3, 1000)
-    result = cli.invoke(app, ["verify", str(artifact), "--device", "cpu", "--json"])
+    result = run_cli("verify", str(artifact), "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["providers"]["CPUExecutionProvider"]["status"] == "passed"
 
@@ -55,7 +51,7 @@ def test_one_byte_change_in_model_is_caught_and_named(artifact: Path) -> None:
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01
     model.write_bytes(bytes(data))
-    result = cli.invoke(app, ["verify", str(artifact)])
+    result = run_cli("verify", str(artifact))
     assert result.exit_code == 1
     assert "'model.onnx' was modified" in result.output
     assert "Traceback" not in result.output
@@ -70,7 +66,7 @@ def test_changed_test_data_is_caught(artifact: Path) -> None:
 def test_unlisted_model_and_missing_files_are_reported(artifact: Path) -> None:
     shutil.copy(artifact / "model.onnx", artifact / "model.int8.onnx")
     (artifact / "test_data_set_0" / "input_1.pb").unlink()
-    result = cli.invoke(app, ["verify", str(artifact)])
+    result = run_cli("verify", str(artifact))
     assert result.exit_code == 1
     output = " ".join(result.output.split())
     assert "'model.int8.onnx' is a model file the manifest does not list (refused" in output
@@ -88,14 +84,14 @@ def test_stray_files_pass_with_a_warning_naming_each(artifact: Path) -> None:
     report = verify_artifact(artifact, device="cpu")
     assert report.passed
     assert report.unlisted == sorted(STRAYS)
-    result = cli.invoke(app, ["verify", str(artifact), "--device", "cpu"])
+    result = run_cli("verify", str(artifact), "--device", "cpu")
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "warning: 5 file(s) in the folder are not in the manifest and were not verified" in output
     for name in STRAYS:
         assert f"'{name}'" in output
     assert "passed:" in output
-    data = json.loads(cli.invoke(app, ["verify", str(artifact), "--device", "cpu", "--json"]).stdout)
+    data = json.loads(run_cli("verify", str(artifact), "--device", "cpu", "--json").stdout)
     assert data["passed"] is True
     assert data["unlisted"] == sorted(STRAYS)
     assert data["unlisted_more"] == 0
@@ -105,7 +101,7 @@ def test_many_stray_files_are_named_up_to_a_cap(artifact: Path) -> None:
     names = sorted(f"stray-{k:02d}.txt" for k in range(27))
     for name in names:
         (artifact / name).write_text("x")
-    result = cli.invoke(app, ["verify", str(artifact), "--device", "cpu", "--json"])
+    result = run_cli("verify", str(artifact), "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["unlisted"] == names[:20]
@@ -118,7 +114,7 @@ def test_many_stray_files_are_named_up_to_a_cap(artifact: Path) -> None:
 
 def test_a_stray_file_name_reaches_the_terminal_escaped(artifact: Path) -> None:
     (artifact / "evil\x1b[2J.txt").write_text("x")
-    result = cli.invoke(app, ["verify", str(artifact), "--device", "cpu"])
+    result = run_cli("verify", str(artifact), "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "\x1b[2J" not in result.output
     assert "'evil\\x1b[2J.txt'" in result.output
@@ -141,7 +137,7 @@ def test_an_unlisted_model_file_is_refused_beside_strays(artifact: Path, name: s
         verify_artifact(artifact, device="cpu")
     assert expected in str(info.value)
     assert ".DS_Store" not in str(info.value)  # harmless: not a reason to refuse
-    result = cli.invoke(app, ["verify", str(artifact), "--device", "cpu"])
+    result = run_cli("verify", str(artifact), "--device", "cpu")
     assert result.exit_code == 1
     assert "passed:" not in result.output
 
@@ -190,10 +186,10 @@ def test_external_data_the_manifest_records_but_does_not_list_is_refused(artifac
 
 
 def test_not_an_artifact(tmp_path: Path) -> None:
-    result = cli.invoke(app, ["verify", str(tmp_path)])
+    result = run_cli("verify", str(tmp_path))
     assert result.exit_code == 1
     assert "not an rnnexport artifact" in result.output
-    missing = cli.invoke(app, ["verify", str(tmp_path / "nope")])
+    missing = run_cli("verify", str(tmp_path / "nope"))
     assert missing.exit_code == 2
     assert "is not a folder" in missing.output
 
@@ -201,12 +197,11 @@ def test_not_an_artifact(tmp_path: Path) -> None:
 def test_verify_needs_no_torch(artifact: Path) -> None:
     # torch made unimportable: `import torch` raises ImportError anywhere on this path.
     code = (
-        "import sys; sys.modules['torch'] = None\n"
         "from rnnexport.cli import main\n"
         f"sys.argv = ['rnnexport', 'verify', {str(artifact)!r}, '--device', 'cpu']\n"
         "main()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = run_without_torch(code)
     assert result.returncode == 0, result.stderr
     assert "passed" in result.stderr
     assert "Traceback" not in result.stderr

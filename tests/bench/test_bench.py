@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.runtime import bucketed_run, plan_buckets
 
-from ..conftest import run_cli
+from ..helpers import run_cli, run_without_torch
 
 # The smallest run that still exercises every part: two batches, two lengths, one round.
 QUICK = ["--batch", "1,2", "--seq", "1,3", "--rounds", "1", "--repeats", "2"]
@@ -109,12 +108,11 @@ def test_bench_table_without_json(masked: Path) -> None:
 
 def test_bench_works_without_torch(masked: Path) -> None:
     code = (
-        "import sys; sys.modules['torch'] = None\n"
         "from rnnexport.cli import main\n"
         f"sys.argv = ['rnnexport', 'bench', {str(masked)!r}, *{QUICK!r}, '--json']\n"
         "main()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = run_without_torch(code)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     data = json.loads(result.stdout)

@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import save_file
 
 from ..builder.test_stateful_initial import LSTM_IO, MODELS
-from ..conftest import flat, run_cli
+from ..helpers import flat, run_cli
 from .test_bench import QUICK
 
 FAST = [*QUICK, "--no-settings", "--no-ragged", "--json"]

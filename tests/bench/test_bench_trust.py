@@ -31,33 +31,13 @@ from rnnexport.errors import ArtifactError
 from rnnexport.limits import DEFAULT_LIMITS, Limits
 from rnnexport.runtime.worker import Stopped, run_bounded
 
-from ..conftest import run_cli
-from ..scenarios.test_trust import _external, _rehash, _running, plant_endless_model
+from ..helpers import ENTRY, cli_in_child, flat, make_external, plant_endless_model, rehash, run_cli, running
 
 # The cheapest run that still times something: ONNX Runtime alone, two shapes, one round.
 QUICK = [
     "--batch", "1", "--seq", "1,3", "--rounds", "1", "--repeats", "2",
     "--no-settings", "--no-ragged", "--no-eager", "--no-plain",
 ]  # fmt: skip
-ENTRY = "import sys\nfrom rnnexport.cli import main\nsys.argv = ['rnnexport', *sys.argv[1:]]\nmain()\n"
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _subprocess_cli(
-    *args: str, timeout: float = 120, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """The real entry point in a child process, for cases that could hang."""
-    return subprocess.run(
-        [sys.executable, "-c", ENTRY, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +65,12 @@ def _edit_model(folder: Path, edit: object) -> None:
     assert callable(edit)
     edit(model)
     (folder / "model.onnx").write_bytes(model.SerializeToString())
-    _rehash(folder)
+    rehash(folder)
 
 
 def _refused(folder: Path, *expected: str, code: int = 1, options: tuple[str, ...] = ()) -> str:
     result = run_cli("bench", str(folder), *QUICK, *options)
-    output = _flat(result.output)
+    output = flat(result.output)
     assert result.exit_code == code, output
     for text in expected:
         assert text in output
@@ -104,9 +84,9 @@ def _refused(folder: Path, *expected: str, code: int = 1, options: tuple[str, ..
 def test_a_fifo_at_manifest_json_is_refused_at_once(folder: Path, tmp_path: Path) -> None:
     (folder / MANIFEST).rename(tmp_path / "real.json")
     os.mkfifo(folder / MANIFEST)  # opening it would block forever
-    result = _subprocess_cli("bench", str(folder), *QUICK, timeout=60)
+    result = cli_in_child("bench", str(folder), *QUICK, timeout=60)
     assert result.returncode == 1
-    assert "expected a plain file manifest.json in it, found a FIFO (named pipe)" in _flat(result.stderr)
+    assert "expected a plain file manifest.json in it, found a FIFO (named pipe)" in flat(result.stderr)
     assert "Traceback" not in result.stderr
 
 
@@ -136,7 +116,7 @@ def _weights_outside(folder: Path, location: str) -> bytes:
     def edit(model: onnx.ModelProto) -> None:
         biggest = max(model.graph.initializer, key=lambda t: len(t.raw_data))
         saved["data"] = biggest.raw_data
-        _external(biggest, location)
+        make_external(biggest, location)
         for entry in biggest.external_data:
             if entry.key == "length":
                 entry.value = str(len(saved["data"]))
@@ -178,7 +158,7 @@ def test_a_listed_weights_file_is_read_from_the_private_copy_never_the_cwd(
         os.mkfifo(cwd / "model.onnx.data")  # opening it would block: a pass shows it was never opened
     else:
         (cwd / "model.onnx.data").write_bytes(bytes(size))
-    result = _subprocess_cli("bench", str(folder), *QUICK, "--json", cwd=cwd)
+    result = cli_in_child("bench", str(folder), *QUICK, "--json", cwd=cwd)
     assert result.returncode == 0, result.stderr
     [node] = json.loads(result.stdout)["runtimes"]["onnxruntime"]["recurrent_nodes"]
     # The verified weights, not the zeros beside the caller.
@@ -205,7 +185,7 @@ def test_an_endless_loop_is_stopped_at_the_bound_derived_from_the_grid(folder: P
         run_bench(
             folder, shapes=[(1, 1)], runtimes=["onnxruntime"], settings=False, ragged=False, limits=limits
         )
-    message = _flat(str(caught.value))
+    message = flat(str(caught.value))
     # 0.5 s of burst + 5 ms of pause + 4 calls of 0.25 s (and 1e-9 s per byte, row and step).
     assert "did not finish 'batch 1, seq 1' within the time bound of 1.51 s (derived from the grid" in message
     assert "plus 4 calls of at most 0.25 s at batch 1, seq 1" in message
@@ -232,7 +212,7 @@ def test_an_enormous_grid_is_refused_up_front_with_the_numbers(folder: Path) -> 
     assert manifest["inputs"][0]["shape"][:2] == ["batch", "seq"]
     needed = 10**12 * sum(features) * 4  # float32, every tensor [batch, seq, n]
     result = run_cli("bench", str(folder), "--batch", "1000000", "--seq", "1000000")
-    output = _flat(result.output)
+    output = flat(result.output)
     assert result.exit_code == 2, output
     assert f"--batch 1000000 with --seq 1000000 needs {needed / 2**30:.0f} GiB" in output
     assert "over the bound of 4 GiB" in output
@@ -267,7 +247,7 @@ def test_record_into_a_read_only_artifact_is_refused_before_measuring(shipped: P
         before = (folder / MANIFEST).read_bytes()
         with _read_only(folder):
             result = run_cli("bench", str(folder), *QUICK, "--record")
-        output = _flat(result.output)
+        output = flat(result.output)
         assert result.exit_code == 2, output
         assert (
             f"--record writes bench.json into {folder} and lists it in the manifest, but the folder "
@@ -295,9 +275,9 @@ def test_sigterm_stops_bench_like_a_build(folder: Path) -> None:
     process.terminate()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143  # what a build exits with on SIGTERM
-    assert "interrupted: SIGTERM stopped the run before it finished" in _flat(stderr)
+    assert "interrupted: SIGTERM stopped the run before it finished" in flat(stderr)
     assert "Traceback" not in stderr
-    while _running(child):  # killed by its parent; wait (bounded) for the kernel to reap it
+    while running(child):  # killed by its parent; wait (bounded) for the kernel to reap it
         assert time.monotonic() < deadline, "the onnxruntime child outlived the interrupted bench"
         time.sleep(0.05)
 

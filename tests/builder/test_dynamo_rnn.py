@@ -29,7 +29,7 @@ from rnnexport.errors import ContractError, ExportError
 from rnnexport.graph.contract import check_contract, graph_problems
 from rnnexport.spec import Contract, TensorSpec
 
-from ..conftest import REPO
+from ..helpers import REPO
 
 # -- the graph guards, on hand-written graphs ------------------------------------------------------
 

@@ -30,7 +30,7 @@ from rnnexport.limits import DEFAULT_LIMITS
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
-from ..conftest import flat, run_cli
+from ..helpers import flat, run_cli
 
 FIRST, SECOND = AUTO_ORDER
 ARCH = "parallel-gru"  # small, and a GRU: the graph check on linear_before_reset applies

@@ -17,7 +17,7 @@ from rnnexport.builder.reference import TorchRunner, build_model
 from rnnexport.errors import GoldenError
 from rnnexport.registry import get_arch
 
-from ..conftest import ARCH_NAMES, REPO
+from ..helpers import ARCH_NAMES, REPO
 
 
 @pytest.mark.parametrize("arch", ARCH_NAMES)

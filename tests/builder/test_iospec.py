@@ -8,16 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from rnnexport.builder.iospec import parse_io
-from rnnexport.cli import app
 from rnnexport.errors import InputError, UsageError
 from rnnexport.feeds import make_feeds, validate_feeds
 
-from ..conftest import REPO
+from ..helpers import REPO, rehash, run_cli
 
-cli = CliRunner()
 ZOO_FILE = REPO / "tests" / "zoo" / "models.py"
 GOOD: dict[str, Any] = {
     "inputs": [
@@ -104,7 +101,7 @@ def _build(tmp_path: Path, target: str, io: Any, *extra: str) -> tuple[int, str]
     io_path.write_text(io if isinstance(io, str) else json.dumps(io))
     out = tmp_path / "out"
     args = ["build", "--model", target, "--io", str(io_path), "--out", str(out), "--device", "cpu", *extra]
-    result = cli.invoke(app, args)
+    result = run_cli(*args)
     assert not out.exists(), "a refused build must leave nothing on disk"
     return result.exit_code, " ".join(result.output.split())
 
@@ -162,7 +159,7 @@ def test_extra_output_is_reported(tmp_path: Path) -> None:
 
 
 def test_model_options_do_not_mix_with_arch(tmp_path: Path) -> None:
-    result = cli.invoke(app, ["build", "--arch", "attention", "--model", f"{ZOO_FILE}:Tagger"])
+    result = run_cli("build", "--arch", "attention", "--model", f"{ZOO_FILE}:Tagger")
     assert result.exit_code == 2
     assert "goes with --io" in " ".join(result.output.split())
     bad_config = tmp_path / "kwargs.json"
@@ -273,16 +270,6 @@ def test_generated_padding_stays_inside_the_range() -> None:
         validate_feeds(contract, feeds, origin="generated")
 
 
-def _rehash(folder: Path) -> None:
-    import hashlib
-
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"] = {
-        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in manifest["files"]
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_inputs_padded_with_zero_under_a_range_from_one_build_ship_and_verify(tmp_path: Path) -> None:
     from onnx import numpy_helper
 
@@ -299,12 +286,12 @@ def test_inputs_padded_with_zero_under_a_range_from_one_build_ship_and_verify(tm
     common = ["--io", str(tmp_path / "io.json"), "--out", str(out), "--device", "cpu"]
     model = f"{tmp_path / 'models.py'}:PaddedTagger"
 
-    refused = cli.invoke(app, ["build", "--model", model, *common, "--inputs", str(tmp_path / "bad.npz")])
+    refused = run_cli("build", "--model", model, *common, "--inputs", str(tmp_path / "bad.npz"))
     assert refused.exit_code == 2, refused.output
     assert "for example 0 at row 1, step 1" in " ".join(refused.output.split())
     assert not out.exists()
 
-    built = cli.invoke(app, ["build", "--model", model, *common, "--inputs", str(tmp_path / "padded.npz")])
+    built = run_cli("build", "--model", model, *common, "--inputs", str(tmp_path / "padded.npz"))
     assert built.exit_code == 0, built.output
     folder = out / "paddedtagger"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -317,7 +304,7 @@ def test_inputs_padded_with_zero_under_a_range_from_one_build_ship_and_verify(tm
     tensor = _tensor_at(folder / user / "input_0.pb")
     tensor.CopyFrom(numpy_helper.from_array(bad, name="input_ids"))
     (folder / user / "input_0.pb").write_bytes(tensor.SerializeToString())
-    _rehash(folder)
+    rehash(folder)
     with pytest.raises(ArtifactError, match=r"for example 0 at row 1, step 1"):
         verify_artifact(folder, device="cpu")
 

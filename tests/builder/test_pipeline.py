@@ -14,21 +14,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from rnnexport.artifact import read_test_data
 from rnnexport.builder.export import AUTO_ORDER
 from rnnexport.builder.golden import load_golden
 from rnnexport.builder.pipeline import build
 from rnnexport.builder.reference import TorchRunner, build_model
-from rnnexport.cli import app
 from rnnexport.registry import get_arch
 from rnnexport.runtime import probe_provider
 from rnnexport.spec import ArchConfig, Contract
 
-from ..conftest import ARCH_NAMES, build_every_architecture
+from ..helpers import ARCH_NAMES, build_every_architecture, run_cli
 
-cli = CliRunner()
 CUDA_HERE = probe_provider("cuda").available
 
 
@@ -127,24 +124,22 @@ def test_model_is_single_file_self_describing_and_dynamic(artifacts: Path, arch:
 
 
 def test_cli_build_json_and_exit_codes(tmp_path: Path) -> None:
-    result = cli.invoke(
-        app, ["build", "--arch", "attention", "--out", str(tmp_path), "--device", "cpu", "--json"]
-    )
+    result = run_cli("build", "--arch", "attention", "--out", str(tmp_path), "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["passed"] is True
     [entry] = summary["artifacts"]
     assert entry["providers"]["CPUExecutionProvider"]["status"] == "passed"
-    auto = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path / "b"), "--device", "auto"])
+    auto = run_cli("build", "--arch", "attention", "--out", str(tmp_path / "b"), "--device", "auto")
     assert auto.exit_code == 0, auto.output
-    usage = cli.invoke(app, ["build", "--out", str(tmp_path)])
+    usage = run_cli("build", "--out", str(tmp_path))
     assert usage.exit_code == 2
     assert "exactly one of --arch NAME, --all or --model" in " ".join(usage.output.split())
 
 
 @pytest.mark.skipif(CUDA_HERE, reason="this machine has a working CUDA provider")
 def test_device_cuda_without_cuda_exits_1(tmp_path: Path) -> None:
-    result = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path), "--device", "cuda"])
+    result = run_cli("build", "--arch", "attention", "--out", str(tmp_path), "--device", "cuda")
     assert result.exit_code == 1
     assert "CUDA is unavailable here" in result.output
     assert "--device cpu" in result.output
@@ -154,23 +149,20 @@ def test_device_cuda_without_cuda_exits_1(tmp_path: Path) -> None:
 def test_failed_verification_ships_nothing(tmp_path: Path) -> None:
     # A zero tolerance cannot be met by float32 arithmetic in a different order: a real failure. (The
     # oracle rule would still allow 4x PyTorch float32's own error, so the plain rule is asked for.)
-    result = cli.invoke(
-        app,
-        [
-            "build",
-            "--arch",
-            "many-to-many",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "--atol",
-            "0",
-            "--rtol",
-            "0",
-            "--rule",
-            "tolerance",
-        ],
+    result = run_cli(
+        "build",
+        "--arch",
+        "many-to-many",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--atol",
+        "0",
+        "--rtol",
+        "0",
+        "--rule",
+        "tolerance",
     )
     assert result.exit_code == 1
     assert "did not pass, so nothing was shipped" in result.output

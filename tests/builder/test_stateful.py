@@ -18,7 +18,6 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import rnnexport
 from rnnexport.artifact import MANIFEST, verify_artifact
@@ -26,16 +25,14 @@ from rnnexport.builder.export import export_onnx
 from rnnexport.builder.iospec import read_io
 from rnnexport.builder.reference import build_model
 from rnnexport.builder.stateful import make_streaming
-from rnnexport.cli import app
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.feeds import make_feeds
 from rnnexport.graph.simplify import simplify_onnx
 from rnnexport.registry import get_arch
 
-from ..conftest import ARCH_NAMES
+from ..helpers import ARCH_NAMES, run_cli, run_without_torch
 from ..scenarios.test_zoo import ZOO
 
-cli = CliRunner()
 ATOL, RTOL = 2e-5, 1e-4
 T = 13
 # Chunkings of T steps: single steps, even k, uneven, the whole sequence.
@@ -265,7 +262,7 @@ def test_cli_refuses_a_bidirectional_model_with_exit_2(tmp_path: Path) -> None:
     io.write_text(json.dumps(ZOO["tagger"].io))
     out = tmp_path / "dist"
     target = "tests.zoo.models:Tagger"
-    result = cli.invoke(app, ["build", "--model", target, "--io", str(io), "--out", str(out), "--streaming"])
+    result = run_cli("build", "--model", target, "--io", str(io), "--out", str(out), "--streaming")
     assert result.exit_code == 2, result.output
     assert "bidirectional" in result.output
     assert "Traceback" not in result.output
@@ -277,7 +274,7 @@ def test_cli_builds_a_streaming_user_model(tmp_path: Path) -> None:
     io.write_text(json.dumps(ZOO["dropout-rnn"].io))
     out = tmp_path / "dist"
     args = ["build", "--model", "tests.zoo.models:DropoutRNN", "--io", str(io), "--out", str(out)]
-    result = cli.invoke(app, [*args, "--streaming", "--device", "cpu"])
+    result = run_cli(*args, "--streaming", "--device", "cpu")
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "dropoutrnn" / MANIFEST).read_text())
     assert manifest["streaming"]["states"][0]["input"] == "state_in.rnn.h"
@@ -285,18 +282,8 @@ def test_cli_builds_a_streaming_user_model(tmp_path: Path) -> None:
 
 
 def test_streaming_refuses_variants(tmp_path: Path) -> None:
-    result = cli.invoke(
-        app,
-        [
-            "build",
-            "--arch",
-            "many-to-many",
-            "--streaming",
-            "--precision",
-            "fp32,fp16",
-            "--out",
-            str(tmp_path),
-        ],
+    result = run_cli(
+        "build", "--arch", "many-to-many", "--streaming", "--precision", "fp32,fp16", "--out", str(tmp_path)
     )
     assert result.exit_code == 2, result.output
     assert "float32 only" in result.output
@@ -305,9 +292,7 @@ def test_streaming_refuses_variants(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def attention_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stream")
-    result = cli.invoke(
-        app, ["build", "--arch", "attention", "--streaming", "--out", str(out), "--device", "cpu"]
-    )
+    result = run_cli("build", "--arch", "attention", "--streaming", "--out", str(out), "--device", "cpu")
     assert result.exit_code == 0, result.output
     return out / "attention"
 
@@ -370,15 +355,12 @@ def test_verify_replays_the_chain_with_its_own_state(attention_artifact: Path, t
 
 
 def test_verify_of_a_streaming_artifact_needs_no_torch(attention_artifact: Path) -> None:
-    import subprocess
-    import sys
 
     code = (
-        "import sys; sys.modules['torch'] = None\n"
         "from rnnexport.artifact import verify_artifact\n"
         f"assert verify_artifact({str(attention_artifact)!r}, device='cpu').passed\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = run_without_torch(code)
     assert result.returncode == 0, result.stderr
 
 

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from rnnexport.builder.usermodel import load_factory
 
-from ..conftest import REPO, flat, run_cli
+from ..helpers import REPO, flat, run_cli
 
 # Shapes no build uses: the trace is batch 2 x seq 3, the sweep batch 1/3/16 x seq 1/7/64/257.
 NEW_SHAPES = ((5, 11), (2, 40))

@@ -17,20 +17,17 @@ import onnxruntime as ort
 import pytest
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import rnnexport
 from rnnexport.builder.reference import build_model
 from rnnexport.builder.usermodel import load_user_weights
 from rnnexport.builder.weights import load_state_dict, read_checkpoint
-from rnnexport.cli import app
 from rnnexport.errors import WeightsError
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
-from ..conftest import flat, run_cli
-
-cli = CliRunner()
+from ..helpers import flat, run_cli
 
 
 def _train(arch: str, config: ArchConfig, steps: int = 15) -> torch.nn.Module:
@@ -50,10 +47,7 @@ def _train(arch: str, config: ArchConfig, steps: int = 15) -> torch.nn.Module:
 
 
 def _invoke(*args: str) -> Result:
-    result = cli.invoke(app, ["build", *args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    return result
+    return run_cli("build", *args)
 
 
 @pytest.mark.parametrize("arch", ["parallel-gru", "attention"])
@@ -63,8 +57,8 @@ def test_trained_checkpoint_builds_verifies_and_matches(arch: str, tmp_path: Pat
     checkpoint = tmp_path / "trained.pt"
     torch.save(model.state_dict(), checkpoint)
     out = tmp_path / "dist"
-    result = cli.invoke(
-        app, ["build", "--arch", arch, "--weights", str(checkpoint), "--out", str(out), "--device", "cpu"]
+    result = run_cli(
+        "build", "--arch", arch, "--weights", str(checkpoint), "--out", str(out), "--device", "cpu"
     )
     assert result.exit_code == 0, result.output
     inferred = ["input_size=6", "hidden_size=24"] + (
@@ -77,7 +71,7 @@ def test_trained_checkpoint_builds_verifies_and_matches(arch: str, tmp_path: Pat
     assert manifest["weights"]["source"] == "user"
     assert manifest["weights"]["sha256"] == __import__("hashlib").sha256(checkpoint.read_bytes()).hexdigest()
     assert "eager PyTorch" in manifest["weights"]["references"]
-    assert cli.invoke(app, ["verify", str(out / arch), "--device", "cpu"]).exit_code == 0
+    assert run_cli("verify", str(out / arch), "--device", "cpu").exit_code == 0
 
     session = ort.InferenceSession(str(out / arch / "model.onnx"), providers=["CPUExecutionProvider"])
     for batch, seq in ((1, 1), (5, 33), (2, 300)):

@@ -19,7 +19,7 @@ import safetensors
 import safetensors.torch
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import rnnexport
 from rnnexport.builder.reference import build_model
@@ -30,14 +30,12 @@ from rnnexport.builder.weights import (
     load_state_dict,
     read_checkpoint,
 )
-from rnnexport.cli import app
 from rnnexport.errors import UsageError, WeightsError
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
-from ..conftest import flat, run_cli
+from ..helpers import flat, run_cli
 
-cli = CliRunner()
 SPEC = get_arch("many-to-many")
 
 
@@ -46,7 +44,7 @@ def _state(arch: str = "many-to-many", seed: int = 0) -> dict[str, torch.Tensor]
 
 
 def _build(*args: str) -> Result:
-    result = cli.invoke(app, ["build", *args])
+    result = run_cli("build", *args)
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result

@@ -11,32 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx import numpy_helper
-from typer.testing import CliRunner, Result
 
 from rnnexport.artifact import MANIFEST
-from rnnexport.cli import app
 from rnnexport.text import visible
 
-from ..conftest import ARCH_NAMES
-
-cli = CliRunner()
-
-
-def _run(*args: str, env: dict[str, str] | None = None) -> Result:
-    result = cli.invoke(app, list(args), env=env)
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
+from ..helpers import ARCH_NAMES, flat, run_cli, run_without_torch
 
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("shipped")
-    assert _run("build", "--arch", "attention", "--out", str(out), "--device", "cpu").exit_code == 0
+    assert run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu").exit_code == 0
     return out / "attention"
 
 
@@ -45,7 +30,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("command", [[], ["build"], ["verify"], ["list"]])
 def test_help_has_no_type_placeholders_for_flags_and_answers_to_h(command: list[str]) -> None:
-    result = _run(*command, "-h", env={"COLUMNS": "80"})
+    result = run_cli(*command, "-h", env={"COLUMNS": "80"})
     assert result.exit_code == 0
     assert "Usage:" in result.output
     assert "<bool>" not in result.output
@@ -53,28 +38,25 @@ def test_help_has_no_type_placeholders_for_flags_and_answers_to_h(command: list[
         assert "--force" in result.output
         assert "--quiet" in result.output
         # The exporter choice and its fallback are explained where the option is.
-        assert "auto tries the one measured better first and falls back to the other" in _flat(result.output)
-        assert "[default: auto]" in _flat(result.output)
+        assert "auto tries the one measured better first and falls back to the other" in flat(result.output)
+        assert "[default: auto]" in flat(result.output)
 
 
 def test_list_never_wraps_a_name_and_names_the_articles() -> None:
     for columns in ("80", "120"):
-        result = _run("list", env={"COLUMNS": columns})
+        result = run_cli("list", env={"COLUMNS": columns})
         assert result.exit_code == 0
         for name in ARCH_NAMES:
             assert name in result.output, f"{name} wrapped at {columns} columns"
     assert ".txt" not in result.output
-    sources = {e["name"]: e["source"] for e in json.loads(_run("list", "--json").stdout)}
+    sources = {e["name"]: e["source"] for e in json.loads(run_cli("list", "--json").stdout)}
     assert sources["attention"].startswith("How can a many-to-many LSTM be implemented in PyTorch?")
     assert sources["parallel-gru"].startswith("How can I implement multiple LSTM cells per block in PyTorch?")
 
 
 def test_list_does_not_import_torch() -> None:
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from rnnexport.cli import main; sys.argv = ['rnnexport', 'list', '--json']; main()"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    code = "from rnnexport.cli import main; sys.argv = ['rnnexport', 'list', '--json']; main()"
+    result = run_without_torch(code)
     assert result.returncode == 0, result.stderr
     assert [entry["name"] for entry in json.loads(result.stdout)] == ARCH_NAMES
 
@@ -106,31 +88,31 @@ def test_list_json_to_a_full_device_is_a_clear_error() -> None:
 def test_a_size_the_architecture_does_not_take_is_a_usage_error(
     tmp_path: Path, arch: str, option: str, expected: str
 ) -> None:
-    result = _run("build", "--arch", arch, option, "4", "--out", str(tmp_path / "o"))
+    result = run_cli("build", "--arch", arch, option, "4", "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
-    assert expected in _flat(result.output)
+    assert expected in flat(result.output)
     assert not (tmp_path / "o").exists()
 
 
 def test_a_config_file_key_the_architecture_does_not_take_is_a_usage_error(tmp_path: Path) -> None:
     config = tmp_path / "sizes.json"
     config.write_text(json.dumps({"hidden_size": 8, "branches": 2}))
-    result = _run("build", "--arch", "many-to-many", "--config", str(config), "--out", str(tmp_path / "o"))
+    result = run_cli("build", "--arch", "many-to-many", "--config", str(config), "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
-    assert "does not take branches" in _flat(result.output)
+    assert "does not take branches" in flat(result.output)
 
 
 # -- output ------------------------------------------------------------------------------------------
 
 
 def test_cpu_only_build_prints_no_cuda_row_unless_verbose(tmp_path: Path) -> None:
-    plain = _run("build", "--arch", "many-to-many", "--out", str(tmp_path / "a"))
+    plain = run_cli("build", "--arch", "many-to-many", "--out", str(tmp_path / "a"))
     assert plain.exit_code == 0, plain.output
     if "CUDA │" in plain.output:  # a machine where CUDA works: it was verified, so it is shown
         pytest.skip("CUDA is available here; the row is a verified provider")
     assert "libcublas" not in plain.output
     assert "not available here" in plain.output
-    verbose = _run("build", "--arch", "many-to-many", "--out", str(tmp_path / "b"), "-v")
+    verbose = run_cli("build", "--arch", "many-to-many", "--out", str(tmp_path / "b"), "-v")
     assert "CUDA" in verbose.output
     assert "unavailable" in verbose.output
     manifest = json.loads((tmp_path / "a" / "many-to-many" / MANIFEST).read_text())
@@ -138,10 +120,10 @@ def test_cpu_only_build_prints_no_cuda_row_unless_verbose(tmp_path: Path) -> Non
 
 
 def test_summary_reports_the_figure_the_rule_uses(tmp_path: Path) -> None:
-    result = _run("build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu")
+    result = run_cli("build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu")
     assert "worst err/allowed" in result.output
     assert "max rel err" not in result.output
-    assert "err/allowed <= 1" in _flat(result.output)
+    assert "err/allowed <= 1" in flat(result.output)
     manifest = json.loads((tmp_path / "many-to-many" / MANIFEST).read_text())
     cpu = manifest["verification"]["providers"]["CPUExecutionProvider"]
     assert 0 < cpu["max_error_ratio"] <= 1
@@ -150,7 +132,7 @@ def test_summary_reports_the_figure_the_rule_uses(tmp_path: Path) -> None:
 
 
 def test_simplification_says_what_changed(tmp_path: Path) -> None:
-    result = _run("build", "--arch", "attention", "--out", str(tmp_path), "--device", "cpu")
+    result = run_cli("build", "--arch", "attention", "--out", str(tmp_path), "--device", "cpu")
     simplify = next(line for line in result.output.splitlines() if "simplify" in line)
     assert "nodes (" in simplify
     assert "removed" in simplify or "added" in simplify
@@ -161,16 +143,16 @@ def test_simplification_says_what_changed(tmp_path: Path) -> None:
 
 
 def test_quiet_prints_nothing_on_success_and_the_error_on_failure(tmp_path: Path) -> None:
-    ok = _run("build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu", "-q")
+    ok = run_cli("build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu", "-q")
     assert ok.exit_code == 0
     assert ok.output == ""
-    again = _run("build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu", "-q")
+    again = run_cli("build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu", "-q")
     assert again.exit_code == 2
     assert again.output.startswith("error:")
 
 
 def test_no_color_is_respected(tmp_path: Path) -> None:
-    result = _run(
+    result = run_cli(
         "build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu", env={"NO_COLOR": "1"}
     )
     assert result.exit_code == 0
@@ -202,17 +184,17 @@ def test_visible_escapes_every_control_character() -> None:
 def test_markup_in_out_path_neither_breaks_the_exit_code_nor_vanishes(tmp_path: Path) -> None:
     for folder in ("a[/]b", "[old]", "[bold red]x"):
         out = tmp_path / folder
-        result = _run("build", "--arch", "many-to-many", "--out", str(out), "--device", "cpu")
+        result = run_cli("build", "--arch", "many-to-many", "--out", str(out), "--device", "cpu")
         assert result.exit_code == 0, result.output
         assert (out / "many-to-many" / MANIFEST).is_file()
-        assert f"{out / 'many-to-many'}" in _flat(result.output).replace("\\", "")
-        verify = _run("verify", str(out / "many-to-many"), "--json", "--device", "cpu")
+        assert f"{out / 'many-to-many'}" in flat(result.output).replace("\\", "")
+        verify = run_cli("verify", str(out / "many-to-many"), "--json", "--device", "cpu")
         assert verify.exit_code == 0, verify.output
         assert json.loads(verify.stdout)["passed"] is True
 
 
 def test_markup_in_arch_name_is_a_plain_usage_error(tmp_path: Path) -> None:
-    result = _run("build", "--arch", "[/]", "--out", str(tmp_path))
+    result = run_cli("build", "--arch", "[/]", "--out", str(tmp_path))
     assert result.exit_code == 2
     assert "Unknown architecture '[/]'" in result.output
 
@@ -222,7 +204,7 @@ def test_control_characters_from_a_checkpoint_reach_the_terminal_escaped(tmp_pat
 
     checkpoint = tmp_path / "evil.safetensors"
     save_file({"\x1b[2J\x1b[32mALL CHECKS PASSED": np.zeros(3, np.float32)}, str(checkpoint))
-    result = _run(
+    result = run_cli(
         "build", "--arch", "many-to-many", "--weights", str(checkpoint), "--out", str(tmp_path / "o")
     )
     assert result.exit_code == 1
@@ -234,7 +216,7 @@ def test_control_characters_from_a_checkpoint_reach_the_terminal_escaped(tmp_pat
 
 
 def test_verify_json_prints_an_error_object_on_failure(tmp_path: Path) -> None:
-    result = _run("verify", str(tmp_path / "missing"), "--json")
+    result = run_cli("verify", str(tmp_path / "missing"), "--json")
     assert result.exit_code in (1, 2)
     report = json.loads(result.stdout)
     assert report["passed"] is False
@@ -243,7 +225,7 @@ def test_verify_json_prints_an_error_object_on_failure(tmp_path: Path) -> None:
 
 
 def test_build_json_error_carries_the_exit_code(tmp_path: Path) -> None:
-    result = _run("build", "--arch", "nope", "--out", str(tmp_path), "--json")
+    result = run_cli("build", "--arch", "nope", "--out", str(tmp_path), "--json")
     assert result.exit_code == 2
     [entry] = json.loads(result.stdout)["artifacts"]
     assert entry["exit_code"] == 2
@@ -270,7 +252,9 @@ def test_nan_in_padded_steps_is_accepted_and_shipped(tmp_path: Path) -> None:
     case["x"][1, 4:] = np.nan  # padding: ignored by the model
     _savez(tmp_path / "padded.npz", case)
     out = tmp_path / "o"
-    result = _run("build", "--arch", "attention", "--inputs", str(tmp_path / "padded.npz"), "--out", str(out))
+    result = run_cli(
+        "build", "--arch", "attention", "--inputs", str(tmp_path / "padded.npz"), "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "o" / "attention" / MANIFEST).read_text())
     shipped = [e for e in manifest["test_data"] if e["case"] == "user:padded.npz"]
@@ -279,25 +263,25 @@ def test_nan_in_padded_steps_is_accepted_and_shipped(tmp_path: Path) -> None:
         __import__("onnx").load_tensor(str(tmp_path / "o" / "attention" / shipped[0]["dir"] / "input_0.pb"))
     )
     assert np.isnan(x[1, 4:]).all()
-    assert _run("verify", str(tmp_path / "o" / "attention"), "--device", "cpu").exit_code == 0
+    assert run_cli("verify", str(tmp_path / "o" / "attention"), "--device", "cpu").exit_code == 0
 
 
 def test_nan_at_a_valid_step_is_refused(tmp_path: Path) -> None:
     case = _case(np.random.default_rng(5), 2, 6)
     case["x"][0, 5, 0] = np.nan  # row 0 is full length: a valid step
     _savez(tmp_path / "bad.npz", case)
-    result = _run(
+    result = run_cli(
         "build", "--arch", "attention", "--inputs", str(tmp_path / "bad.npz"), "--out", str(tmp_path)
     )
     assert result.exit_code == 2
-    assert "1 NaN or infinite value(s) at valid steps" in _flat(result.output)
+    assert "1 NaN or infinite value(s) at valid steps" in flat(result.output)
 
 
 def test_several_input_files_and_a_test_data_folder(shipped: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     _savez(tmp_path / "a.npz", _case(rng, 2, 11))
     _savez(tmp_path / "b.npz", _case(rng, 5, 3))
-    result = _run(
+    result = run_cli(
         "build", "--arch", "attention", "--out", str(tmp_path / "o"), "--device", "cpu",
         "--inputs", str(tmp_path / "a.npz"), "--inputs", str(tmp_path / "b.npz"), "--inputs", str(shipped),
     )  # fmt: skip
@@ -311,9 +295,9 @@ def test_several_input_files_and_a_test_data_folder(shipped: Path, tmp_path: Pat
 def test_a_file_that_is_not_npz_gets_a_message_about_its_type(tmp_path: Path) -> None:
     path = tmp_path / "cases.npz"
     path.write_text("x,lengths\n1,2\n")
-    result = _run("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"))
+    result = run_cli("build", "--arch", "attention", "--inputs", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 2
-    assert "is neither an .npz archive (np.savez) nor a safetensors file" in _flat(result.output)
+    assert "is neither an .npz archive (np.savez) nor a safetensors file" in flat(result.output)
     assert "pickled" not in result.output
 
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 
-from typer.testing import CliRunner
-
-from rnnexport.cli import app
-
-from ..conftest import ARCH_NAMES
-
-runner = CliRunner()
+from ..helpers import ARCH_NAMES, run_cli
 
 
 def test_list_shows_every_architecture_with_contract() -> None:
-    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    result = run_cli("list", env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     for name in ARCH_NAMES:
         assert name in result.output
@@ -25,7 +19,7 @@ def test_list_shows_every_architecture_with_contract() -> None:
 
 
 def test_list_json() -> None:
-    result = runner.invoke(app, ["list", "--json"])
+    result = run_cli("list", "--json")
     assert result.exit_code == 0
     data = {entry["name"]: entry for entry in json.loads(result.stdout)}
     assert list(data) == ARCH_NAMES
@@ -40,6 +34,6 @@ def test_list_json() -> None:
 
 
 def test_version() -> None:
-    result = runner.invoke(app, ["--version"])
+    result = run_cli("--version")
     assert result.exit_code == 0
     assert result.stdout.startswith("rnnexport ")

@@ -15,15 +15,14 @@ import pytest
 from onnx import TensorProto
 from rich.console import Console
 from rich.table import Table
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from rnnexport import cli as cli_module
 from rnnexport.builder.iospec import parse_io
 from rnnexport.builder.pipeline import build
-from rnnexport.cli import app
 from rnnexport.feeds import axis_ranges
 
-runner = CliRunner()
+from ..helpers import run_cli
 
 # The sweep every build verifies (the README's "What verified means"): batch 1, 3, 16 x seq 1, 7,
 # 64, 257, plus batch 3 x seq 1000. A user model has no golden cases, so these are its shapes.
@@ -49,13 +48,6 @@ class MelTagger(nn.Module):
         y, _ = self.gru(mel.squeeze(1))
         return self.out(y)
 """
-
-
-def _invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    result = runner.invoke(app, list(args), env=env)
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def _use(monkeypatch: pytest.MonkeyPatch, *, width: int, terminal: bool) -> io.StringIO:
@@ -102,7 +94,7 @@ def mel_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
     work = tmp_path_factory.mktemp("mel")
     (work / "models.py").write_text(MEL_MODEL)
     (work / "io.json").write_text(json.dumps(MEL_IO))
-    result = _invoke(
+    result = run_cli(
         "build",
         "--model",
         f"{work / 'models.py'}:MelTagger",
@@ -143,7 +135,7 @@ def test_verify_reports_the_shipped_test_data_axes(mel_build: tuple[Path, Result
     batch = [min(d[0] for d in dims), max(d[0] for d in dims)]
     seq = [min(d[2] for d in dims), max(d[2] for d in dims)]
     assert seq[1] > 1  # the sweep reached beyond the fixed axis 1
-    result = _invoke("verify", str(folder), "--device", "cpu", "--json")
+    result = run_cli("verify", str(folder), "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     assert f"batch {batch[0]}-{batch[1]}, seq {seq[0]}-{seq[1]}" in result.stderr
     data = json.loads(result.stdout)
@@ -223,7 +215,7 @@ def test_a_wide_terminal_keeps_the_table() -> None:
 
 def test_list_piped_prints_full_rows_whatever_columns_says() -> None:
     for columns in ("20", "80"):
-        result = _invoke("list", env={"COLUMNS": columns})
+        result = run_cli("list", env={"COLUMNS": columns})
         assert result.exit_code == 0
         lines = result.output.splitlines()
         # One row's cells side by side on one line, every phrase whole.
@@ -247,7 +239,7 @@ def test_verify_at_20_columns_on_a_terminal_keeps_status_and_says_the_verdict(
     with_variant: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = _use(monkeypatch, width=20, terminal=True)
-    result = _invoke("verify", str(with_variant), "--device", "cpu")
+    result = run_cli("verify", str(with_variant), "--device", "cpu")
     assert result.exit_code == 0, result.output
     lines = out.getvalue().splitlines()
     assert "  status: passed" in lines  # model.onnx on CPU, and the variant
@@ -261,7 +253,7 @@ def test_verify_piped_at_20_columns_prints_whole_rows(
     with_variant: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = _use(monkeypatch, width=20, terminal=False)
-    result = _invoke("verify", str(with_variant), "--device", "cpu")
+    result = run_cli("verify", str(with_variant), "--device", "cpu")
     assert result.exit_code == 0, result.output
     lines = out.getvalue().splitlines()
     [cpu] = [line for line in lines if line.startswith("\u2502 CPU ")]
@@ -275,6 +267,6 @@ def test_verify_piped_at_20_columns_prints_whole_rows(
 
 def test_quiet_verify_prints_no_verdict_line(with_variant: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = _use(monkeypatch, width=80, terminal=False)
-    result = _invoke("verify", str(with_variant), "--device", "cpu", "-q")
+    result = run_cli("verify", str(with_variant), "--device", "cpu", "-q")
     assert result.exit_code == 0
     assert out.getvalue() == ""

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from typer.testing import CliRunner
 
 from rnnexport.artifact import verify_artifact
-from rnnexport.cli import app
 
-from ..conftest import import_or_skip
+from ..helpers import import_or_skip, run_cli, run_without_torch
 
 ov = import_or_skip(
     "openvino",
@@ -31,7 +27,6 @@ ov = import_or_skip(
 from rnnexport.builder.pipeline import build  # noqa: E402
 from rnnexport.deploy.openvino import OpenVinoRunner, sequence_lens_state_problem  # noqa: E402
 
-cli = CliRunner()
 SMALL = {"input_size": 4, "hidden_size": 6, "output_size": 3, "branches": 2}
 SMALL_M2M = {"input_size": 4, "hidden_size": 6, "output_size": 3}
 
@@ -92,7 +87,7 @@ def test_the_sequence_lens_state_error_is_measured_on_a_one_node_model() -> None
 
 
 def test_a_masked_stream_fails_on_openvino_with_the_cause_or_passes(masked_stream: Path) -> None:
-    result = cli.invoke(app, ["verify", str(masked_stream), "--runtime", "openvino", "--json"])
+    result = run_cli("verify", str(masked_stream), "--runtime", "openvino", "--json")
     data = json.loads(result.stdout)
     entry = data["providers"]["OpenVINO-CPU"]
     if sequence_lens_state_problem("LSTM") is None:
@@ -105,14 +100,14 @@ def test_a_masked_stream_fails_on_openvino_with_the_cause_or_passes(masked_strea
 
 
 def test_openvino_with_cuda_is_a_usage_error(stream: Path) -> None:
-    result = cli.invoke(app, ["verify", str(stream), "--runtime", "openvino", "--device", "cuda"])
+    result = run_cli("verify", str(stream), "--runtime", "openvino", "--device", "cuda")
     assert result.exit_code == 2
     assert "OpenVINO's CPU plugin" in result.output
 
 
 def test_deploy_writes_a_stateful_ir_proven_on_the_chains(stream: Path, tmp_path: Path) -> None:
     out = tmp_path / "ir"
-    result = cli.invoke(app, ["deploy", "openvino", str(stream), "--out", str(out), "--json"])
+    result = run_cli("deploy", "openvino", str(stream), "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "deploy.json", "model.bin", "model.xml"]
     record = json.loads((out / "deploy.json").read_text())
@@ -148,12 +143,12 @@ def test_deploy_refuses_an_existing_folder_and_leaves_nothing_on_failure(
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "mine.txt").write_text("keep")
-    result = cli.invoke(app, ["deploy", "openvino", str(stream), "--out", str(taken)])
+    result = run_cli("deploy", "openvino", str(stream), "--out", str(taken))
     assert result.exit_code == 2
     assert (taken / "mine.txt").read_text() == "keep"
     if sequence_lens_state_problem("LSTM") is not None:
         out = tmp_path / "masked"
-        failed = cli.invoke(app, ["deploy", "openvino", str(masked_stream), "--out", str(out)])
+        failed = run_cli("deploy", "openvino", str(masked_stream), "--out", str(out))
         assert failed.exit_code == 1
         assert "ignores the run-time sequence_lens" in failed.output
         assert not out.exists()
@@ -164,7 +159,7 @@ def test_a_tampered_artifact_is_not_deployed(stream: Path, tmp_path: Path) -> No
     copy = tmp_path / "artifact"
     shutil.copytree(stream, copy)
     (copy / "test_data_set_0" / "output_0.pb").write_bytes(b"\x00")
-    result = cli.invoke(app, ["deploy", "openvino", str(copy), "--out", str(tmp_path / "ir")])
+    result = run_cli("deploy", "openvino", str(copy), "--out", str(tmp_path / "ir"))
     assert result.exit_code == 1
     assert "was modified" in result.output
     assert not (tmp_path / "ir").exists()
@@ -172,12 +167,11 @@ def test_a_tampered_artifact_is_not_deployed(stream: Path, tmp_path: Path) -> No
 
 def test_verify_on_openvino_needs_no_torch(stream: Path) -> None:
     code = (
-        "import sys; sys.modules['torch'] = None\n"
         "from rnnexport.cli import main\n"
         f"sys.argv = ['rnnexport', 'verify', {str(stream)!r}, '--runtime', 'openvino']\n"
         "main()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = run_without_torch(code)
     assert result.returncode == 0, result.stderr
     assert "OpenVINO-CPU" in result.stderr
 
@@ -197,7 +191,7 @@ def test_a_build_asked_to_check_openvino_records_it(masked_stream: Path, paralle
 
 
 def test_an_unknown_runtime_is_a_usage_error(tmp_path: Path) -> None:
-    result = cli.invoke(app, ["build", "--arch", "many-to-many", "--out", str(tmp_path), "--runtimes", "tvm"])
+    result = run_cli("build", "--arch", "many-to-many", "--out", str(tmp_path), "--runtimes", "tvm")
     assert result.exit_code == 2
     assert "--runtimes takes onnxruntime, openvino" in result.output
 

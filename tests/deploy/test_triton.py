@@ -11,22 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from rnnexport.cli import app
 from rnnexport.deploy.triton import triton_config
 from rnnexport.errors import UsageError
 from rnnexport.spec import Contract, TensorSpec
 from rnnexport.streaming import InitialTensor, StateSpec, Streaming
 
-from ..conftest import import_or_skip
+from ..helpers import import_or_skip, run_cli
 
 model_config_pb2 = import_or_skip(
     "tritonclient.grpc.model_config_pb2", reason="the 'triton' extra (tritonclient[grpc]) is not installed"
 )
 from google.protobuf import text_format  # noqa: E402
 
-cli = CliRunner()
 SMALL = {"input_size": 4, "hidden_size": 6, "output_size": 3}
 FP32 = model_config_pb2.DataType.Value("TYPE_FP32")
 INT64 = model_config_pb2.DataType.Value("TYPE_INT64")
@@ -49,7 +46,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _deploy(artifact: Path, out: Path, *args: str) -> Any:
-    result = cli.invoke(app, ["deploy", "triton", str(artifact), "--out", str(out), *args])
+    result = run_cli("deploy", "triton", str(artifact), "--out", str(out), *args)
     assert result.exit_code == 0, result.output
     return result
 
@@ -139,11 +136,11 @@ def test_a_streaming_artifact_needs_a_batch_size() -> None:
 
 def test_bad_names_and_existing_folders_are_refused(dist: Path, tmp_path: Path) -> None:
     artifact = dist / "plain" / "many-to-many-masked"
-    bad = cli.invoke(app, ["deploy", "triton", str(artifact), "--out", str(tmp_path / "r"), "--name", "../x"])
+    bad = run_cli("deploy", "triton", str(artifact), "--out", str(tmp_path / "r"), "--name", "../x")
     assert bad.exit_code == 2
     assert "cannot name a Triton model folder" in bad.output
     assert not (tmp_path / "r").exists()
     (tmp_path / "taken").mkdir()
-    taken = cli.invoke(app, ["deploy", "triton", str(artifact), "--out", str(tmp_path / "taken")])
+    taken = run_cli("deploy", "triton", str(artifact), "--out", str(tmp_path / "taken"))
     assert taken.exit_code == 2
     assert "never overwrites" in taken.output

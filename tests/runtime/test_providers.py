@@ -8,16 +8,15 @@ from typing import Any
 
 import onnxruntime as ort
 import pytest
-from typer.testing import CliRunner
 
 from rnnexport import runtime
-from rnnexport.cli import app
 from rnnexport.errors import UsageError
 from rnnexport.feeds import Case
 from rnnexport.runtime import create_session, probe_provider
 from rnnexport.runtime.compare import Tolerance, verify_on_device
 
 from ..graph.test_contract import _model
+from ..helpers import run_cli
 
 
 @pytest.fixture
@@ -86,9 +85,7 @@ def test_fallback_after_a_successful_probe_is_still_caught(
 
 
 def test_device_cuda_exits_1_when_cuda_falls_back(cuda_falls_back: None, tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app, ["build", "--arch", "many-to-many", "--device", "cuda", "--out", str(tmp_path)]
-    )
+    result = run_cli("build", "--arch", "many-to-many", "--device", "cuda", "--out", str(tmp_path))
     assert result.exit_code == 1
     assert "CUDA is unavailable here" in result.output
     assert "Traceback" not in result.output

@@ -15,7 +15,7 @@ from rnnexport.artifact import verify_artifact
 from rnnexport.builder.pipeline import TF32_TOLERANCE, build
 from rnnexport.runtime import probe_provider
 
-from ..conftest import ARCH_NAMES, build_every_architecture
+from ..helpers import ARCH_NAMES, build_every_architecture
 
 _PROBE = probe_provider("cuda")
 pytestmark = [

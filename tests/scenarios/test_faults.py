@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ import pytest
 from rnnexport.artifact import MANIFEST
 from rnnexport.builder import pipeline
 
-from ..conftest import run_cli
+from ..helpers import rehash, run_cli
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -31,13 +30,6 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file() or p.is_symlink()
     }
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shipped")
-    assert run_cli("build", "--arch", "attention", "--out", str(out), "--device", "cpu").exit_code == 0
-    return out / "attention"
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -169,15 +161,6 @@ def test_good_user_inputs_are_verified_too(tmp_path: Path) -> None:
 # -- unsafe artifacts ---------------------------------------------------------------------------------
 
 
-def _rehash(folder: Path) -> None:
-    """Make the manifest agree with the folder again, as an attacker who edits both would."""
-    manifest = json.loads((folder / MANIFEST).read_text())
-    for name in manifest["files"]:
-        if (folder / name).is_file() and not (folder / name).is_symlink():
-            manifest["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    (folder / MANIFEST).write_text(json.dumps(manifest))
-
-
 def test_symlinks_in_an_artifact_are_refused(shipped: Path, tmp_path: Path) -> None:
     folder = tmp_path / "a"
     shutil.copytree(shipped, folder)
@@ -201,7 +184,7 @@ def test_external_data_outside_the_folder_is_never_read(shipped: Path, tmp_path:
     for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "64")):
         tensor.external_data.add(key=key, value=value)
     (folder / "model.onnx").write_bytes(model.SerializeToString())
-    _rehash(folder)
+    rehash(folder)
     os.mkfifo(tmp_path / "secret.bin")  # opening it for reading would block: the test would time out
     result = subprocess.run(
         [sys.executable, "-m", "rnnexport", "verify", str(folder)],
@@ -360,7 +343,7 @@ def test_rehashed_garbage_is_an_artifact_error_not_a_crash(
     folder = tmp_path / "a"
     shutil.copytree(shipped, folder)
     (folder / target).write_bytes(b"\xff\xfe not protobuf \x00" * 8)
-    _rehash(folder)  # an edit that also fixed the manifest: the content checks must still hold
+    rehash(folder)  # an edit that also fixed the manifest: the content checks must still hold
     result = run_cli("verify", str(folder))
     assert result.exit_code == 1
     assert "Rebuild the artifact" in result.output

@@ -32,7 +32,8 @@ from rnnexport.artifact import verify_artifact
 from rnnexport.builder.pipeline import build
 from rnnexport.deploy.web import MARKER, deploy_web
 from rnnexport.errors import ArtifactError
-from tests.conftest import ARCH_NAMES, REPO, run_cli
+
+from ..helpers import ARCH_NAMES, REPO, run_cli
 
 JS = REPO / "js"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))

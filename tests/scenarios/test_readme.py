@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO
+from ..helpers import REPO
 
 
 def _block(marker: str) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from rnnexport.builder.pipeline import build
 
-from ..conftest import REPO
+from ..helpers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from importlib import metadata
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from ..conftest import REPO
+from ..helpers import REPO
 
 
 def _declared() -> str:

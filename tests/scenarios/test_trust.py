@@ -30,37 +30,12 @@ from rnnexport.limits import Limits
 from rnnexport.safeio import loads_strict, read_bounded
 from rnnexport.text import capped, first_of
 
-from ..conftest import run_cli
+from ..helpers import ENTRY, cli_in_child, flat, make_external, plant_endless_model, rehash, run_cli, running
 
 
 def _flat(result: Result | subprocess.CompletedProcess[str]) -> str:
     text = result.output if isinstance(result, Result) else result.stderr
     return " ".join(text.split())
-
-
-def _subprocess_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The real entry point in a child process, for cases that could hang or need signals."""
-    code = "import sys\nfrom rnnexport.cli import main\nsys.argv = ['rnnexport', *sys.argv[1:]]\nmain()\n"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shipped")
-    build("attention", out=out, device="cpu")
-    return out / "attention"
-
-
-def _rehash(folder: Path) -> None:
-    """Make the manifest's hashes agree with the folder again, as an attacker who edits both would."""
-    manifest = json.loads((folder / MANIFEST).read_text())
-    for name in manifest["files"]:
-        path = folder / name
-        if path.is_file() and not path.is_symlink():
-            manifest["files"][name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (folder / MANIFEST).write_text(json.dumps(manifest))
 
 
 def _edit_manifest(folder: Path, edit: Callable[[dict[str, Any]], object]) -> None:
@@ -73,7 +48,7 @@ def _edit_model(folder: Path, edit: Callable[[onnx.ModelProto], object]) -> None
     model = onnx.load_from_string((folder / "model.onnx").read_bytes())
     edit(model)
     (folder / "model.onnx").write_bytes(model.SerializeToString())
-    _rehash(folder)
+    rehash(folder)
 
 
 def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
@@ -94,15 +69,6 @@ def _refused(folder: Path, *expected: str, code: int = 1) -> str:
 # -- 1. external data, anywhere ------------------------------------------------------------------
 
 
-def _external(tensor: TensorProto, location: str) -> None:
-    tensor.ClearField("raw_data")
-    tensor.ClearField("float_data")
-    tensor.ClearField("int64_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", "64")):
-        tensor.external_data.add(key=key, value=value)
-
-
 @pytest.mark.parametrize(
     "location", ["planted.bin", "missing.bin", "fifo", "../outside.bin", "/etc/hostname"]
 )
@@ -118,10 +84,10 @@ def test_external_data_in_test_data_is_never_followed(
     os.mkfifo(work / "fifo")  # opening it would block forever
     tensor = TensorProto()
     tensor.ParseFromString((folder / target).read_bytes())
-    _external(tensor, location)
+    make_external(tensor, location)
     (folder / target).write_bytes(tensor.SerializeToString())
-    _rehash(folder)
-    result = _subprocess_cli("verify", str(folder), "--device", "cpu", timeout=60)
+    rehash(folder)
+    result = cli_in_child("verify", str(folder), "--device", "cpu", timeout=60)
     assert result.returncode == 1
     output = _flat(result)
     assert f"refers to external data '{location}' instead of holding its values" in output
@@ -132,7 +98,7 @@ def test_external_data_in_test_data_is_never_followed(
 def test_external_data_inside_a_loop_body_is_refused(folder: Path) -> None:
     def hide_in_subgraph(model: onnx.ModelProto) -> None:
         constant = numpy_helper.from_array(np.zeros(16, np.float32), name="hidden")
-        _external(constant, "../secret.bin")
+        make_external(constant, "../secret.bin")
         body = helper.make_graph(
             [helper.make_node("Constant", [], ["c"], value=constant)],
             "body",
@@ -283,7 +249,7 @@ def test_a_fifo_at_a_listed_path_is_refused_without_opening_it(folder: Path) -> 
     (folder / "test_data_set_0" / "input_0.pb").unlink()
     os.mkfifo(folder / "test_data_set_0" / "input_0.pb")
     os.mkfifo(folder / "extra.pb")
-    result = _subprocess_cli("verify", str(folder), "--device", "cpu", timeout=60)
+    result = cli_in_child("verify", str(folder), "--device", "cpu", timeout=60)
     assert result.returncode == 1
     output = _flat(result)
     assert (
@@ -296,7 +262,7 @@ def test_a_fifo_at_a_listed_path_is_refused_without_opening_it(folder: Path) -> 
 def test_a_manifest_that_is_a_fifo_or_a_link_is_refused(folder: Path, tmp_path: Path) -> None:
     (folder / MANIFEST).rename(tmp_path / "real.json")
     os.mkfifo(folder / MANIFEST)
-    result = _subprocess_cli("verify", str(folder), "--device", "cpu", timeout=60)
+    result = cli_in_child("verify", str(folder), "--device", "cpu", timeout=60)
     assert result.returncode == 1
     assert "expected a plain file manifest.json in it, found a FIFO (named pipe)" in _flat(result)
     (folder / MANIFEST).unlink()
@@ -322,48 +288,6 @@ def test_small_limits_apply_to_every_file(folder: Path) -> None:
         verify_artifact(folder, device="cpu", limits=Limits(manifest_bytes=100))
 
 
-def _endless_model(like: onnx.ModelProto) -> onnx.ModelProto:
-    """A kilobyte model with the artifact's inputs, outputs and metadata whose Loop runs 10^15 times."""
-    trips = numpy_helper.from_array(np.array(10**15, np.int64), name="trips")
-    keep = numpy_helper.from_array(np.array(True), name="keep")
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Neg", ["v_in"], ["v_out"]),
-        ],
-        "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
-    )  # fmt: skip
-    nodes = [
-        helper.make_node("Loop", ["trips", "keep", "x"], ["looped"], body=body),
-        helper.make_node("ReduceMean", ["looped"], ["pooled"], axes=[1], keepdims=0),
-        helper.make_node("Slice", ["pooled", "start", "stop", "axis"], ["y"]),
-    ]
-    constants = [
-        numpy_helper.from_array(np.array([0], np.int64), name="start"),
-        numpy_helper.from_array(np.array([5], np.int64), name="stop"),
-        numpy_helper.from_array(np.array([1], np.int64), name="axis"),
-    ]
-    graph = helper.make_graph(
-        nodes, "endless", list(like.graph.input), list(like.graph.output), [trips, keep, *constants]
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    model.metadata_props.extend(like.metadata_props)
-    return model
-
-
-def plant_endless_model(folder: Path) -> None:
-    """Replace the artifact's model by a 1 kB one that never finishes (re-hashed: only time stops it)."""
-    model = _endless_model(onnx.load_from_string((folder / "model.onnx").read_bytes()))
-    (folder / "model.onnx").write_bytes(model.SerializeToString())
-    assert (folder / "model.onnx").stat().st_size < 2000
-    _rehash(folder)
-
-
 def test_a_model_that_would_run_forever_is_stopped(folder: Path) -> None:
     plant_endless_model(folder)
     result = run_cli("verify", str(folder), "--device", "cpu", "--time-limit", "2")
@@ -375,7 +299,7 @@ def test_a_model_that_would_run_forever_is_stopped(folder: Path) -> None:
 
 def test_sigterm_while_the_model_runs_stops_the_child_too(folder: Path) -> None:
     plant_endless_model(folder)
-    code = "import sys\nfrom rnnexport.cli import main\nsys.argv = ['rnnexport', *sys.argv[1:]]\nmain()\n"
+    code = ENTRY
     args = ["verify", str(folder), "--device", "cpu", "--time-limit", "600"]
     process = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
@@ -388,22 +312,10 @@ def test_sigterm_while_the_model_runs_stops_the_child_too(folder: Path) -> None:
     process.terminate()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143
-    assert "interrupted: SIGTERM stopped the run before it finished" in _flat_text(stderr)
-    while _running(child):  # the kernel ends it with its parent; wait (bounded) for that to happen
+    assert "interrupted: SIGTERM stopped the run before it finished" in flat(stderr)
+    while running(child):  # the kernel ends it with its parent; wait (bounded) for that to happen
         assert time.monotonic() < deadline, "the onnxruntime child outlived the interrupted verify"
         time.sleep(0.05)
-
-
-def _running(pid: str) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _flat_text(text: str) -> str:
-    return " ".join(text.split())
 
 
 def test_each_file_is_read_once_and_those_bytes_are_verified(
@@ -550,7 +462,7 @@ def _tensor_edit(folder: Path, target: str, edit: Callable[[TensorProto], object
     tensor.ParseFromString((folder / target).read_bytes())
     edit(tensor)
     (folder / target).write_bytes(tensor.SerializeToString())
-    _rehash(folder)
+    rehash(folder)
 
 
 def _retype(data_type: int) -> Callable[[TensorProto], None]:

@@ -27,7 +27,7 @@ from rnnexport.limits import Limits
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig
 
-from ..conftest import ARCH_NAMES, REPO, flat, run_cli
+from ..helpers import ARCH_NAMES, ENTRY, REPO, flat, run_cli
 
 
 def _python(script: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
@@ -35,13 +35,6 @@ def _python(script: str, *args: str, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
         [sys.executable, "-c", script, *args], stderr=subprocess.PIPE, text=True, **kwargs
     )
-
-
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shipped")
-    build("attention", out=out, device="cpu")
-    return out / "attention"
 
 
 # -- 4. resources, estimated before building ---------------------------------------------------------
@@ -310,7 +303,7 @@ def test_a_full_disk_while_writing_leaves_the_old_artifact(
     "command", [["list", "--json"], ["list"], ["verify", "{shipped}", "--json", "--device", "cpu"]]
 )
 def test_output_to_a_full_device(shipped: Path, command: list[str]) -> None:
-    script = "import sys\nfrom rnnexport.cli import main\nsys.argv = ['rnnexport', *sys.argv[1:]]\nmain()\n"
+    script = ENTRY
     args = [a.format(shipped=shipped) for a in command]
     with open("/dev/full", "w") as full:  # noqa: PTH123 - a device, not a path to manipulate
         process = _python(script, *args, stdout=full)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from typer.testing import Result
 
-from ..conftest import REPO, flat, run_cli
+from ..helpers import REPO, flat, run_cli
 from ..userzoo.autoencoder import Encoder, LSTMAutoencoder
 from ..userzoo.helper import train
 from ..userzoo.kws import KWSCRNN

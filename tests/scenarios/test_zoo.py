@@ -18,17 +18,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 import rnnexport
 from rnnexport.artifact import verify_artifact
-from rnnexport.cli import app
 from rnnexport.runtime import probe_provider
 
-from ..conftest import REPO
+from ..helpers import REPO, run_cli
 from ..zoo import models
 
-cli = CliRunner()
 ZOO_FILE = REPO / "tests" / "zoo" / "models.py"
 # Shapes no build uses: the trace is batch 2 x seq 3, the sweep batch 1/3/16 x seq 1/7/64/257.
 NEW_SHAPES = ((5, 11), (4, 40), (1, 2))
@@ -173,7 +170,7 @@ def _build(entry: Entry, name: str, out: Path, work: Path) -> None:
     target = f"{REPO / where}:{attr}" if where.endswith(".py") else entry.target
     args = ["build", "--model", target, "--io", str(io_path), "--weights", str(weights)]
     args += ["--config", str(config_path), "--name", name, "--out", str(out), "--device", "cpu"]
-    result = cli.invoke(app, args)
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
 
 
@@ -221,7 +218,7 @@ def _eager(module: torch.nn.Module, io: dict[str, Any], feeds: dict[str, np.ndar
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_zoo_artifact_passes_verify(zoo: Path, name: str) -> None:
-    result = cli.invoke(app, ["verify", str(zoo / name), "--device", "cpu", "--json"])
+    result = run_cli("verify", str(zoo / name), "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["passed"] is True
     manifest = json.loads((zoo / name / "manifest.json").read_text())
@@ -318,9 +315,8 @@ def test_lstmcell_loop_is_refused_with_cause_and_fix(tmp_path: Path) -> None:
         )
     )
     out = tmp_path / "out"
-    result = cli.invoke(
-        app,
-        ["build", "--model", f"{ZOO_FILE}:CellLoop", "--io", str(io), "--out", str(out), "--device", "cpu"],
+    result = run_cli(
+        "build", "--model", f"{ZOO_FILE}:CellLoop", "--io", str(io), "--out", str(out), "--device", "cpu"
     )
     assert result.exit_code == 1, result.output
     message = " ".join(result.output.split())
@@ -395,7 +391,7 @@ def test_a_user_model_builds_every_variant(tmp_path: Path) -> None:
     }  # fmt: skip
     for file, status in shipped.items():
         assert (tmp_path / "variants" / file).is_file() == (status == "passed"), file
-    result = cli.invoke(app, ["verify", str(tmp_path / "variants"), "--device", "cpu", "--json"])
+    result = run_cli("verify", str(tmp_path / "variants"), "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)["variants"]) == {f for f, s in shipped.items() if s == "passed"} - {
         "model.onnx"

@@ -26,7 +26,7 @@ from rnnexport.artifact import MANIFEST
 from rnnexport.builder.pipeline import build
 from rnnexport.variants import ModelFacts, file_problems
 
-from ..conftest import flat, run_cli
+from ..helpers import flat, run_cli
 
 SIZES = {"input_size": 3, "hidden_size": 8, "output_size": 2}
 

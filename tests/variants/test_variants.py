@@ -15,13 +15,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
-from typer.testing import CliRunner
 
 from rnnexport.artifact import verify_artifact
 from rnnexport.builder.golden import load_golden
 from rnnexport.builder.pipeline import build
 from rnnexport.builder.reference import Float64Runner, build_model
-from rnnexport.cli import app
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.feeds import make_feeds
 from rnnexport.registry import get_arch
@@ -35,7 +33,8 @@ from rnnexport.variants import (
     to_int8,
 )
 
-cli = CliRunner()
+from ..helpers import run_cli
+
 # One LSTM and one GRU architecture, each with every variant.
 ARCHS = {"many-to-many": "LSTM", "parallel-gru": "GRU"}
 FILES = [
@@ -201,7 +200,7 @@ def test_verify_checks_every_variant(artifacts: Path, tmp_path: Path) -> None:
     assert not report.passed
     assert [n for n, v in report.variants.items() if not v.passed] == ["model.fp16.onnx"]
     assert report.results["cpu"].status == "passed"
-    result = cli.invoke(app, ["verify", str(folder), "--device", "cpu"])
+    result = run_cli("verify", str(folder), "--device", "cpu")
     assert result.exit_code == 1
     assert "model.fp16.onnx failed" in result.output
     # Tampering without rehashing is caught before anything runs.
@@ -215,22 +214,19 @@ def test_a_variant_failing_its_gate_is_not_shipped_while_the_others_are(
 ) -> None:
     # An int8 gate no quantized model can meet: exact agreement with float64.
     monkeypatch.setitem(VARIANT_TOLERANCES, "int8", Tolerance(atol=0.0, rtol=0.0))
-    result = cli.invoke(
-        app,
-        [
-            "build",
-            "--arch",
-            "parallel-gru",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "--precision",
-            "fp16,int8",
-            "--format",
-            "onnx,ort",
-            "--json",
-        ],
+    result = run_cli(
+        "build",
+        "--arch",
+        "parallel-gru",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp16,int8",
+        "--format",
+        "onnx,ort",
+        "--json",
     )
     assert result.exit_code == 1, result.output
     assert "model.int8.onnx, model.int8.ort failed verification and were not shipped" in result.output
@@ -273,7 +269,7 @@ def test_precision_and_format_choices_are_validated(tmp_path: Path) -> None:
     assert parse_choices("int8, fp16", ("fp32", "fp16", "int8"), option="--precision") == ["fp16", "int8"]
     with pytest.raises(UsageError, match="--precision takes a comma-separated list of fp32, fp16, int8"):
         parse_choices("fp64", ("fp32", "fp16", "int8"), option="--precision")
-    result = cli.invoke(app, ["build", "--arch", "attention", "--out", str(tmp_path), "--format", "tflite"])
+    result = run_cli("build", "--arch", "attention", "--out", str(tmp_path), "--format", "tflite")
     assert result.exit_code == 2
     assert "'tflite' unknown" in result.output
     assert list(tmp_path.iterdir()) == []
