@@ -29,7 +29,6 @@ from rnnexport.bench import BENCH_FILE, run_bench
 from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError
 from rnnexport.limits import DEFAULT_LIMITS, Limits
-from rnnexport.runtime.worker import Stopped, run_bounded
 
 from ..helpers import ENTRY, cli_in_child, flat, make_external, plant_endless_model, rehash, run_cli, running
 
@@ -280,20 +279,3 @@ def test_sigterm_stops_bench_like_a_build(folder: Path) -> None:
     while running(child):  # killed by its parent; wait (bounded) for the kernel to reap it
         assert time.monotonic() < deadline, "the onnxruntime child outlived the interrupted bench"
         time.sleep(0.05)
-
-
-# -- the bounded child process both bench and verify use ---------------------------------------------
-
-
-def test_run_bounded_returns_raises_and_reports_a_crash() -> None:
-    assert run_bounded(sorted, [3, 1, 2], seconds=60) == [1, 2, 3]
-    with pytest.raises(ValueError, match="invalid literal"):
-        run_bounded(int, "not a number", seconds=60)
-    with pytest.raises(Stopped) as caught:
-        run_bounded(os.abort, seconds=60)
-    assert not caught.value.timed_out
-    assert caught.value.how == "was killed by signal SIGABRT"
-    with pytest.raises(Stopped) as slept:
-        run_bounded(time.sleep, 60, seconds=0.5)
-    assert slept.value.timed_out
-    assert slept.value.seconds == 0.5

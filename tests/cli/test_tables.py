@@ -18,9 +18,7 @@ from rich.table import Table
 from typer.testing import Result
 
 from rnnexport import cli as cli_module
-from rnnexport.builder.iospec import parse_io
 from rnnexport.builder.pipeline import build
-from rnnexport.feeds import axis_ranges
 
 from ..helpers import run_cli
 
@@ -66,27 +64,6 @@ def _use(monkeypatch: pytest.MonkeyPatch, *, width: int, terminal: bool) -> io.S
 
 
 # -- the summary's axes ------------------------------------------------------------------------------
-
-
-def test_axis_ranges_read_each_axis_where_the_contract_puts_it() -> None:
-    contract = parse_io(
-        {
-            "inputs": [
-                {"name": "mel", "dtype": "float32", "shape": ["batch", 1, "seq", 40]},
-                {"name": "frames", "dtype": "float32", "shape": ["batch", "window", 2]},
-            ],
-            "outputs": [{"name": "y", "shape": ["batch", "seq", 3]}],
-        },
-        origin="test",
-    )
-    shapes = [
-        {"mel": [2, 1, 5, 40], "frames": [2, 4, 2]},
-        {"mel": [7, 1, 300, 40], "frames": [7, 6, 2]},
-        {"mel": [1, 1, 9, 40], "frames": [1, 4, 2]},
-    ]
-    assert axis_ranges(contract, shapes) == {"batch": [1, 7], "seq": [5, 300], "window": [4, 6]}
-    assert list(axis_ranges(contract, shapes)) == ["batch", "seq", "window"]
-    assert axis_ranges(contract, []) == {}
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,9 @@ from typer.testing import Result
 from rnnexport import artifact
 from rnnexport.artifact import MANIFEST, verify_artifact
 from rnnexport.builder.pipeline import build
-from rnnexport.errors import ArtifactError, UsageError
+from rnnexport.errors import ArtifactError
 from rnnexport.limits import Limits
-from rnnexport.safeio import loads_strict, read_bounded
-from rnnexport.text import capped, first_of
+from rnnexport.safeio import read_bounded
 
 from ..helpers import ENTRY, cli_in_child, flat, make_external, plant_endless_model, rehash, run_cli, running
 
@@ -356,53 +355,6 @@ def test_a_rebuild_published_while_verify_reads_is_read_again(
     assert len(calls) == 2
 
 
-# -- the bounded reader and the strict JSON loader, directly ----------------------------------------
-
-
-def test_read_bounded_refuses_everything_but_a_small_regular_file(tmp_path: Path) -> None:
-    (tmp_path / "ok").write_bytes(b"12345")
-    assert read_bounded(tmp_path / "ok", limit=5, what="the file") == b"12345"
-    os.mkfifo(tmp_path / "fifo")
-    (tmp_path / "link").symlink_to(tmp_path / "ok")
-    with (tmp_path / "sparse").open("wb") as handle:
-        handle.truncate(10 << 30)
-    cases = {
-        tmp_path / "fifo": "is a FIFO (named pipe); expected a regular file",
-        tmp_path / "link": "is a symbolic link; expected a regular file",
-        tmp_path: "is a folder; expected a regular file",
-        Path("/dev/zero"): "is a character device; expected a regular file",
-        tmp_path / "sparse": "is 10,737,418,240 bytes; the limit is 1,024 bytes",
-        tmp_path / "missing": "No such file or directory (ENOENT)",
-        tmp_path / ("n" * 256): "has a path component of 256 bytes",
-    }
-    for path, expected in cases.items():
-        with pytest.raises(UsageError) as info:
-            read_bounded(path, limit=1024, what="the file")
-        assert expected in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ('{"a": 1, "a": 2}', "the key 'a' appears twice in one object"),
-        ('{"format": 1e999}', "the number 1e999 is out of range"),
-        ('{"x": NaN}', "NaN is not a JSON number"),
-        ('{"x": -Infinity}', "-Infinity is not a JSON number"),
-        ("[" * 100_000 + "]" * 100_000, "nests 100000 levels deep; at most 64 are accepted"),
-        ('{"s": "' + "[" * 1000 + '"}', None),  # brackets in strings do not count
-        ('{"a": [1, 2', "is not valid JSON"),
-        (b'{"a": "\xff"}', "is not UTF-8 text"),
-        ("1" * 5000, "is not valid JSON"),  # Python's limit on integer digits
-    ],
-)
-def test_strict_json(text: str | bytes, expected: str | None) -> None:
-    if expected is None:
-        assert loads_strict(text, what="doc") == {"s": "[" * 1000}
-        return
-    with pytest.raises(UsageError, match=expected.replace("[", r"\[").replace("(", r"\(")):
-        loads_strict(text, what="doc")
-
-
 # -- 7. malformed artifacts: one message each, exit 1 ----------------------------------------------
 
 
@@ -515,19 +467,6 @@ def test_long_path_components_are_a_message(tmp_path: Path) -> None:
 
 
 # -- 9. what a message lists is bounded, whatever the manifest lists ----------------------------------
-
-
-def test_first_of_bounds_the_count_and_each_item() -> None:
-    items = [f"p{i}" for i in range(25)]
-    assert first_of(items, 3) == ["p0", "p1", "p2", "and 22 more"]
-    assert first_of(items[:3], 3) == ["p0", "p1", "p2"]
-    assert first_of([], 3) == []
-    assert capped(iter(items), limit=2) == "p0; p1; and 23 more"
-    assert capped(["x" * 5000]) == "x" * 1000 + " [...]"
-    assert (
-        capped((str(i) for i in range(1_000_000)), sep=", ")
-        == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9, and 999,990 more"
-    )
 
 
 @pytest.mark.parametrize("json_output", [False, True])
