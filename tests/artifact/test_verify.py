@@ -17,7 +17,7 @@ from rnnexport.artifact import MANIFEST, verify_artifact
 from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError
 
-from ..helpers import run_cli, run_without_torch
+from ..helpers import copy_artifact, run_cli, run_without_torch
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def artifact(built: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "artifact"
-    shutil.copytree(built, copy)
-    return copy
+    return copy_artifact(built, tmp_path / "artifact")
 
 
 def test_untouched_artifact_verifies(artifact: Path) -> None:

@@ -8,7 +8,6 @@ exactly what a direct run computes.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.runtime import bucketed_run, plan_buckets
 
-from ..helpers import run_cli, run_without_torch
+from ..helpers import copy_artifact, run_cli, run_without_torch
 
 # The smallest run that still exercises every part: two batches, two lengths, one round.
 QUICK = ["--batch", "1,2", "--seq", "1,3", "--rounds", "1", "--repeats", "2"]
@@ -39,9 +38,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def masked(dist: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "many-to-many-masked"
-    shutil.copytree(dist / "many-to-many-masked", copy)
-    return copy
+    return copy_artifact(dist / "many-to-many-masked", tmp_path / "many-to-many-masked")
 
 
 def _positive_stats(entry: dict[str, Any]) -> None:
