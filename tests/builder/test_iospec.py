@@ -13,7 +13,7 @@ from rnnexport.builder.iospec import parse_io
 from rnnexport.errors import InputError, UsageError
 from rnnexport.feeds import make_feeds, validate_feeds
 
-from ..helpers import REPO, rehash, run_cli
+from ..helpers import REPO, flat, rehash, run_cli
 
 ZOO_FILE = REPO / "tests" / "zoo" / "models.py"
 GOOD: dict[str, Any] = {
@@ -103,7 +103,7 @@ def _build(tmp_path: Path, target: str, io: Any, *extra: str) -> tuple[int, str]
     args = ["build", "--model", target, "--io", str(io_path), "--out", str(out), "--device", "cpu", *extra]
     result = run_cli(*args)
     assert not out.exists(), "a refused build must leave nothing on disk"
-    return result.exit_code, " ".join(result.output.split())
+    return result.exit_code, flat(result.output)
 
 
 TAGGER_IO = {

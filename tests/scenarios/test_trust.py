@@ -33,8 +33,7 @@ from ..helpers import ENTRY, cli_in_child, flat, make_external, plant_endless_mo
 
 
 def _flat(result: Result | subprocess.CompletedProcess[str]) -> str:
-    text = result.output if isinstance(result, Result) else result.stderr
-    return " ".join(text.split())
+    return flat(result.output if isinstance(result, Result) else result.stderr)
 
 
 def _edit_manifest(folder: Path, edit: Callable[[dict[str, Any]], object]) -> None:
