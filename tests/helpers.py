@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -168,3 +169,25 @@ def running(pid: str) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def readme_example(marker: str) -> str:
+    """The Python block of the README marked ``<!-- example: MARKER -->``."""
+    text = (REPO / "README.md").read_text()
+    found = re.search(rf"<!-- example: {marker} -->\s*```python\n(.*?)```", text, re.S)
+    assert found, f"README has no example marked {marker}"
+    return found.group(1)
+
+
+def matmul_model(
+    x_shape: list[int | str], y_shape: list[int | str], y_type: int = TensorProto.FLOAT
+) -> onnx.ModelProto:
+    """``y = x @ w`` (w a [4, 2] zero initializer), declared with the given shapes and output type
+    (a Cast is appended for a type other than float)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+    y = helper.make_tensor_value_info("y", y_type, y_shape)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.0] * 8)
+    cast = [] if y_type == TensorProto.FLOAT else [helper.make_node("Cast", ["m"], ["y"], to=y_type)]
+    out = "y" if not cast else "m"
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], [out]), *cast], "g", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -26,8 +26,7 @@ from rnnexport.builder.usermodel import instantiate, load_factory
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.spec import Contract, TensorSpec
 
-from ..helpers import flat, run_cli, run_without_torch
-from ..scenarios.test_readme import _block
+from ..helpers import flat, readme_example, run_cli, run_without_torch
 
 # Written to a file, so that the CLI imports it as a user would (--model FILE.py:NAME).
 MODELS = '''
@@ -300,13 +299,13 @@ def test_the_readme_loop_starts_from_the_shipped_state(
     rnnexport.build_model_artifact(model, io=GRU_IO, name="gru", out=tmp_path, streaming=True, device="cpu")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"__name__": "readme_example"}
-    code = _block("streaming").replace('"dist/many-to-many"', f'"{tmp_path / "gru"}"')
+    code = readme_example("streaming").replace('"dist/many-to-many"', f'"{tmp_path / "gru"}"')
     exec(compile(code, "README.md", "exec"), namespace)
     whole = np.concatenate(list(namespace["steps"]), axis=1)  # [1, 100, 10]
     with torch.no_grad():
         want = model(torch.from_numpy(whole)).numpy()
     np.testing.assert_allclose(np.concatenate(namespace["ys"], axis=1), want, atol=2e-5, rtol=1e-4)
-    exec(compile(_block("streaming-bound"), "README.md", "exec"), namespace)
+    exec(compile(readme_example("streaming-bound"), "README.md", "exec"), namespace)
     np.testing.assert_allclose(np.concatenate(namespace["fast"], axis=1), want, atol=2e-5, rtol=1e-4)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from rnnexport.builder.export import export_onnx
 from rnnexport.builder.reference import build_model
@@ -17,26 +17,16 @@ from rnnexport.graph.contract import check_contract, read_contract
 from rnnexport.registry import get_arch
 from rnnexport.spec import ArchConfig, Contract, TensorSpec
 
+from ..helpers import matmul_model
+
 CONTRACT = Contract(
     inputs=(TensorSpec("x", "float32", ("batch", "seq", 4)),),
     outputs=(TensorSpec("y", "float32", ("batch", "seq", 2)),),
 )
 
 
-def _model(
-    x_shape: list[int | str], y_shape: list[int | str], y_type: int = TensorProto.FLOAT
-) -> onnx.ModelProto:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
-    y = helper.make_tensor_value_info("y", y_type, y_shape)
-    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.0] * 8)
-    cast = [] if y_type == TensorProto.FLOAT else [helper.make_node("Cast", ["m"], ["y"], to=y_type)]
-    out = "y" if not cast else "m"
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], [out]), *cast], "g", [x], [y], [w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 def test_dynamic_symbols_pass() -> None:
-    model = _model(["batch", "seq", 4], ["batch", "seq", 2])
+    model = matmul_model(["batch", "seq", 4], ["batch", "seq", 2])
     check_contract(model, CONTRACT, stage="in test")
     assert read_contract(model) == CONTRACT
 
@@ -44,7 +34,10 @@ def test_dynamic_symbols_pass() -> None:
 def test_frozen_output_axis_fails_naming_axis_and_size() -> None:
     with pytest.raises(ContractError) as info:
         check_contract(
-            _model(["batch", "seq", 4], ["batch", 3, 2]), CONTRACT, stage="after export", trace_sizes="seq 3"
+            matmul_model(["batch", "seq", 4], ["batch", 3, 2]),
+            CONTRACT,
+            stage="after export",
+            trace_sizes="seq 3",
         )
     message = str(info.value)
     assert "output 'y' axis 1 should be the dynamic axis 'seq' but is the fixed size 3" in message
@@ -54,7 +47,9 @@ def test_frozen_output_axis_fails_naming_axis_and_size() -> None:
 
 def test_wrong_symbol_dtype_and_static_size_all_reported() -> None:
     with pytest.raises(ContractError) as info:
-        check_contract(_model(["s0", "seq", 4], ["batch", "seq", 7], TensorProto.DOUBLE), CONTRACT, stage="x")
+        check_contract(
+            matmul_model(["s0", "seq", 4], ["batch", "seq", 7], TensorProto.DOUBLE), CONTRACT, stage="x"
+        )
     message = str(info.value)
     assert "input 'x' axis 0 should be the dynamic axis 'batch' but is the symbol 's0'" in message
     assert "output 'y' has dtype float64, expected float32" in message
@@ -62,7 +57,7 @@ def test_wrong_symbol_dtype_and_static_size_all_reported() -> None:
 
 
 def test_renamed_output_fails() -> None:
-    model = _model(["batch", "seq", 4], ["batch", "seq", 2])
+    model = matmul_model(["batch", "seq", 4], ["batch", "seq", 2])
     model.graph.output[0].name = "out"
     model.graph.node[0].output[0] = "out"
     with pytest.raises(ContractError, match=r"output names are \['out'\], expected \['y'\]"):

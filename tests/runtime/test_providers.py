@@ -15,8 +15,7 @@ from rnnexport.feeds import Case
 from rnnexport.runtime import create_session, probe_provider
 from rnnexport.runtime.compare import Tolerance, verify_on_device
 
-from ..graph.test_contract import _model
-from ..helpers import run_cli
+from ..helpers import matmul_model, run_cli
 
 
 @pytest.fixture
@@ -57,7 +56,7 @@ def test_silent_cuda_fallback_is_unavailable_not_passed(cuda_falls_back: None) -
     probe = probe_provider("cuda")
     assert not probe.available
     assert "fell back to ['CPUExecutionProvider']" in probe.reason
-    model = _model(["batch", "seq", 4], ["batch", "seq", 2]).SerializeToString()
+    model = matmul_model(["batch", "seq", 4], ["batch", "seq", 2]).SerializeToString()
     import numpy as np
 
     case = Case("c", {"x": np.zeros((1, 2, 4), np.float32)}, {"y": np.zeros((1, 2, 2), np.float32)})
@@ -79,7 +78,7 @@ def test_fallback_after_a_successful_probe_is_still_caught(
         lambda device: runtime.ProviderProbe(device, runtime.PROVIDERS[device], True),
     )
     monkeypatch.setattr(ort, "InferenceSession", _FallingBackSession)
-    model = _model(["batch", "seq", 4], ["batch", "seq", 2]).SerializeToString()
+    model = matmul_model(["batch", "seq", 4], ["batch", "seq", 2]).SerializeToString()
     with pytest.raises(runtime.ProviderUnavailableError, match="not CUDAExecutionProvider"):
         create_session(model, "cuda")
 

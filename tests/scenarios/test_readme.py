@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import REPO
-
-
-def _block(marker: str) -> str:
-    text = (REPO / "README.md").read_text()
-    found = re.search(rf"<!-- example: {marker} -->\s*```python\n(.*?)```", text, re.S)
-    assert found, f"README has no example marked {marker}"
-    return found.group(1)
+from ..helpers import REPO, readme_example
 
 
 def test_train_then_ship_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    exec(compile(_block("train-then-ship"), "README.md", "exec"), {"__name__": "readme_example"})
+    exec(compile(readme_example("train-then-ship"), "README.md", "exec"), {"__name__": "readme_example"})
 
 
 def test_quickstart_commands_exist() -> None:
@@ -35,7 +28,7 @@ def test_quickstart_commands_exist() -> None:
 def test_own_model_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    exec(compile(_block("own-model"), "README.md", "exec"), {"__name__": "readme_example"})
+    exec(compile(readme_example("own-model"), "README.md", "exec"), {"__name__": "readme_example"})
 
 
 def test_streaming_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,7 +41,7 @@ def test_streaming_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.chdir(tmp_path)
     build("many-to-many", out="dist", device="cpu", streaming=True)
     namespace: dict[str, object] = {"__name__": "readme_example"}
-    exec(compile(_block("streaming"), "README.md", "exec"), namespace)
+    exec(compile(readme_example("streaming"), "README.md", "exec"), namespace)
     steps = namespace["steps"]
     assert isinstance(steps, np.ndarray)
     session = ort.InferenceSession("dist/many-to-many/model.onnx", providers=["CPUExecutionProvider"])
@@ -61,7 +54,7 @@ def test_streaming_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     np.testing.assert_allclose(streamed, y, atol=1e-5, rtol=1e-4)
 
     # The bound loop, continuing the same namespace: the same stream, buffers bound once.
-    exec(compile(_block("streaming-bound"), "README.md", "exec"), namespace)
+    exec(compile(readme_example("streaming-bound"), "README.md", "exec"), namespace)
     fast = namespace["fast"]
     assert isinstance(fast, list)
     assert len(fast) == len(ys)
