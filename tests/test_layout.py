@@ -70,17 +70,21 @@ def test_every_module_off_the_torch_side_imports_without_torch() -> None:
     )
 
 
+def _start(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> int:
+    """The index of the first line that belongs to ``node``: its decorators, and the comment lines
+    right above them (where a function's ``# long:`` reason may stand)."""
+    first = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)]) - 1
+    while first > 0 and lines[first - 1].lstrip().startswith("#"):
+        first -= 1
+    return first
+
+
 def _module_is_marked_long(lines: list[str], tree: ast.Module) -> bool:
-    """A ``# long:`` comment in the module's header: any line before its first def or class."""
-    first = next(
-        (
-            node.lineno
-            for node in tree.body
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-        ),
-        len(lines) + 1,
-    )
-    return any(LONG.match(line) for line in lines[: first - 1])
+    """A ``# long:`` comment in the module's header: before its first def or class (and before the
+    comments that belong to that one)."""
+    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    first = next((_start(lines, node) for node in tree.body if isinstance(node, definitions)), len(lines))
+    return any(LONG.match(line) for line in lines[:first])
 
 
 def _function_is_marked_long(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -94,10 +98,7 @@ def _function_is_marked_long(lines: list[str], node: ast.FunctionDef | ast.Async
     )
     statements = body[1:] if has_docstring else body
     last = statements[0].lineno if statements else (node.end_lineno or node.lineno)
-    first = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)]) - 1
-    while first > 0 and lines[first - 1].lstrip().startswith("#"):  # the comment block right above it
-        first -= 1
-    return any(LONG.match(line) for line in lines[first:last])
+    return any(LONG.match(line) for line in lines[_start(lines, node) : last])
 
 
 def _size_problems(path: Path, where: str) -> list[str]:
@@ -136,9 +137,11 @@ def test_the_size_rule_counts_lines_and_honours_the_reason(tmp_path: Path) -> No
         "unmarked.py": ("x = 1\n" * 600 + _function("f", 80), ["module"]),
         "marked.py": ("# long: one table\n" + "x = 1\n" * 700, []),
         "late_marker.py": ("x = 1\n" * 700 + _function("g", 3) + "# long: too late\n", ["module"]),
+        # A reason right above the first function is that function's, not the module's.
+        "first_function_marked.py": ("x = 1\n" * 700 + "# long: why g\n" + _function("g", 90), ["module"]),
         # The module's own reason (it is over 600 lines) excuses none of its functions.
         "functions.py": (
-            "# long: many functions\n"
+            "# long: many functions\n\n"
             + _function("at_limit", 80)
             + _function("over", 81)
             + _function("over_marked", 90, marker="# long: one branch per opcode")
@@ -160,7 +163,7 @@ def test_the_size_rule_counts_lines_and_honours_the_reason(tmp_path: Path) -> No
         found = ["module" if " module has " in p else p.split(" function ")[1].split()[0] for p in problems]
         assert found == expected, (name, problems)
     assert _size_problems(tmp_path / "functions.py", "functions.py")[0] == (
-        "functions.py:82: function over has 81 lines (limit 80)"
+        "functions.py:83: function over has 81 lines (limit 80)"
     )
 
 
