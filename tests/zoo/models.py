@@ -1,6 +1,6 @@
 """User-style models, written as their authors would: plain PyTorch, nothing rnnexport-specific.
 
-Each is small (hidden <= 64) so the zoo runs quickly; ``tests/scenarios/test_zoo.py`` builds every one with
+Each is small (hidden <= 64) so the zoo runs quickly; ``tests/test_zoo.py`` builds every one with
 ``--model`` and checks the artifact against the module run eagerly (packed where it packs).
 """
 
