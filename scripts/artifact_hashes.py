@@ -57,7 +57,7 @@ def build_all(out: Path) -> None:
     _cli(["build", "--all", "--out", str(out / "archs"), "--device", "cpu", "--quiet"])
     for folder, args in EXTRA_BUILDS:
         _cli(["build", *args, "--out", str(out / folder), "--device", "cpu", "--quiet"])
-    from tests.test_zoo import ZOO, _build  # the zoo's own build code, so the two cannot drift
+    from tests.scenarios.test_zoo import ZOO, _build  # the zoo's own build code, so the two cannot drift
 
     work = out / "zoo-inputs"
     work.mkdir()

@@ -81,7 +81,7 @@ def _node_us(folder: Path, calls: int) -> dict[str, float]:
 
 def _browser_us(folders: dict[str, Path], calls: int, site: Path) -> dict[str, float]:
     from rnnexport.deploy.web import deploy_web
-    from tests.test_js import _served
+    from tests.scenarios.test_js import _served
 
     for name, folder in folders.items():
         deploy_web(folder, site / name)

@@ -53,7 +53,7 @@ BATCHES = (1, 32)
 
 def _zoo() -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
-    from tests.test_zoo import ZOO
+    from tests.scenarios.test_zoo import ZOO
 
     return dict(ZOO)
 

@@ -36,7 +36,7 @@ raise SystemExit(0 if probe.available else f"CUDA provider unavailable on this G
 PY
 
 RESULTS=${TMPDIR:-/tmp}/rnnexport-gpu
-"$PY" -m pytest -p no:cacheprovider -v -rs -s tests/test_cuda.py tests/test_runtime.py
+"$PY" -m pytest -p no:cacheprovider -v -rs -s tests/scenarios/test_cuda.py tests/runtime/test_providers.py
 "$PY" -m rnnexport build --all --device auto --force --out "$RESULTS" --json > "$RESULTS.json"
 "$PY" - "$RESULTS.json" <<'PY'
 import json, sys

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,13 +96,3 @@ def test_a_pool_runs_only_what_verify_would_accept(dist: Path, tmp_path: Path) -
     model.write_bytes(model.read_bytes() + b"\0")  # one byte more: the sha256 no longer matches
     with pytest.raises(ArtifactError, match=r"'model\.onnx' was modified"):
         StreamPool.from_artifact(copy)
-
-
-def test_the_deploy_and_serving_modules_need_no_torch() -> None:
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "import rnnexport.serving, rnnexport.deploy, rnnexport.deploy.openvino, rnnexport.deploy.triton\n"
-        "import rnnexport.cli.deploy\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
