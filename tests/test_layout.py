@@ -22,7 +22,8 @@ TORCH_SIDE_MODULES = {"rnnexport.archs._common", "rnnexport.archs.parallel", "rn
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 # The reason a module or function may stay longer: a comment that starts the line, with words after it.
-LONG = re.compile(r"^\s*# long: *\S")
+# A comment line, or a comment after code on the line (``def build(  # long: ...``).
+LONG = re.compile(r"^\s*# long: *\S|\S\s+# long: *\S")
 
 
 def _module_name(path: Path) -> str:
@@ -84,7 +85,7 @@ def _module_is_marked_long(lines: list[str], tree: ast.Module) -> bool:
     comments that belong to that one)."""
     definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     first = next((_start(lines, node) for node in tree.body if isinstance(node, definitions)), len(lines))
-    return any(LONG.match(line) for line in lines[:first])
+    return any(LONG.search(line) for line in lines[:first])
 
 
 def _function_is_marked_long(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -98,7 +99,7 @@ def _function_is_marked_long(lines: list[str], node: ast.FunctionDef | ast.Async
     )
     statements = body[1:] if has_docstring else body
     last = statements[0].lineno if statements else (node.end_lineno or node.lineno)
-    return any(LONG.match(line) for line in lines[_start(lines, node) : last])
+    return any(LONG.search(line) for line in lines[_start(lines, node) : last])
 
 
 def _size_problems(path: Path, where: str) -> list[str]:
@@ -147,6 +148,9 @@ def test_the_size_rule_counts_lines_and_honours_the_reason(tmp_path: Path) -> No
             + _function("over_marked", 90, marker="# long: one branch per opcode")
             + _function("bare_marker", 90, marker="# long:")
             + _function("no_docstring_marked", 90, marker="# long: a reason", docstring=False)
+            + "def on_the_def_line(  # long: one parameter per option\n) -> int:\n"
+            + "    x = 0\n" * 85
+            + "    return x\n"
             + "# long: a reason above it\n@staticmethod\n"
             + _function("marked_above", 90)
             + "# long: above, but not right above\n\n"

@@ -23,7 +23,7 @@ swapped, and restored on exit:
 
 A streaming export (``--streaming``) carries every recurrent module's state through graph inputs and
 outputs with module hooks, around whichever ``forward`` is in force: see
-:mod:`rnnexport.builder.patch_streaming` (its names are importable from here too).
+:mod:`rnnexport.builder.patch_streaming`.
 
 The packing functions are swapped wherever a loaded module's globals, or the globals of the model's
 own methods, hold them, so ``from torch.nn.utils.rnn import pack_padded_sequence`` in the user's
@@ -52,12 +52,6 @@ from torch import nn
 from torch.nn.utils import rnn as rnn_utils
 from torch.onnx import symbolic_helper
 
-from rnnexport.builder.patch_streaming import (
-    RecurrentState,
-    StreamingModule,
-    recurrent_states,
-    streaming_state,
-)
 from rnnexport.builder.recurrent import RECURRENT_LAYERS, PaddedBatch, recurrent_base_class
 from rnnexport.errors import ExportError
 
@@ -67,16 +61,12 @@ __all__ = [
     "PackedLengths",
     "PaddedBatch",
     "RecurrentNodes",
-    "RecurrentState",
-    "StreamingModule",
     "TracedOps",
     "TracerWarning",
     "export_patches",
     "frozen_trace_values",
     "layer_weights",
     "recurrent_nodes",
-    "recurrent_states",
-    "streaming_state",
 ]
 
 # torch.jit's stubs do not re-export it; the tracer warns with it whenever a trace freezes a value.

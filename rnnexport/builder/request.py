@@ -19,7 +19,7 @@ from rnnexport.artifact import EXTERNAL_DATA, MODEL, prepare_destination, sha256
 from rnnexport.builder.cases import read_user_cases
 from rnnexport.builder.iospec import check_signature, read_io
 from rnnexport.builder.options import SWEEP_SHAPES, BuildOptions
-from rnnexport.builder.patch import recurrent_states
+from rnnexport.builder.patch_streaming import recurrent_states
 from rnnexport.builder.plan import TF32_TOLERANCE
 from rnnexport.builder.references import model_and_references, module_references
 from rnnexport.builder.usermodel import ModelSource, OutputForm, UserCode, load_user_weights, state_sha256
