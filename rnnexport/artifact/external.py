@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto
 
 from rnnexport.artifact.manifest import EXTERNAL_DATA, MODEL
+from rnnexport.graph.nodes import constants_to_initializers
 
 __all__ = ["EXTERNAL_TENSOR_BYTES", "external_data_problems", "write_external_model"]
 
@@ -45,7 +46,7 @@ def write_external_model(model: onnx.ModelProto, folder: Path) -> dict[str, Any]
     first: ONNX Runtime reads external data for initializers, and ``verify`` accepts external data
     there alone, so that what it checks is exactly what rnnexport writes.
     """
-    _constants_to_initializers(model.graph, EXTERNAL_TENSOR_BYTES)
+    constants_to_initializers(model.graph, min_bytes=EXTERNAL_TENSOR_BYTES)
     for name in (MODEL, EXTERNAL_DATA):
         if os.path.lexists(folder / name):  # onnx appends to an existing data file; never let it
             raise FileExistsError(errno.EEXIST, "File exists", str(folder / name))
@@ -68,29 +69,6 @@ def write_external_model(model: onnx.ModelProto, folder: Path) -> dict[str, Any]
         "tensors": len(external),
         "tensor_threshold_bytes": EXTERNAL_TENSOR_BYTES,
     }
-
-
-def _constants_to_initializers(graph: onnx.GraphProto, threshold: int) -> None:
-    """Replace each top-level ``Constant`` node whose ``value`` holds ``threshold`` bytes or more by an
-    initializer named like its output (the same value under the same name: the graph computes the same)."""
-    kept = []
-    for node in graph.node:
-        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-        if (
-            node.op_type == "Constant"
-            and node.domain in ("", "ai.onnx")
-            and len(node.attribute) == 1
-            and value is not None
-            and len(value.raw_data) >= threshold
-        ):
-            tensor = graph.initializer.add()
-            tensor.CopyFrom(value)
-            tensor.name = node.output[0]
-            continue
-        kept.append(node)
-    if len(kept) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(kept)
 
 
 def _tensors_of_nodes(nodes: Sequence[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:

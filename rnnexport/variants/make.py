@@ -22,6 +22,7 @@ from typing import Any, Literal
 import onnx
 
 from rnnexport.errors import UsageError
+from rnnexport.graph.nodes import constants_to_initializers, topological_order
 from rnnexport.runtime import probe_provider
 
 __all__ = [
@@ -143,19 +144,7 @@ def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    graph = result.graph
-    kept = []
-    for node in graph.node:
-        value = next((a for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value.t)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-        else:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
+    constants_to_initializers(result.graph)
     return result
 
 
@@ -220,18 +209,10 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
     node list; ONNX Runtime sorts on load, but onnx's checker and ONNX Runtime's own mobile usability
     checker do not.
     """
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:  # a cycle or a dangling input: leave the rest as it was, the checks report it
-            ordered += pending
-            break
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [n for n in pending if all(n is not r for r in ready)]
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    # A cycle or a dangling input leaves the rest as it was, at the end: the checks report it.
+    ordered, stuck = topological_order(graph.node, available=available, by_level=True)
+    ordered += stuck
     copies = []
     for node in ordered:
         copy = onnx.NodeProto()
