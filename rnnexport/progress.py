@@ -7,6 +7,7 @@ the command line turns them into a live display or plain lines.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 __all__ = ["Progress", "SilentProgress"]
@@ -21,8 +22,11 @@ class Progress(Protocol):
     def advanced(self, done: int) -> None:
         """``done`` items of the current stage are finished."""
 
-    def stage_finished(self, stage: str, ok: bool, detail: str, seconds: float) -> None:
-        """``stage`` ended (``ok`` False when it failed its check); ``detail`` says what it did."""
+    def stage_finished(
+        self, stage: str, ok: bool, detail: str, seconds: float, more: Sequence[str] = ()
+    ) -> None:
+        """``stage`` ended (``ok`` False when it failed its check); ``detail`` says what it did in a
+        line, ``more`` in lines worth showing only to whoever asked for every detail."""
 
 
 class SilentProgress:
@@ -34,5 +38,7 @@ class SilentProgress:
     def advanced(self, done: int) -> None:
         """Ignored."""
 
-    def stage_finished(self, stage: str, ok: bool, detail: str, seconds: float) -> None:
+    def stage_finished(
+        self, stage: str, ok: bool, detail: str, seconds: float, more: Sequence[str] = ()
+    ) -> None:
         """Ignored."""

@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -82,7 +83,9 @@ class _ExportTime:
     def advanced(self, done: int) -> None:
         """Ignored."""
 
-    def stage_finished(self, stage: str, ok: bool, detail: str, seconds: float) -> None:
+    def stage_finished(
+        self, stage: str, ok: bool, detail: str, seconds: float, more: Sequence[str] = ()
+    ) -> None:
         """Keep the export stage's time."""
         if stage == "export":
             self.seconds = seconds

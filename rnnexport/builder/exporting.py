@@ -95,6 +95,7 @@ def export_and_simplify(
             staged = staging / MODEL if layout is not None else None
             _check_traced(simplified, contract, exporter, stage="after simplification", path=staged)
             stage.details.append(stats.describe())
+            stage.more += stats.tidy.lines() if stats.tidy is not None else []
             if layout is not None:
                 stage.details.append(
                     f"{layout['tensors']} tensors ({format_bytes(layout['bytes'])}) written to "

@@ -12,10 +12,12 @@ __all__ = ["StageReport", "timed_stage"]
 
 
 class StageReport:
-    """What a running stage reports: details to show and whether it succeeded."""
+    """What a running stage reports: details to show, more for a verbose display, and whether it
+    succeeded."""
 
     def __init__(self) -> None:
         self.details: list[str] = []
+        self.more: list[str] = []
         self.ok = True
 
 
@@ -26,4 +28,5 @@ def timed_stage(progress: Progress, name: str, total: int | None = None) -> Iter
     report = StageReport()
     progress.stage_started(name, total)
     yield report
-    progress.stage_finished(name, report.ok, "; ".join(report.details), time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    progress.stage_finished(name, report.ok, "; ".join(report.details), elapsed, more=report.more)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -252,13 +252,17 @@ class Reporter:
             total = self._progress.tasks[-1].total
             self._progress.update(self._task, completed=done, count=self._count(done, int(total or 0)))
 
-    def stage_finished(self, stage: str, ok: bool, detail: str, seconds: float) -> None:
+    def stage_finished(
+        self, stage: str, ok: bool, detail: str, seconds: float, more: Sequence[str] = ()
+    ) -> None:
         if self._progress is not None and self._task is not None:
             self._progress.remove_task(self._task)
             self._task = None
         if self.quiet:
             return
         err.print(f"{mark(ok)} {stage:<11} {seconds:6.2f}s  {safe(detail)}")
+        for line in more if self.verbose else ():
+            err.print(f"{'':22}{safe(line)}")
 
     def close(self) -> None:
         if self._progress is not None:

@@ -73,6 +73,17 @@ class TidyReport:
     nodes_saved: int
     rules: dict[str, RuleCount]
 
+    def lines(self) -> list[str]:
+        """One line per rule, for a build's verbose report: what it applied, and why it left the
+        candidates of the final graph as they were."""
+        lines = []
+        for name, count in self.rules.items():
+            misses = ", ".join(f"{reason} x{n}" for reason, n in sorted(count.misses.items()))
+            lines.append(
+                f"rule {name}: applied {count.applied}" + (f"; left as is: {misses}" if misses else "")
+            )
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         """``{"nodes_saved": n, "rules": {name: {"applied": n, "misses": {reason: n}}}}``."""
         return {"nodes_saved": self.nodes_saved, "rules": {k: v.to_json() for k, v in self.rules.items()}}

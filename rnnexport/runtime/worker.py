@@ -195,7 +195,13 @@ def verify_with_deadline(
             else f"onnxruntime {stopped.how} while running the model ({stopped.last_words})"
         )
         return ProviderResult(
-            device, provider, "failed", plan.tolerance(device), plan.tf32_for(device), reason=reason
+            device,
+            provider,
+            "failed",
+            plan.tolerance(device),
+            plan.tf32_for(device),
+            reason=reason,
+            criterion=plan.criterion,  # the rule the plan asked for, not the default
         )
     assert isinstance(result, ProviderResult)
     return result

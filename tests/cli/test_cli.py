@@ -142,6 +142,28 @@ def test_simplification_says_what_changed(tmp_path: Path) -> None:
     assert counted + sum(section["added_by_op"].values()) == section["nodes_after"]
 
 
+def test_verbose_build_reports_each_tidy_rule(tmp_path: Path) -> None:
+    # Parallel branches each end in layout nodes that the tidy rules move after the Concat joining
+    # them (README, "What the exporter sees"), so some rule applies; every rule reports a line.
+    args = ["build", "--arch", "parallel-lstm", "--device", "cpu", "--exporter", "torchscript"]
+    verbose = _run(*args, "--out", str(tmp_path / "v"), "-v")
+    assert verbose.exit_code == 0, verbose.output
+    lines = [line.strip() for line in verbose.output.splitlines() if line.strip().startswith("rule ")]
+    names = [line.split(":")[0].removeprefix("rule ") for line in lines]
+    # A stateless build runs every rule but the merge of parallel recurrences (streaming graphs only).
+    assert names == [
+        "drop_empty_concat_inputs",
+        "hoist_layout_after_concat",
+        "sink_layout_before_split",
+        "squeeze_before_join",
+    ]
+    applied = [int(line.split("applied ")[1].split(";")[0]) for line in lines]
+    assert sum(applied) > 0
+    plain = _run(*args, "--out", str(tmp_path / "p"))
+    assert plain.exit_code == 0, plain.output
+    assert "rule " not in plain.output
+
+
 def test_quiet_prints_nothing_on_success_and_the_error_on_failure(tmp_path: Path) -> None:
     ok = run_cli("build", "--arch", "many-to-many", "--out", str(tmp_path), "--device", "cpu", "-q")
     assert ok.exit_code == 0

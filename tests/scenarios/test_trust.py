@@ -294,6 +294,19 @@ def test_a_model_that_would_run_forever_is_stopped(folder: Path) -> None:
     assert "verification did not pass" in output
 
 
+def test_a_stopped_run_is_reported_under_the_rule_that_was_asked_for(folder: Path) -> None:
+    # The artifact is verified under the oracle rule: a run stopped by the time bound is a failure of
+    # that rule, not of the tolerance rule the result used to default to.
+    assert json.loads((folder / "manifest.json").read_text())["verification"]["rule"]["name"] == "oracle"
+    plant_endless_model(folder)
+    result = run_cli("verify", str(folder), "--device", "cpu", "--time-limit", "2", "--json")
+    assert result.exit_code == 1
+    cpu = json.loads(result.stdout)["providers"]["CPUExecutionProvider"]
+    assert cpu["status"] == "failed"
+    assert "within the time bound of 2 s" in cpu["reason"]
+    assert cpu["rule"] == "oracle"
+
+
 def test_sigterm_while_the_model_runs_stops_the_child_too(folder: Path) -> None:
     plant_endless_model(folder)
     code = ENTRY
