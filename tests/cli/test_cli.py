@@ -146,7 +146,7 @@ def test_verbose_build_reports_each_tidy_rule(tmp_path: Path) -> None:
     # Parallel branches each end in layout nodes that the tidy rules move after the Concat joining
     # them (README, "What the exporter sees"), so some rule applies; every rule reports a line.
     args = ["build", "--arch", "parallel-lstm", "--device", "cpu", "--exporter", "torchscript"]
-    verbose = _run(*args, "--out", str(tmp_path / "v"), "-v")
+    verbose = run_cli(*args, "--out", str(tmp_path / "v"), "-v")
     assert verbose.exit_code == 0, verbose.output
     lines = [line.strip() for line in verbose.output.splitlines() if line.strip().startswith("rule ")]
     names = [line.split(":")[0].removeprefix("rule ") for line in lines]
@@ -159,7 +159,7 @@ def test_verbose_build_reports_each_tidy_rule(tmp_path: Path) -> None:
     ]
     applied = [int(line.split("applied ")[1].split(";")[0]) for line in lines]
     assert sum(applied) > 0
-    plain = _run(*args, "--out", str(tmp_path / "p"))
+    plain = run_cli(*args, "--out", str(tmp_path / "p"))
     assert plain.exit_code == 0, plain.output
     assert "rule " not in plain.output
 
