@@ -195,8 +195,8 @@ def measure(
 ) -> dict[str, Any]:
     """Build ``name`` at ``size`` and benchmark it; the figures the tables and targets read."""
     from rnnexport.bench import run_bench
+    from rnnexport.builder.eager import build_model
     from rnnexport.builder.pipeline import build
-    from rnnexport.builder.reference import build_model
     from rnnexport.registry import get_arch
     from rnnexport.spec import ArchConfig
 

@@ -32,8 +32,8 @@ import safetensors
 import torch
 from safetensors.numpy import load_file, save_file
 
+from rnnexport.builder.eager import TorchRunner, build_model, state_dict_to_numpy
 from rnnexport.builder.golden import GOLDEN_FORMAT, golden_root
-from rnnexport.builder.reference import TorchRunner, build_model, state_dict_to_numpy
 from rnnexport.errors import RnnExportError
 from rnnexport.feeds import make_feeds
 from rnnexport.registry import get_arch, list_architectures

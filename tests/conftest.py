@@ -3,6 +3,7 @@ parametrisation there, so a new architecture is tested everywhere."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,13 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def folder(shipped: Path, tmp_path: Path) -> Path:
     """A private copy of the requesting module's ``shipped`` artifact, for a test to tamper with."""
     return copy_artifact(shipped, tmp_path / "artifact")
+
+
+@pytest.fixture
+def single_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test: small recurrences run fastest so, and do not stall on a busy
+    machine (``pytestmark = pytest.mark.usefixtures("single_torch_thread")``)."""
+    from rnnexport.builder.accuracy import one_torch_thread
+
+    with one_torch_thread():
+        yield

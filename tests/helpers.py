@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,30 @@ def plant_endless_model(folder: Path) -> None:
     (folder / "model.onnx").write_bytes(model.SerializeToString())
     assert (folder / "model.onnx").stat().st_size < 2000
     rehash(folder)
+
+
+def sigterm_while_the_model_runs(args: list[str], *, what: str) -> str:
+    """Run ``rnnexport ARGS`` in a child, send it SIGTERM once its onnxruntime grandchild runs, and
+    check that it ends as a build ends on SIGTERM (exit 143, the message, no traceback) and takes the
+    grandchild with it; return its stderr. ``what`` names the command in the failure message."""
+    process = subprocess.Popen([sys.executable, "-c", ENTRY, *args], stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 300
+    while not children.read_text().split():  # wait until the child running onnxruntime exists
+        assert process.poll() is None
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [child] = children.read_text().split()
+    time.sleep(1)  # let it reach the endless call: a native call Python's signal handlers cannot enter
+    process.terminate()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143  # 128 + SIGTERM
+    assert "interrupted: SIGTERM stopped the run before it finished" in flat(stderr)
+    assert "Traceback" not in stderr
+    while running(child):  # the kernel ends it with its parent; wait (bounded) for that to happen
+        assert time.monotonic() < deadline, f"the onnxruntime child outlived the interrupted {what}"
+        time.sleep(0.05)
+    return stderr
 
 
 def running(pid: str) -> bool:

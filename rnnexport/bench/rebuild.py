@@ -25,7 +25,7 @@ def _builtin_model(folder: Path, manifest: Manifest, weights: Path | None) -> tu
     """A registered architecture rebuilt from the manifest's sizes and weights' origin, and that origin."""
     import torch
 
-    from rnnexport.builder.reference import build_model
+    from rnnexport.builder.eager import build_model
     from rnnexport.registry import get_arch
     from rnnexport.spec import ArchConfig
 
@@ -243,7 +243,7 @@ def _rebuild_eager(
         raise _Unavailable(
             "torch is not installed here (install the build extra: pip install 'rnnexport[build,cpu]')"
         ) from None
-    from rnnexport.builder.reference import ModuleRunner
+    from rnnexport.builder.eager import ModuleRunner
 
     if manifest.source is not None:
         module, source = _user_model(folder, manifest, weights, model)

@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 import torch
 
-from rnnexport.builder.reference import Float64Runner
+from rnnexport.builder.eager import Float64Runner
 from rnnexport.feeds import Case, Feeds
 from rnnexport.runtime import Device
 from rnnexport.runtime.compare import ProviderResult

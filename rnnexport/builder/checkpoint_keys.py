@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from rnnexport.builder.checkpoint_files import TensorInfo, dtype_name, quoted
-from rnnexport.builder.reference import build_model
+from rnnexport.builder.eager import build_model
 from rnnexport.errors import UsageError, WeightsError
 from rnnexport.spec import ArchConfig, ArchSpec
 

@@ -17,9 +17,9 @@ import torch
 from rnnexport.artifact import sha256_file
 from rnnexport.builder.accuracy import float64_references
 from rnnexport.builder.cases import sweep_inputs
+from rnnexport.builder.eager import ModuleRunner, TorchRunner, build_model
 from rnnexport.builder.golden import load_golden
 from rnnexport.builder.options import SWEEP_SEED
-from rnnexport.builder.reference import ModuleRunner, TorchRunner, build_model
 from rnnexport.builder.usermodel import UserCode, check_outputs, lengths_hint
 from rnnexport.errors import ExportError, RnnExportError
 from rnnexport.feeds import Case, Feeds

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnexport.builder.eager import ModuleRunner
 from rnnexport.builder.patch_streaming import RecurrentState, StreamingModule, recurrent_states
-from rnnexport.builder.reference import ModuleRunner
 from rnnexport.errors import UsageError
 from rnnexport.feeds import Case, Feeds, make_feeds
 from rnnexport.spec import BATCH, SEQ, Contract, TensorSpec

@@ -32,7 +32,7 @@ import torch
 from rnnexport.builder.checkpoint import Checkpoint, load_state_dict, read_checkpoint
 from rnnexport.builder.checkpoint_files import MAX_SAFETENSORS_HEADER, TensorInfo, first_items, quoted
 from rnnexport.builder.checkpoint_keys import KeyTarget, architectures_with_keys
-from rnnexport.builder.reference import build_model
+from rnnexport.builder.eager import build_model
 from rnnexport.errors import WeightsError
 from rnnexport.spec import ArchConfig, ArchSpec
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnexport.builder.reference import TorchRunner, build_model
+from rnnexport.builder.eager import TorchRunner, build_model
 from rnnexport.errors import UsageError
 from rnnexport.feeds import make_feeds
 from rnnexport.registry import get_arch, list_architectures

@@ -232,7 +232,7 @@ def test_user_weights_are_needed_again_and_must_be_the_same(tmp_path: Path) -> N
     import torch
     from safetensors.torch import save_file
 
-    from rnnexport.builder.reference import build_model
+    from rnnexport.builder.eager import build_model
     from rnnexport.registry import get_arch
     from rnnexport.spec import ArchConfig
 

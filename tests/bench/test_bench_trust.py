@@ -12,10 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +27,15 @@ from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError
 from rnnexport.limits import DEFAULT_LIMITS, Limits
 
-from ..helpers import ENTRY, cli_in_child, flat, make_external, plant_endless_model, rehash, run_cli, running
+from ..helpers import (
+    cli_in_child,
+    flat,
+    make_external,
+    plant_endless_model,
+    rehash,
+    run_cli,
+    sigterm_while_the_model_runs,
+)
 
 # The cheapest run that still times something: ONNX Runtime alone, two shapes, one round.
 QUICK = [
@@ -262,20 +267,4 @@ def test_record_into_a_read_only_artifact_is_refused_before_measuring(shipped: P
 def test_sigterm_stops_bench_like_a_build(folder: Path) -> None:
     plant_endless_model(folder)
     args = ["bench", str(folder), *QUICK, "--time-limit", "600"]
-    process = subprocess.Popen([sys.executable, "-c", ENTRY, *args], stderr=subprocess.PIPE, text=True)
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-    deadline = time.monotonic() + 300
-    while not children.read_text().split():  # wait until the child running onnxruntime exists
-        assert process.poll() is None
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    [child] = children.read_text().split()
-    time.sleep(1)  # let it reach the endless call: a native call Python's signal handlers cannot enter
-    process.terminate()
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143  # what a build exits with on SIGTERM
-    assert "interrupted: SIGTERM stopped the run before it finished" in flat(stderr)
-    assert "Traceback" not in stderr
-    while running(child):  # killed by its parent; wait (bounded) for the kernel to reap it
-        assert time.monotonic() < deadline, "the onnxruntime child outlived the interrupted bench"
-        time.sleep(0.05)
+    sigterm_while_the_model_runs(args, what="bench")

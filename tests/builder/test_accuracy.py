@@ -4,7 +4,6 @@ drift exceeds atol at 1000 steps passes, and the long sequence is part of every 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from rnnexport.builder.eager import Float64Runner, TorchRunner, build_model
 from rnnexport.builder.golden import load_golden
 from rnnexport.builder.pipeline import build
-from rnnexport.builder.reference import Float64Runner, TorchRunner, build_model
 from rnnexport.feeds import Case, make_feeds
 from rnnexport.registry import get_arch
 from rnnexport.runtime.compare import Criterion, Tolerance, verify_on_device
@@ -26,13 +25,7 @@ from rnnexport.spec import ArchConfig
 LENGTHS = (1, 7, 64, 257, 1000)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Small recurrences run fastest on one thread, and do not stall on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _swap_first_two_gates(model: onnx.ModelProto, op: str) -> onnx.ModelProto:

@@ -22,9 +22,9 @@ from onnx import numpy_helper
 
 from rnnexport.builder import export as export_module
 from rnnexport.builder import exporting
+from rnnexport.builder.eager import build_model
 from rnnexport.builder.export import AUTO_ORDER, EXPORTERS, Exporter, export_onnx
 from rnnexport.builder.pipeline import build
-from rnnexport.builder.reference import build_model
 from rnnexport.errors import ExportError, UsageError, VerificationError
 from rnnexport.limits import DEFAULT_LIMITS
 from rnnexport.registry import get_arch

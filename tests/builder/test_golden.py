@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from rnnexport.builder.eager import TorchRunner, build_model
 from rnnexport.builder.golden import golden_root, load_golden, regenerate_command
-from rnnexport.builder.reference import TorchRunner, build_model
 from rnnexport.errors import GoldenError
 from rnnexport.registry import get_arch
 

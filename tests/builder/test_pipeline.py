@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from rnnexport.artifact import read_test_data
+from rnnexport.builder.eager import TorchRunner, build_model
 from rnnexport.builder.export import AUTO_ORDER
 from rnnexport.builder.golden import load_golden
 from rnnexport.builder.pipeline import build
-from rnnexport.builder.reference import TorchRunner, build_model
 from rnnexport.registry import get_arch
 from rnnexport.runtime import probe_provider
 from rnnexport.spec import ArchConfig, Contract

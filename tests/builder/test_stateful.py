@@ -21,9 +21,9 @@ from torch import nn
 
 import rnnexport
 from rnnexport.artifact import MANIFEST, verify_artifact
+from rnnexport.builder.eager import build_model
 from rnnexport.builder.export import export_onnx
 from rnnexport.builder.iospec import read_io
-from rnnexport.builder.reference import build_model
 from rnnexport.builder.stateful import make_streaming
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.feeds import make_feeds

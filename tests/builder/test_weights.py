@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from typer.testing import Result
 
 import rnnexport
-from rnnexport.builder.reference import build_model
+from rnnexport.builder.eager import build_model
 from rnnexport.builder.usermodel import load_user_weights
 from rnnexport.builder.weights import load_state_dict, read_checkpoint
 from rnnexport.errors import WeightsError

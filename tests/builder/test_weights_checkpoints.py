@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from typer.testing import Result
 
 import rnnexport
-from rnnexport.builder.reference import build_model
+from rnnexport.builder.eager import build_model
 from rnnexport.builder.weights import (
     MAX_SAFETENSORS_HEADER,
     check_state_dict,

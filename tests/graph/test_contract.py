@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto
 
+from rnnexport.builder.eager import build_model
 from rnnexport.builder.export import export_onnx
-from rnnexport.builder.reference import build_model
 from rnnexport.errors import ContractError
 from rnnexport.graph.contract import check_contract, read_contract
 from rnnexport.registry import get_arch

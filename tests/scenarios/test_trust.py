@@ -10,8 +10,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,15 @@ from rnnexport.errors import ArtifactError
 from rnnexport.limits import Limits
 from rnnexport.safeio import read_bounded
 
-from ..helpers import ENTRY, cli_in_child, flat, make_external, plant_endless_model, rehash, run_cli, running
+from ..helpers import (
+    cli_in_child,
+    flat,
+    make_external,
+    plant_endless_model,
+    rehash,
+    run_cli,
+    sigterm_while_the_model_runs,
+)
 
 
 def _flat(result: Result | subprocess.CompletedProcess[str]) -> str:
@@ -309,23 +315,8 @@ def test_a_stopped_run_is_reported_under_the_rule_that_was_asked_for(folder: Pat
 
 def test_sigterm_while_the_model_runs_stops_the_child_too(folder: Path) -> None:
     plant_endless_model(folder)
-    code = ENTRY
     args = ["verify", str(folder), "--device", "cpu", "--time-limit", "600"]
-    process = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-    deadline = time.monotonic() + 300
-    while not children.read_text().split():  # wait until the child running onnxruntime exists
-        assert process.poll() is None
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    [child] = children.read_text().split()
-    process.terminate()
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143
-    assert "interrupted: SIGTERM stopped the run before it finished" in flat(stderr)
-    while running(child):  # the kernel ends it with its parent; wait (bounded) for that to happen
-        assert time.monotonic() < deadline, "the onnxruntime child outlived the interrupted verify"
-        time.sleep(0.05)
+    sigterm_while_the_model_runs(args, what="verify")
 
 
 def test_each_file_is_read_once_and_those_bytes_are_verified(

@@ -9,7 +9,6 @@ manifest, so only these checks can catch it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -19,14 +18,14 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnexport.artifact import MANIFEST
+from rnnexport.builder.accuracy import one_torch_thread
 from rnnexport.builder.pipeline import build
 from rnnexport.variants import ModelFacts, file_problems
 
-from ..helpers import flat, run_cli
+from ..helpers import flat, rehash, run_cli
 
 SIZES = {"input_size": 3, "hidden_size": 8, "output_size": 2}
 
@@ -34,9 +33,7 @@ SIZES = {"input_size": 3, "hidden_size": 8, "output_size": 2}
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("variant-trust")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         build(
             "many-to-many",
             out=out,
@@ -45,17 +42,14 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
             precisions="fp32,fp16,int8",
             formats="onnx,ort",
         )
-    finally:
-        torch.set_num_threads(threads)
     return out / "many-to-many"
 
 
 def _edit_manifest(folder: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     manifest = json.loads((folder / MANIFEST).read_text())
     edit(manifest)
-    for name in manifest["files"]:  # and the hashes agree with the folder again
-        manifest["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     (folder / MANIFEST).write_text(json.dumps(manifest))
+    rehash(folder)  # and the hashes agree with the folder again
 
 
 def _verify(folder: Path, *, cwd: Path | None = None, monkeypatch: pytest.MonkeyPatch | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ import torch
 from onnx import numpy_helper
 
 from rnnexport.artifact import verify_artifact
+from rnnexport.builder.accuracy import one_torch_thread
+from rnnexport.builder.eager import Float64Runner, build_model
 from rnnexport.builder.golden import load_golden
 from rnnexport.builder.pipeline import build
-from rnnexport.builder.reference import Float64Runner, build_model
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.feeds import make_feeds
 from rnnexport.registry import get_arch
@@ -47,25 +48,15 @@ FILES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # Small recurrences at batch <= 16 run fastest on one thread, and do not stall on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("variants")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         for arch in ARCHS:
             build(arch, out=out, device="cpu", precisions="fp32,fp16,int8", formats="onnx,ort")
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
