@@ -20,6 +20,7 @@ __all__ = [
     "Case",
     "Feeds",
     "axis_ranges",
+    "call_bytes",
     "make_feeds",
     "validate_feeds",
 ]
@@ -44,6 +45,18 @@ class Case:
     def shapes(self) -> dict[str, list[int]]:
         """Input shapes, for reports."""
         return {k: list(v.shape) for k, v in self.inputs.items()}
+
+
+def call_bytes(contract: Contract, batch: int, seq: int) -> int:
+    """Bytes of one call's inputs and outputs at ``batch`` x ``seq`` (what any runtime must hold)."""
+    sizes = {BATCH: batch, SEQ: seq}
+    total = 0
+    for spec in contract.inputs + contract.outputs:
+        elements = 1
+        for d in spec.shape:
+            elements *= sizes.get(d, OTHER_AXIS_SIZE) if isinstance(d, str) else d
+        total += elements * np.dtype(spec.dtype).itemsize
+    return total
 
 
 def make_feeds(contract: Contract, *, batch: int, seq: int, rng: np.random.Generator) -> Feeds:

@@ -55,7 +55,8 @@ class Limits:
     inputs_bytes: int = 64 * _MiB  # --inputs decompressed: every array, summed
     golden_bytes: int = 64 * _MiB  # one golden file
     # An I/O description (io.json): elements per batch row and time step, summed over the inputs
-    # (the sweep generates up to 16 x 257 such positions, so at most 1 GiB of float32 inputs), the
+    # (the default sweep generates up to 16 x 257 such positions, so at most 1 GiB of float32 inputs;
+    # a build checks the memory its --verify-seqs ask for before it starts), the
     # rank of one tensor, and any fixed size (an ONNX dim, and no tensor of more fits in memory).
     io_step_elements: int = 1 << 16
     io_rank: int = 16

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rnnexport.errors import UsageError
-from rnnexport.feeds import OTHER_AXIS_SIZE, Feeds, make_feeds
+from rnnexport.feeds import Feeds, call_bytes, make_feeds
 from rnnexport.limits import DEFAULT_LIMITS, Limits, format_bytes
-from rnnexport.spec import BATCH, SEQ, Contract
+from rnnexport.spec import Contract
 
 DEFAULT_BATCHES = (1, 32)
 DEFAULT_SEQS = (1, 10, 100, 1000)
@@ -34,18 +34,6 @@ def grid_shapes(batches: Sequence[int], seqs: Sequence[int]) -> list[tuple[int, 
     return [(b, s) for b in batches for s in seqs]
 
 
-def _call_bytes(contract: Contract, batch: int, seq: int) -> int:
-    """Bytes of one call's inputs and outputs at ``batch`` x ``seq`` (what any runtime must hold)."""
-    sizes = {BATCH: batch, SEQ: seq}
-    total = 0
-    for spec in contract.inputs + contract.outputs:
-        elements = 1
-        for d in spec.shape:
-            elements *= sizes.get(d, OTHER_AXIS_SIZE) if isinstance(d, str) else d
-        total += elements * np.dtype(spec.dtype).itemsize
-    return total
-
-
 def check_grid(
     contract: Contract, shapes: Sequence[tuple[int, int]], *, limits: Limits = DEFAULT_LIMITS
 ) -> None:
@@ -55,8 +43,8 @@ def check_grid(
     """
     if not shapes:
         return
-    batch, seq = max(shapes, key=lambda shape: _call_bytes(contract, *shape))
-    needed = _call_bytes(contract, batch, seq)
+    batch, seq = max(shapes, key=lambda shape: call_bytes(contract, *shape))
+    needed = call_bytes(contract, batch, seq)
     if needed > limits.bench_tensor_bytes:
         raise UsageError(
             f"--batch {batch} with --seq {seq} needs {format_bytes(needed)} for one call's inputs and "

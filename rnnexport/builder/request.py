@@ -25,7 +25,7 @@ from rnnexport.builder.references import model_and_references, module_references
 from rnnexport.builder.usermodel import ModelSource, OutputForm, UserCode, load_user_weights, state_sha256
 from rnnexport.builder.weights import fit_to_arch, read_checkpoint
 from rnnexport.errors import UsageError, VerificationError
-from rnnexport.feeds import Case, Feeds
+from rnnexport.feeds import Case, Feeds, call_bytes
 from rnnexport.limits import DEFAULT_LIMITS, Limits, available_memory, format_bytes
 from rnnexport.registry import get_arch
 from rnnexport.runtime import Device, probe_provider, resolve_devices
@@ -216,9 +216,38 @@ def _check_resources(
             f"{what}; building and verifying it needs about {format_bytes(estimate.memory_bytes)} of memory "
             f"(the weights held about {ResourceEstimate.COPIES} times over, plus the verification sweep's "
             f"activations), but only {format_bytes(available)} is available here. Nothing was built. Choose "
-            "smaller sizes, or build on a machine with more memory."
+            + ("smaller sizes" if tuple(shapes) == SWEEP_SHAPES else "smaller sizes or shorter --verify-seqs")
+            + ", or build on a machine with more memory."
         )
     return estimate
+
+
+# A user module's activations are unknown; its largest sweep case is held at least this many times
+# over: its inputs and outputs in float32 and float64 (the oracle's run) on the PyTorch side, and
+# again in ONNX Runtime, with the layers' own activations on top.
+_CALL_COPIES = 8
+
+
+def _check_module_memory(
+    what: str,
+    contract: Contract,
+    weight_bytes: int,
+    shapes: Sequence[tuple[int, int]],
+    *,
+    available: int | None,
+) -> None:
+    """Refuse, with the numbers, a user module whose verification sweep cannot fit in memory (its
+    sequence lengths come from --verify-seqs, which may ask for any)."""
+    batch, seq = max(shapes, key=lambda shape: call_bytes(contract, *shape))
+    needed = ResourceEstimate.COPIES * weight_bytes + _CALL_COPIES * call_bytes(contract, batch, seq)
+    if available is not None and needed > available:
+        raise UsageError(
+            f"Verifying the model {what!r} at batch {batch}, seq {seq} needs at least "
+            f"{format_bytes(needed)} of memory (its inputs and outputs there, held about {_CALL_COPIES} "
+            f"times over, and its {format_bytes(weight_bytes)} of weights about {ResourceEstimate.COPIES} "
+            f"times), but only {format_bytes(available)} is available here. Nothing was built. Pass "
+            "shorter --verify-seqs, or build on a machine with more memory."
+        )
 
 
 def stores_externally(
@@ -352,6 +381,7 @@ def resolve_module(
     origin, weights_read, notes = _module_weights(module, options)
     user_cases = read_user_cases(options.inputs, contract)
     weight_bytes = 4 * sum(p.numel() for p in module.parameters())  # float32, as shipped
+    _check_module_memory(what, contract, weight_bytes, options.sweep_shapes, available=available_memory())
     external = stores_externally(
         weight_bytes, options.limits, options.precision_list, options.format_list, what=f"The model {what!r}"
     )

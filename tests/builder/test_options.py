@@ -8,10 +8,12 @@ from enum import Enum
 from pathlib import Path
 
 import pytest
+import torch
 
 from rnnexport.artifact import Manifest
+from rnnexport.builder import request as builder_request
 from rnnexport.builder.options import SWEEP_SHAPES, BuildOptions
-from rnnexport.builder.pipeline import build
+from rnnexport.builder.pipeline import build, build_model_artifact
 from rnnexport.builder.request import estimate_resources
 from rnnexport.errors import UsageError
 from rnnexport.registry import get_arch
@@ -112,3 +114,32 @@ def test_a_build_verifies_at_the_lengths_verify_seqs_gives(tmp_path: Path) -> No
     assert json.dumps(api.verification["providers"]["CPUExecutionProvider"]["shapes"]) == json.dumps(
         manifest.verification["providers"]["CPUExecutionProvider"]["shapes"]
     )
+
+
+class _Tagger(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(4, 8, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.gru(x)[0]
+        return y
+
+
+def test_a_user_model_is_refused_lengths_it_cannot_hold_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io = {
+        "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", "seq", 4]}],
+        "outputs": [{"name": "y", "shape": ["batch", "seq", 8]}],
+    }
+    monkeypatch.setattr(builder_request, "available_memory", lambda: 1 << 30)
+    options = BuildOptions(out=tmp_path, device="cpu", verify_seqs="7,1000000")
+    with pytest.raises(UsageError) as raised:
+        build_model_artifact(_Tagger(), io, options)
+    # Batch 16 x seq 10**6 positions of 4 input and 8 output floats: 768e6 bytes, held 8 times over,
+    # is 6.144e9 bytes, 5.72 GiB (the 336 weights add 8 kB).
+    message = str(raised.value)
+    assert "at batch 16, seq 1000000 needs at least 5.72 GiB" in message
+    assert "Pass shorter --verify-seqs" in message
+    assert list(tmp_path.iterdir()) == []
