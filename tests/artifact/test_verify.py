@@ -17,7 +17,7 @@ from rnnexport.artifact import MANIFEST, verify_artifact
 from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError
 
-from ..helpers import copy_artifact, run_cli, run_without_torch
+from ..helpers import cli_in_child, copy_artifact, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +194,7 @@ def test_not_an_artifact(tmp_path: Path) -> None:
 
 def test_verify_needs_no_torch(artifact: Path) -> None:
     # torch made unimportable: `import torch` raises ImportError anywhere on this path.
-    code = (
-        "from rnnexport.cli import main\n"
-        f"sys.argv = ['rnnexport', 'verify', {str(artifact)!r}, '--device', 'cpu']\n"
-        "main()\n"
-    )
-    result = run_without_torch(code)
+    result = cli_in_child("verify", str(artifact), "--device", "cpu", torch_free=True)
     assert result.returncode == 0, result.stderr
     assert "passed" in result.stderr
     assert "Traceback" not in result.stderr

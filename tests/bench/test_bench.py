@@ -22,7 +22,7 @@ from rnnexport.builder.pipeline import build
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.runtime import bucketed_run, plan_buckets
 
-from ..helpers import copy_artifact, run_cli, run_without_torch
+from ..helpers import cli_in_child, copy_artifact, run_cli
 
 # The smallest run that still exercises every part: two batches, two lengths, one round.
 QUICK = ["--batch", "1,2", "--seq", "1,3", "--rounds", "1", "--repeats", "2"]
@@ -104,12 +104,7 @@ def test_bench_table_without_json(masked: Path) -> None:
 
 
 def test_bench_works_without_torch(masked: Path) -> None:
-    code = (
-        "from rnnexport.cli import main\n"
-        f"sys.argv = ['rnnexport', 'bench', {str(masked)!r}, *{QUICK!r}, '--json']\n"
-        "main()\n"
-    )
-    result = run_without_torch(code)
+    result = cli_in_child("bench", str(masked), *QUICK, "--json", torch_free=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     data = json.loads(result.stdout)

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from rnnexport.artifact import verify_artifact
 
-from ..helpers import import_or_skip, run_cli, run_without_torch
+from ..helpers import cli_in_child, import_or_skip, run_cli
 
 ov = import_or_skip(
     "openvino",
@@ -166,12 +166,7 @@ def test_a_tampered_artifact_is_not_deployed(stream: Path, tmp_path: Path) -> No
 
 
 def test_verify_on_openvino_needs_no_torch(stream: Path) -> None:
-    code = (
-        "from rnnexport.cli import main\n"
-        f"sys.argv = ['rnnexport', 'verify', {str(stream)!r}, '--runtime', 'openvino']\n"
-        "main()\n"
-    )
-    result = run_without_torch(code)
+    result = cli_in_child("verify", str(stream), "--runtime", "openvino", torch_free=True)
     assert result.returncode == 0, result.stderr
     assert "OpenVINO-CPU" in result.stderr
 
