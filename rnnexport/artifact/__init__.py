@@ -38,9 +38,6 @@ if TYPE_CHECKING:
         EXTERNAL_TENSOR_BYTES,
         write_external_model,
     )
-
-    # _read_listed and _read_manifest are private, but deploy/web.py and bench import them from here.
-    from rnnexport.artifact.files import _read_listed as _read_listed
     from rnnexport.artifact.files import (
         check_files,
         hash_files,
@@ -72,7 +69,6 @@ if TYPE_CHECKING:
         check_publishable,
         checked_artifact,
     )
-    from rnnexport.artifact.untrusted import _read_manifest as _read_manifest
     from rnnexport.artifact.verify import (
         UNLISTED_SHOWN,
         ArtifactReport,
@@ -117,7 +113,6 @@ _LAZY = {
     "check_files": "files",
     "hash_files": "files",
     "sha256_file": "files",
-    "_read_listed": "files",
     "BENCH_FILE": "manifest",
     "EXTERNAL_DATA": "manifest",
     "MANIFEST": "manifest",
@@ -136,7 +131,6 @@ _LAZY = {
     "CheckedArtifact": "untrusted",
     "check_publishable": "untrusted",
     "checked_artifact": "untrusted",
-    "_read_manifest": "untrusted",
     "UNLISTED_SHOWN": "verify",
     "ArtifactReport": "verify",
     "plan_from_manifest": "verify",

@@ -22,7 +22,7 @@ from rnnexport.safeio import (
     read_bounded,
 )
 
-__all__ = ["check_files", "hash_files", "sha256_file"]
+__all__ = ["check_files", "hash_files", "read_listed", "sha256_file"]
 
 # -- files and hashes ------------------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ def _size_limit(name: str, limits: Limits) -> int:
     return limits.external_data_bytes if name == EXTERNAL_DATA else limits.test_data_bytes
 
 
-def _read_listed(
+def read_listed(
     folder: Path, listed: Mapping[str, str], limits: Limits, *, copy_to: Path | None = None
 ) -> tuple[dict[str, bytes], list[str], list[str]]:
     """Read every listed file once, within the size bounds, and hash those bytes.
@@ -226,4 +226,4 @@ def check_files(folder: Path, listed: Mapping[str, str], *, limits: Limits = DEF
     Links are reported, never followed. Harmless unlisted files (``.DS_Store``) are not problems:
     they are no part of the artifact; an unlisted model file or test-data tensor is.
     """
-    return _read_listed(folder, listed, limits)[1]
+    return read_listed(folder, listed, limits)[1]

@@ -22,7 +22,7 @@ from typing import Any
 import onnx
 
 from rnnexport.artifact.external import external_data_problems
-from rnnexport.artifact.files import _read_listed
+from rnnexport.artifact.files import read_listed
 from rnnexport.artifact.manifest import (
     _REBUILD,
     _TEST_FILE,
@@ -54,10 +54,12 @@ from rnnexport.text import capped, first_of
 from rnnexport.variants.check import shipped_variants
 from rnnexport.variants.make import REQUIRED_OPERATORS
 
-__all__ = ["CheckedArtifact", "check_publishable", "checked_artifact"]
+__all__ = ["CheckedArtifact", "check_publishable", "checked_artifact", "read_manifest"]
 
 
-def _read_manifest(folder: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Manifest, bytes]:
+def read_manifest(folder: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Manifest, bytes]:
+    """``folder``'s manifest, parsed and validated, and its bytes: a plain file (no link, pipe or
+    device), read once within ``limits.manifest_bytes``; anything else raises :class:`ArtifactError`."""
     path = folder / MANIFEST
     try:
         mode = path.lstat().st_mode
@@ -182,8 +184,8 @@ def _read_consistently(
     """
     for _ in range(attempts):
         before = _folder_identity(folder)
-        manifest, manifest_bytes = _read_manifest(folder, limits)
-        contents, problems, unlisted = _read_listed(folder, manifest.files, limits, copy_to=copy_to)
+        manifest, manifest_bytes = read_manifest(folder, limits)
+        contents, problems, unlisted = read_listed(folder, manifest.files, limits, copy_to=copy_to)
         if before is not None and _folder_identity(folder) == before:
             break
     return manifest, manifest_bytes, contents, problems, unlisted
@@ -233,8 +235,8 @@ def check_publishable(folder: Path, *, limits: Limits = DEFAULT_LIMITS) -> None:
     verify refuses is a bug in rnnexport; the caller publishes nothing.
     """
     try:
-        manifest, _ = _read_manifest(folder, limits)
-        contents, problems, _unlisted = _read_listed(folder, manifest.files, limits)
+        manifest, _ = read_manifest(folder, limits)
+        contents, problems, _unlisted = read_listed(folder, manifest.files, limits)
         if not problems:
             problems = [
                 f"'{name}' is listed, but nothing verifies it" for name in _unaccounted(folder, manifest)

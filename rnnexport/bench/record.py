@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from rnnexport.artifact import BENCH_FILE, MANIFEST, check_files, sha256_file
-from rnnexport.artifact import _read_manifest as _read_bounded_manifest
+from rnnexport.artifact.untrusted import read_manifest
 from rnnexport.bench.report import BenchReport
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.safeio import describe_os_error
@@ -69,7 +69,7 @@ def record_bench(folder: Path | str, report: BenchReport) -> Path:
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         raise UsageError(f"{folder} is not a folder. Pass the artifact folder that 'rnnexport build' wrote.")
-    manifest, _ = _read_bounded_manifest(folder)
+    manifest, _ = read_manifest(folder)
     others = {k: v for k, v in manifest.files.items() if k != BENCH_FILE}
     present = folder / BENCH_FILE
     if present.is_symlink():

@@ -19,7 +19,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnexport.artifact import EXTERNAL_DATA, MANIFEST, _read_listed, _read_manifest
+from rnnexport.artifact.files import read_listed
+from rnnexport.artifact.manifest import EXTERNAL_DATA, MANIFEST
+from rnnexport.artifact.untrusted import read_manifest
 from rnnexport.deploy import publish_on_success, staging_beside
 from rnnexport.errors import ArtifactError, UsageError
 from rnnexport.limits import DEFAULT_LIMITS
@@ -129,14 +131,14 @@ def deploy_web(
         )
     package = find_js_package(js)
     _prepare(out, force=force)
-    manifest, manifest_bytes = _read_manifest(artifact, DEFAULT_LIMITS)
+    manifest, manifest_bytes = read_manifest(artifact, DEFAULT_LIMITS)
     if EXTERNAL_DATA in manifest.files:
         raise UsageError(
             f"{artifact} keeps its weights in {EXTERNAL_DATA} (ONNX external data), which the JavaScript "
             "package does not load yet; a browser could not hold such a model anyway. Deploy a model whose "
             "weights fit in model.onnx."
         )
-    contents, problems, _unlisted = _read_listed(artifact, manifest.files, DEFAULT_LIMITS)
+    contents, problems, _unlisted = read_listed(artifact, manifest.files, DEFAULT_LIMITS)
     if problems:
         raise ArtifactError(
             f"The artifact in {artifact} does not match its manifest: {'; '.join(problems)}. "

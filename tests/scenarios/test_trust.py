@@ -342,7 +342,7 @@ def test_a_rebuild_published_while_verify_reads_is_read_again(
     # Another artifact (other test data, other hashes) is swapped in after the manifest was read.
     newer = tmp_path / "newer"
     build("attention", out=newer, device="cpu", config={"hidden_size": 7})
-    real = files._read_listed
+    real = files.read_listed
     calls: list[int] = []
 
     def swap_once(where: Path, listed: Any, limits: Limits, **options: Any) -> Any:
@@ -352,7 +352,7 @@ def test_a_rebuild_published_while_verify_reads_is_read_again(
         calls.append(1)
         return real(where, listed, limits, **options)
 
-    monkeypatch.setattr(untrusted, "_read_listed", swap_once)
+    monkeypatch.setattr(untrusted, "read_listed", swap_once)
     report = verify_artifact(folder, device="cpu")
     assert report.passed
     assert report.manifest.config["hidden_size"] == 7
