@@ -1,4 +1,4 @@
-"""The :class:`~rnnexport.artifact.Manifest` of a build, assembled next to the type it fills.
+"""The :class:`~rnnexport.artifact.manifest.Manifest` of a build, assembled next to the type it fills.
 
 The build's package stage hands over what each stage decided (the exporter's record, the
 simplification, the weights' origin, the verification plan and its results, the test data and the
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rnnexport.artifact import Manifest
+from rnnexport.artifact.manifest import Manifest
 from rnnexport.runtime.plan import VerificationPlan
 from rnnexport.spec import Contract
 
